@@ -1,0 +1,1 @@
+"""protosaga-view: the viewer and segmentation editor for trained ProtoSaGa scenes."""

@@ -1,0 +1,88 @@
+"""`protosaga`: the command line, one subcommand per stage, each a thin shell over a library function."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Union
+
+import torch
+import tyro
+
+
+@dataclass
+class Info:
+    """Summarise a 3D Gaussian Splatting PLY file (INRIA layout, optionally with ProtoSaGa features)."""
+
+    path: tyro.conf.Positional[Path]
+
+    def run(self) -> None:
+        from .ply import read_ply
+
+        contents = read_ply(self.path)
+        gaussians = contents.gaussians
+        means = gaussians.means
+        print(f"{self.path}")
+        print(f"  gaussians      {len(gaussians):,}")
+        print(f"  sh degree      {gaussians.sh_degree}")
+        print(f"  feature dim    {gaussians.feature_dim}")
+        print(f"  instance ids   {'yes' if contents.instance_ids is not None else 'no'}")
+        if len(gaussians):
+            print(f"  bounds min     {means.min(0).values.tolist()}")
+            print(f"  bounds max     {means.max(0).values.tolist()}")
+            print(f"  mean opacity   {gaussians.activated_opacities.mean().item():.3f}")
+
+
+@dataclass
+class Render:
+    """Render a PLY file to a PNG from a camera orbiting its centre (a quick look at any 3DGS file)."""
+
+    path: tyro.conf.Positional[Path]
+    """the PLY file"""
+    output: Path = Path("render.png")
+    """where to write the PNG"""
+    width: int = 512
+    height: int = 512
+    azimuth: float = 30.0
+    """degrees around the world up axis"""
+    elevation: float = 20.0
+    """degrees above the horizon"""
+    distance: float = 2.5
+    """camera distance in units of the scene's robust radius"""
+    up: tuple[float, float, float] = (0.0, -1.0, 0.0)
+    """world up (COLMAP and INRIA scenes usually have -y up)"""
+
+    def run(self) -> None:
+        from .orbit import orbit_camera, save_png
+        from .ply import read_ply
+        from .render import render
+
+        gaussians = read_ply(self.path).gaussians
+        cameras = orbit_camera(
+            gaussians.means, self.width, self.height, self.azimuth, self.elevation, self.distance, self.up
+        )
+        with torch.no_grad():
+            image = render(gaussians, cameras).colors[0]
+        save_png(self.output, image)
+        print(f"wrote {self.output} ({self.width}x{self.height}, {len(gaussians):,} Gaussians)")
+
+
+Command = Union[
+    Annotated[Info, tyro.conf.subcommand("info")],
+    Annotated[Render, tyro.conf.subcommand("render")],
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    command = tyro.cli(Command, args=argv, prog="protosaga")
+    try:
+        command.run()
+    except (FileNotFoundError, ValueError) as error:
+        print(f"protosaga: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

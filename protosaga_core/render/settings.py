@@ -1,0 +1,46 @@
+"""Rasterization settings shared by both backends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GSPLAT_ALPHA_MAX = 0.999
+"""gsplat's CUDA kernels clamp alpha to this; the INRIA reference code uses 0.99."""
+
+ALPHA_THRESHOLD = 1.0 / 255.0
+"""Contributions with a smaller alpha are skipped (gsplat and INRIA alike)."""
+
+TRANSMITTANCE_MIN = 1e-4
+"""A pixel stops compositing once its transmittance would fall to or below this."""
+
+
+@dataclass(frozen=True)
+class RasterSettings:
+    """How Gaussians become pixels. Defaults are gsplat's.
+
+    Attributes:
+        near_plane: Gaussians with camera depth below this are culled.
+        far_plane: Gaussians with camera depth above this are culled.
+        eps2d: low-pass filter added to the projected covariance's diagonal, in px².
+        alpha_max: upper clamp of a single Gaussian's alpha (gsplat 0.999, INRIA 0.99).
+        radius_clip: Gaussians whose projected radius is at most this many pixels are culled.
+        tile_size: tile edge in pixels. Changes speed, never the image.
+        chunk_size: the torch backend composites each tile's depth-sorted list in chunks of this many
+            Gaussians; memory grows with intersections rounded up to it.
+    """
+
+    near_plane: float = 0.01
+    far_plane: float = 1e10
+    eps2d: float = 0.3
+    alpha_max: float = GSPLAT_ALPHA_MAX
+    radius_clip: float = 0.0
+    tile_size: int = 16
+    chunk_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.near_plane < self.far_plane:
+            raise ValueError(f"need 0 < near_plane < far_plane, got {self.near_plane}, {self.far_plane}")
+        if not ALPHA_THRESHOLD < self.alpha_max < 1.0:
+            raise ValueError(f"alpha_max must lie in (1/255, 1), got {self.alpha_max}")
+        if self.tile_size <= 0 or self.chunk_size <= 0:
+            raise ValueError("tile_size and chunk_size must be positive")

@@ -1,0 +1,134 @@
+"""Tile binning: which Gaussians touch which tiles, in front-to-back order, with one sort.
+
+Each (camera, Gaussian, tile) intersection gets gsplat's 64-bit key
+`camera << (tile_bits + 32) | tile << 32 | float32 depth bits`; positive float32 depths order like their
+bit patterns, so a single integer sort groups intersections by image and tile and orders each tile's
+list by depth. Each tile's list is then cut into fixed-size chunks so that compositing runs as batched
+tensor operations whose size grows with the number of intersections, never with pixels x Gaussians.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TileBins:
+    """Intersections of projected Gaussians with image tiles.
+
+    Attributes:
+        tile_size: tile edge in pixels.
+        tiles_x, tiles_y: tiles per image row and column.
+        num_cameras: C.
+        tiles_per_gauss: tiles each Gaussian touches. [C, N] int64
+        isect_ids: sorted keys (camera, tile, depth). [I] int64
+        flatten_ids: index into the flattened [C * N] Gaussians, in key order. [I] int64
+        isect_tiles: global tile index `camera * tiles_x * tiles_y + tile`, in key order. [I] int64
+        isect_offsets: first intersection of each tile (gsplat layout). [C, tiles_y, tiles_x] int32
+        chunk_size: B, slots per chunk.
+        isect_slots: flat slot `chunk * B + position` of each intersection in the chunk layout. [I] int64
+        chunk_tiles: global tile of each chunk; chunks of one tile are consecutive. [M] int64
+        chunk_first: index of the first chunk of each chunk's tile. [M] int64
+    """
+
+    tile_size: int
+    tiles_x: int
+    tiles_y: int
+    num_cameras: int
+    tiles_per_gauss: Tensor
+    isect_ids: Tensor
+    flatten_ids: Tensor
+    isect_tiles: Tensor
+    isect_offsets: Tensor
+    chunk_size: int
+    isect_slots: Tensor
+    chunk_tiles: Tensor
+    chunk_first: Tensor
+
+    @property
+    def num_chunks(self) -> int:
+        return self.chunk_tiles.numel()
+
+    @property
+    def num_tiles(self) -> int:
+        """Tiles over all cameras."""
+        return self.num_cameras * self.tiles_x * self.tiles_y
+
+
+@torch.no_grad()
+def bin_gaussians(
+    means2d: Tensor,
+    radii: Tensor,
+    depths: Tensor,
+    width: int,
+    height: int,
+    tile_size: int,
+    chunk_size: int,
+) -> TileBins:
+    """Intersect C x N projected Gaussians with tiles and lay the result out in chunks.
+
+    Args:
+        means2d: [C, N, 2]; radii: [C, N, 2] (0 = culled); depths: [C, N] (positive where not culled).
+    """
+    device = means2d.device
+    num_cameras, num_gaussians = depths.shape
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    tiles_per_image = tiles_x * tiles_y
+
+    tile_means = means2d.detach().float() / tile_size
+    tile_radii = radii.float() / tile_size
+    lo = torch.floor(tile_means - tile_radii).long()
+    hi = torch.ceil(tile_means + tile_radii).long()
+    limits = torch.tensor([tiles_x, tiles_y], device=device)
+    lo = torch.minimum(lo.clamp_min(0), limits)
+    hi = torch.minimum(hi.clamp_min(0), limits)
+    span = hi - lo  # [C, N, 2]
+    tiles_per_gauss = span[..., 0] * span[..., 1] * (radii > 0).all(dim=-1)
+
+    counts = tiles_per_gauss.flatten()
+    num_isects = int(counts.sum())
+    gauss = torch.repeat_interleave(torch.arange(counts.numel(), device=device), counts)
+    first = torch.cumsum(counts, 0) - counts
+    local = torch.arange(num_isects, device=device) - first[gauss]
+    span_x = span[..., 0].flatten()[gauss]
+    tile_col = lo[..., 0].flatten()[gauss] + local % span_x.clamp_min(1)
+    tile_row = lo[..., 1].flatten()[gauss] + local // span_x.clamp_min(1)
+    camera = gauss // num_gaussians
+    tile = tile_row * tiles_x + tile_col
+
+    tile_bits = tiles_per_image.bit_length()
+    depth_bits = depths.detach().float().flatten()[gauss].view(torch.int32).long() & 0xFFFFFFFF
+    keys = (camera << (tile_bits + 32)) | (tile << 32) | depth_bits
+    isect_ids, order = torch.sort(keys, stable=True)
+    flatten_ids = gauss[order]
+    isect_tiles = (camera * tiles_per_image + tile)[order]
+
+    num_tiles = num_cameras * tiles_per_image
+    tile_counts = torch.bincount(isect_tiles, minlength=num_tiles)
+    tile_first = torch.cumsum(tile_counts, 0) - tile_counts
+    chunks_per_tile = (tile_counts + chunk_size - 1) // chunk_size
+    chunk_offset = torch.cumsum(chunks_per_tile, 0) - chunks_per_tile
+
+    rank = torch.arange(num_isects, device=device) - tile_first[isect_tiles]
+    isect_slots = (chunk_offset[isect_tiles] + rank // chunk_size) * chunk_size + rank % chunk_size
+    chunk_tiles = torch.repeat_interleave(torch.arange(num_tiles, device=device), chunks_per_tile)
+
+    return TileBins(
+        tile_size=tile_size,
+        tiles_x=tiles_x,
+        tiles_y=tiles_y,
+        num_cameras=num_cameras,
+        tiles_per_gauss=tiles_per_gauss,
+        isect_ids=isect_ids,
+        flatten_ids=flatten_ids,
+        isect_tiles=isect_tiles,
+        isect_offsets=tile_first.reshape(num_cameras, tiles_y, tiles_x).int(),
+        chunk_size=chunk_size,
+        isect_slots=isect_slots,
+        chunk_tiles=chunk_tiles,
+        chunk_first=chunk_offset[chunk_tiles],
+    )

@@ -50,7 +50,7 @@ def reference_rasterize(
     far_plane: float = 1e10,
     eps2d: float = 0.3,
     backgrounds: Tensor | None = None,
-    ambiguity_margin: float = 1e-3,
+    ambiguity_margin: float = 1e-4,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Dense float64 rasterization; same arguments and shapes as `gsplat.rasterization(packed=False)`.
 
@@ -65,7 +65,8 @@ def reference_rasterize(
     Returns:
         render_colors [C, H, W, K] float64, render_alphas [C, H, W, 1] float64, and meta with
         `means2d` [C, N, 2], `conics` [C, N, 3], `depths` [C, N], `radii` [C, N, 2] int32,
-        `ambiguous` [C, H, W] bool, `max_depth_complexity` (most contributions in one pixel).
+        `ambiguous` [C, H, W] bool, `stopped` [C, H, W] bool (pixels that hit the transmittance stop
+        before their last Gaussian), `max_depth_complexity` (most contributions in one pixel).
     """
     dt = torch.float64
     means, quats, scales, opacities = means.to(dt), quats.to(dt), scales.to(dt), opacities.to(dt)
@@ -108,7 +109,7 @@ def reference_rasterize(
     px, py = xs.reshape(-1, 1), ys.reshape(-1, 1)  # [P, 1]
     num_pixels = width * height
 
-    images, alphas, ambiguous = [], [], []
+    images, alphas, ambiguous, stopped = [], [], [], []
     max_complexity = 0
     for cam in range(num_cameras):
         ids = torch.nonzero(visible[cam]).flatten()
@@ -118,6 +119,7 @@ def reference_rasterize(
             images.append(torch.zeros(num_pixels, channels, dtype=dt, device=device) + 0.0 * colors.sum())
             alphas.append(torch.zeros(num_pixels, dtype=dt, device=device))
             ambiguous.append(torch.zeros(num_pixels, dtype=torch.bool, device=device))
+            stopped.append(torch.zeros(num_pixels, dtype=torch.bool, device=device))
             continue
         dx = px - means2d[cam, ids, 0][None, :]  # [P, M]
         dy = py - means2d[cam, ids, 1][None, :]
@@ -141,6 +143,7 @@ def reference_rasterize(
             near_clamp = (raw / alpha_max).log().abs() < ambiguity_margin
             near_stop = ((trans_incl / TRANSMITTANCE_MIN).log().abs() < ambiguity_margin) & (alpha > 0)
             ambiguous.append((near_threshold | near_clamp | near_stop).any(dim=1))
+            stopped.append(((alpha > 0) & ~contributes).any(dim=1))
 
     render_colors = torch.stack(images).reshape(num_cameras, height, width, channels)
     render_alphas = torch.stack(alphas).reshape(num_cameras, height, width, 1)
@@ -152,6 +155,7 @@ def reference_rasterize(
         "depths": depths,
         "radii": radii,
         "ambiguous": torch.stack(ambiguous).reshape(num_cameras, height, width),
+        "stopped": torch.stack(stopped).reshape(num_cameras, height, width),
         "max_depth_complexity": max_complexity,
     }
     return render_colors, render_alphas, meta

@@ -46,7 +46,7 @@ def rasterize_gsplat(
         eps2d=settings.eps2d,
         sh_degree=None,
         packed=False,
-        tile_size=settings.tile_size,
+        tile_size=settings.tile_size_for("gsplat"),
         backgrounds=backgrounds,
         render_mode="RGB",
     )

@@ -45,14 +45,13 @@ def rasterize_torch(
         colors = colors.expand(num_cameras, -1, -1)
     channels = colors.shape[-1]
     proj = project(means, quats, scales, opacities, viewmats, Ks, width, height, settings)
-    bins = bin_gaussians(
-        proj.means2d, proj.radii, proj.depths, width, height, settings.tile_size, settings.chunk_size
-    )
+    tile_size = settings.tile_size_for("torch")
+    bins = bin_gaussians(proj.means2d, proj.radii, proj.depths, width, height, tile_size, settings.chunk_size)
     coeffs = _exponent_coefficients(proj.means2d, proj.conics, opacities, bins)
     isect_colors = colors.reshape(num_cameras * num_gaussians, channels).index_select(0, bins.flatten_ids)
     padding = coeffs.new_zeros(1, 6)
     padding[0, 0] = _PADDING_EXPONENT
-    basis = pixel_basis(settings.tile_size, means.dtype, means.device)
+    basis = pixel_basis(tile_size, means.dtype, means.device)
     tile_colors, tile_alphas = CompositeChunks.apply(
         _to_chunks(coeffs, padding, bins),
         _to_chunks(isect_colors, isect_colors.new_zeros(1, channels), bins),
@@ -82,7 +81,7 @@ def rasterize_torch(
         "isect_offsets": bins.isect_offsets,
         "width": width,
         "height": height,
-        "tile_size": settings.tile_size,
+        "tile_size": tile_size,
         "n_cameras": num_cameras,
     }
     return render_colors, render_alphas, meta
@@ -102,7 +101,9 @@ def _exponent_coefficients(means2d: Tensor, conics: Tensor, opacities: Tensor, b
     half = bins.tile_size / 2
     u = centre[:, 0] - ((tile % bins.tiles_x) * bins.tile_size + half)
     v = centre[:, 1] - (torch.div(tile, bins.tiles_x, rounding_mode="floor") * bins.tile_size + half)
-    log_opacity = torch.log(opacities).index_select(0, ids % num_gaussians)
+    # Gather before the log: culled Gaussians may have opacity exactly 0, and log(0) would put 0/0 in
+    # their gradient.
+    log_opacity = torch.log(opacities.index_select(0, ids % num_gaussians))
     return torch.stack(
         [
             0.5 * a * u * u + b * u * v + 0.5 * c * v * v - log_opacity,
@@ -122,7 +123,7 @@ def _to_chunks(values: Tensor, padding: Tensor, bins: TileBins) -> Tensor:
     `index_copy` rather than a gather, because its backward is a plain gather too.
     """
     slots = padding.expand(bins.num_chunks * bins.chunk_size, -1).contiguous()
-    return slots.index_copy(0, bins.isect_slots, values).reshape(bins.num_chunks, bins.chunk_size, -1)
+    return slots.index_copy(0, bins.isect_slots, values).reshape(bins.num_chunks, bins.chunk_size, values.shape[-1])
 
 
 def _untile(tile_values: Tensor, bins: TileBins, width: int, height: int) -> Tensor:

@@ -10,6 +10,8 @@ from typing import Annotated, Union
 import torch
 import tyro
 
+from .metrics import MetricsCommand
+
 
 @dataclass
 class Info:
@@ -71,6 +73,7 @@ class Render:
 Command = Union[
     Annotated[Info, tyro.conf.subcommand("info")],
     Annotated[Render, tyro.conf.subcommand("render")],
+    Annotated[MetricsCommand, tyro.conf.subcommand("metrics")],
 ]
 
 

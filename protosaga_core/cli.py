@@ -5,11 +5,13 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated, Literal, Union
 
 import torch
 import tyro
 
+from .datasets import DatasetConfig
+from .masks import MasksConfig, generate_masks
 from .metrics import MetricsCommand
 
 
@@ -70,10 +72,42 @@ class Render:
         print(f"wrote {self.output} ({self.width}x{self.height}, {len(gaussians):,} Gaussians)")
 
 
+@dataclass
+class Masks:
+    """Write one SAM-style label map per training view to DATASET/masks/<stem>.png (resumable)."""
+
+    dataset: tyro.conf.OmitArgPrefixes[DatasetConfig]
+    masks: tyro.conf.OmitArgPrefixes[MasksConfig]
+
+    def run(self) -> None:
+        scene = self.dataset.load()
+        paths = generate_masks(scene, self.masks)
+        print(f"{len(paths)} training-view masks in {scene.root / 'masks'} ({self.masks.method})")
+
+
+@dataclass
+class Synth:
+    """Build a procedural indoor scene with exact instance GT as a NeRF-layout dataset."""
+
+    output: tyro.conf.Positional[Path]
+    preset: Literal["demo", "bench"] = "demo"
+    seed: int = 0
+    noise: Literal["low", "default", "high"] = "default"
+    """noise level of the simulated SAM masks written for the training views"""
+
+    def run(self) -> None:
+        from .synthetic import synthesize
+
+        synthesize(self.output, self.preset, self.seed, self.noise)
+        print(f"wrote {self.output} (preset {self.preset}, seed {self.seed})")
+
+
 Command = Union[
     Annotated[Info, tyro.conf.subcommand("info")],
     Annotated[Render, tyro.conf.subcommand("render")],
     Annotated[MetricsCommand, tyro.conf.subcommand("metrics")],
+    Annotated[Masks, tyro.conf.subcommand("masks")],
+    Annotated[Synth, tyro.conf.subcommand("synth")],
 ]
 
 
@@ -81,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     command = tyro.cli(Command, args=argv, prog="protosaga")
     try:
         command.run()
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, ImportError) as error:
         print(f"protosaga: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,193 @@
+"""What every format reader hands over, and the checks and conversions they share.
+
+A reader only translates its layout into `PosedImage`s (camera at its calibrated size, OpenCV world-to-camera
+pose); `load_scene` then validates, splits, downscales and turns them into `View`s in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .scene import Split, View
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be read; the message names the offending file and what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class PosedImage:
+    """One camera as a format reader found it, before splitting and downscaling.
+
+    Attributes:
+        name: the view name (normally the image's stem).
+        image_path: the RGB file on disk (may not exist: `load_scene` reports that).
+        K: intrinsics in pixels at width x height. [3, 3] float64
+        viewmat: world-to-camera, OpenCV axes. [4, 4] float64
+        width, height: the size the camera was calibrated at.
+        source: the file the camera came from, named in error messages.
+        file_downscale: the image file is already shrunk by this factor (a shipped `images_N/` folder).
+        split: the split the layout itself states (NeRF's per-split json files), else None.
+        instance_path: the ground-truth instance map, when the dataset has one.
+    """
+
+    name: str
+    image_path: Path
+    K: np.ndarray
+    viewmat: np.ndarray
+    width: int
+    height: int
+    source: Path
+    file_downscale: int = 1
+    split: Split | None = None
+    instance_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class RawScene:
+    """A reader's result.
+
+    Attributes:
+        images: the posed images, in any order.
+        format: "colmap", "nerf", "llff" or "replica".
+        source: the file or folder holding the cameras, named in error messages.
+        points: SfM points. [P, 3] float64 or None
+        point_colors: their colours in [0, 1]. [P, 3] float64 or None
+    """
+
+    images: list[PosedImage]
+    format: str
+    source: Path
+    points: np.ndarray | None = None
+    point_colors: np.ndarray | None = None
+
+
+def rigid_inverse(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    """Invert rigid transforms [R | t] without a general matrix inverse (which would hide a broken rotation).
+
+    Args:
+        rotation: [..., 3, 3]
+        translation: [..., 3]
+
+    Returns:
+        [..., 4, 4] homogeneous [R^T | -R^T t]
+    """
+    rot_t = np.swapaxes(rotation, -1, -2)
+    out = np.zeros(rotation.shape[:-2] + (4, 4))
+    out[..., :3, :3] = rot_t
+    out[..., :3, 3] = -(rot_t @ translation[..., None])[..., 0]
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    """[3, 3] float64"""
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def image_folder(root: Path, downscale: int) -> tuple[Path, int]:
+    """`images_<d>/` with the factor it is shrunk by when the dataset ships one, else `images/` and 1."""
+    shrunk = root / f"images_{downscale}"
+    if downscale > 1 and shrunk.is_dir():
+        return shrunk, downscale
+    return root / "images", 1
+
+
+def find_image(folder: Path, relative: str) -> Path:
+    """`folder/relative`, else the same file with an image suffix appended or swapped in.
+
+    NeRF file_paths often omit the suffix, and LLFF's `images_N/` hold PNGs of the original JPEGs. When nothing
+    exists the literal path is returned, so that the missing-file error names what the dataset listed.
+    """
+    path = folder / relative
+    if path.is_file():
+        return path
+    for suffix in IMAGE_SUFFIXES:
+        for candidate in (path.with_name(path.name + suffix), path.with_suffix(suffix)):
+            if candidate.is_file():
+                return candidate
+    return path
+
+
+def read_image_size(path: Path, source: Path) -> tuple[int, int]:
+    """(width, height) from the image header only; the pixels are not decoded."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: image file missing (listed in {source})")
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read the image header ({err})") from err
+
+
+def check_camera(image: PosedImage) -> None:
+    """Reject non-finite or degenerate intrinsics and poses that are not rotations plus translations."""
+    where = f"{image.source}: camera of {image.name!r}"
+    if not np.isfinite(image.K).all():
+        raise DatasetError(f"{where}: intrinsics contain NaN or inf: {image.K.tolist()}")
+    if not np.isfinite(image.viewmat).all():
+        raise DatasetError(f"{where}: pose contains NaN or inf: {image.viewmat.tolist()}")
+    if image.K[0, 0] <= 0 or image.K[1, 1] <= 0:
+        raise DatasetError(f"{where}: focal lengths must be positive, got fx={image.K[0, 0]}, fy={image.K[1, 1]}")
+    if image.width <= 0 or image.height <= 0:
+        raise DatasetError(f"{where}: image size must be positive, got {image.width}x{image.height}")
+    rotation = image.viewmat[:3, :3]
+    # A scaled, sheared or mirrored matrix means the pose was written in another convention than we read.
+    if not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-3) or np.linalg.det(rotation) <= 0:
+        raise DatasetError(f"{where}: pose rotation is not a proper rotation matrix: {rotation.tolist()}")
+
+
+def view_size(image: PosedImage, downscale: int) -> tuple[int, int]:
+    """The view's (width, height) after checking the file on disk against the camera.
+
+    Images shrunk on load get (width // d, height // d); a shipped `images_N/` file keeps its own size, which
+    may differ from the camera size / N by the rounding of whatever tool shrank it.
+    """
+    file_w, file_h = read_image_size(image.image_path, image.source)
+    factor = image.file_downscale
+    if factor == 1:
+        if (file_w, file_h) != (image.width, image.height):
+            raise DatasetError(
+                f"{image.image_path}: image is {file_w}x{file_h} but its camera in {image.source} "
+                f"is {image.width}x{image.height}"
+            )
+        width, height = image.width // downscale, image.height // downscale
+    else:
+        expect_w, expect_h = image.width / factor, image.height / factor
+        if abs(file_w - expect_w) >= 1 or abs(file_h - expect_h) >= 1:
+            raise DatasetError(
+                f"{image.image_path}: image is {file_w}x{file_h} but its camera in {image.source} is "
+                f"{image.width}x{image.height}, i.e. about {expect_w:.1f}x{expect_h:.1f} shrunk by {factor}"
+            )
+        width, height = file_w, file_h
+    if width < 1 or height < 1:
+        raise DatasetError(f"{image.image_path}: downscale {downscale} leaves no pixels of {file_w}x{file_h}")
+    return width, height
+
+
+def to_view(image: PosedImage, split: Split, downscale: int, root: Path) -> View:
+    """Validate one posed image and make it a `View` at the downscaled size."""
+    check_camera(image)
+    width, height = view_size(image, downscale)
+    # Scale by the actual ratio: integer division makes it differ from 1 / downscale on odd sizes.
+    scale = np.diag([width / image.width, height / image.height, 1.0])
+    mask_path = root / "masks" / f"{image.name}.png"
+    return View(
+        name=image.name,
+        image_path=image.image_path,
+        K=torch.from_numpy(scale @ image.K).float(),
+        viewmat=torch.from_numpy(image.viewmat).float(),
+        width=width,
+        height=height,
+        split=split,
+        mask_path=mask_path if mask_path.is_file() else None,
+        instance_path=image.instance_path,
+        downscale=downscale,
+    )

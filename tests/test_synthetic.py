@@ -1,0 +1,107 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from protosaga_core.cli import main
+from protosaga_core.datasets import load_scene
+from protosaga_core.labelmaps import load_label_map
+from protosaga_core.synthetic import PRESETS, build_objects, objects_to_gaussians, synthesize
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    return synthesize(tmp_path_factory.mktemp("synth") / "demo", "demo", seed=3, progress=False)
+
+
+def test_scene_content_has_room_furniture_and_side_by_side_duplicates():
+    for seed in range(5):
+        objects = build_objects(np.random.default_rng(seed), PRESETS["bench"])
+        names = [o.name for o in objects]
+        assert names[:7] == ["floor", "wall_north", "wall_east", "wall_south", "wall_west", "table", "cabinet"]
+        free = [o for o in objects if o.instance_id > 7]
+        assert PRESETS["bench"].min_objects - 2 <= len(free)
+        assert [o.instance_id for o in objects] == list(range(1, len(objects) + 1))
+    # Over a few seeds some identical copies stand in a row, each its own instance.
+    duplicates = [
+        o for seed in range(5) for o in build_objects(np.random.default_rng(seed), PRESETS["demo"]) if o.duplicate_of
+    ]
+    assert duplicates
+    for seed in range(5):
+        objects = {o.instance_id: o for o in build_objects(np.random.default_rng(seed), PRESETS["demo"])}
+        for original_id in {o.duplicate_of for o in objects.values() if o.duplicate_of}:
+            group = [objects[original_id]] + [o for o in objects.values() if o.duplicate_of == original_id]
+            assert len({(o.shape, o.pattern, o.colors, o.parts[0][1]) for o in group}) == 1  # identical copies
+            xs = sorted(o.parts[0][0][0] for o in group)
+            half_width = group[0].parts[0][1][0]
+            gaps = [b - a - 2 * half_width for a, b in zip(xs, xs[1:])]
+            assert all(0 < gap < 0.05 for gap in gaps)  # side by side, nearly touching
+
+
+def test_gaussians_carry_instance_ids():
+    rng = np.random.default_rng(0)
+    objects = build_objects(rng, PRESETS["demo"])
+    gaussians, ids = objects_to_gaussians(objects, PRESETS["demo"], rng)
+    assert len(gaussians) == len(ids)
+    assert set(ids.unique().tolist()) == {o.instance_id for o in objects}
+    assert torch.isfinite(gaussians.quats).all() and torch.allclose(gaussians.activated_quats.norm(dim=1), torch.ones(len(ids)))
+
+
+def test_synthesize_writes_a_loadable_dataset_with_ground_truth(demo):
+    scene = load_scene(demo)
+    preset = PRESETS["demo"]
+    assert scene.format == "nerf" and len(scene.views) == preset.num_views
+    train, test = scene.split("train"), scene.split("test")
+    assert len(test) == preset.num_views // preset.test_every
+    assert all(v.mask_path is not None for v in train) and all(v.mask_path is None for v in test)
+    assert all(v.instance_path is not None for v in scene.views)
+    assert scene.points is not None and scene.points.shape[1] == 3
+    # Test views are interleaved with the training trajectory, not a separate block.
+    names = [v.name for v in scene.views]
+    test_positions = [names.index(v.name) for v in test]
+    assert max(test_positions) - min(test_positions) > len(scene.views) // 2
+    view = train[0]
+    image, gt, mask = view.load_image(), view.load_instances(), view.load_mask()
+    assert image.shape == (preset.height, preset.width, 3) and image.std() > 0.05
+    assert gt.shape == mask.shape == (preset.height, preset.width)
+    assert len(gt.unique()) >= 6  # floor, walls and several objects are visible
+    objects = json.loads((demo / "synth.json").read_text())["objects"]
+    assert set(np.unique(np.concatenate([v.load_instances().unique().numpy() for v in scene.views]))) <= {0} | {
+        o["instance_id"] for o in objects
+    }
+
+
+def test_synthesize_is_deterministic(demo, tmp_path):
+    again = synthesize(tmp_path / "again", "demo", seed=3, progress=False)
+    for name in ("frame_0000.png", "frame_0005.png"):
+        assert torch.equal(load_label_map(demo / "instances" / name), load_label_map(again / "instances" / name))
+        assert (demo / "images" / name).read_bytes() == (again / "images" / name).read_bytes()
+    assert (demo / "masks" / "frame_0000.png").read_bytes() == (again / "masks" / "frame_0000.png").read_bytes()
+
+
+def test_masks_and_metrics_commands_on_a_synthetic_dataset(demo, tmp_path, capsys):
+    for mask in (demo / "masks").iterdir():
+        mask.unlink()
+    assert main(["masks", str(demo), "--method", "simulated", "--noise", "low"]) == 0
+    predictions = tmp_path / "pred"
+    predictions.mkdir()
+    for view in load_scene(demo).split("train"):
+        (predictions / f"{view.name}.png").write_bytes((demo / "instances" / f"{view.name}.png").read_bytes())
+    capsys.readouterr()
+    assert main(["metrics", "--gt", str(demo / "instances"), "--pred", str(predictions), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["miou"] == pytest.approx(1.0) and result["precision"] == 1.0 and result["recall"] == 1.0
+
+
+def test_committed_demo_dataset_is_complete():
+    demo = ROOT / "assets" / "demo"
+    scene = load_scene(demo)
+    preset = PRESETS["demo"]
+    assert len(scene.views) == preset.num_views
+    assert all(v.mask_path is not None and v.mask_path.exists() for v in scene.split("train"))
+    assert all(v.instance_path is not None for v in scene.views)
+    assert sum(p.stat().st_size for p in demo.rglob("*") if p.is_file()) <= 5 * 2**20

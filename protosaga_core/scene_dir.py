@@ -1,0 +1,248 @@
+"""The trained-scene directory (DESIGN §7): what each stage writes and every later stage reads.
+
+```
+trained_scene/
+  scene.json         format, version, source dataset, stage status, configs, instance table
+  gaussians.ply      INRIA layout + feat_0..feat_{D-1}
+  classifiers.pt     per-view cosine classifiers (tensors, strings and ints only: weights_only loadable)
+  association/       <stem>.png uint16 consistent masks; association.json
+  prototypes.npz     v [T, D], ids [T], views per instance [T]
+  labels.npy         per-Gaussian instance id [N]
+  eval/metrics.json
+  checkpoints/
+```
+Every write is atomic; every read validates and names the offending file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .atomic import atomic_open, atomic_write_bytes
+from .datasets.scene import Scene
+from .gaussians import Gaussians
+from .ply import read_ply, write_ply
+
+SCENE_FORMAT = "protosaga-scene"
+SCENE_VERSION = 1
+STAGES = ("train", "associate", "prototypes", "eval")
+
+
+class SceneDirError(ValueError):
+    """A trained-scene directory that is missing something or holds a malformed file."""
+
+
+@dataclass
+class InstanceInfo:
+    """One row of the instance table."""
+
+    id: int
+    color: tuple[int, int, int]
+    num_gaussians: int
+    num_views: int
+    name: str = ""
+
+
+@dataclass
+class SceneMeta:
+    """scene.json.
+
+    Attributes:
+        dataset: the dataset folder the scene was trained on.
+        dataset_format: its layout ("colmap", "nerf", ...), so later stages read it the same way.
+        downscale: the image downscale factor training used; later stages render at the same size.
+        split_rule: the dataset's train/test rule (see `protosaga_core.datasets.SplitRule`).
+        train_views: names of the training views, in memory-bank order (sorted).
+        stages: finished stages ("train", "associate", "prototypes", "eval").
+        configs: each finished stage's config, as plain JSON values, for the record.
+        instances: the instance table, filled by the prototypes stage.
+    """
+
+    dataset: str
+    dataset_format: str
+    downscale: int
+    split_rule: str
+    train_views: list[str]
+    stages: list[str] = field(default_factory=list)
+    configs: dict[str, Any] = field(default_factory=dict)
+    instances: list[InstanceInfo] = field(default_factory=list)
+    format: str = SCENE_FORMAT
+    version: int = SCENE_VERSION
+
+
+@dataclass(frozen=True)
+class Classifiers:
+    """The per-view cosine classifiers w_k of Eq. 6.
+
+    Attributes:
+        view_names: the training view of each classifier, in memory-bank order.
+        labels: for each view, the raw mask label of each classifier row. list of [L_k] int64
+        weights: for each view, the classifier. list of [L_k, D]
+    """
+
+    view_names: list[str]
+    labels: list[Tensor]
+    weights: list[Tensor]
+
+    def for_view(self, name: str) -> tuple[Tensor, Tensor]:
+        index = self.view_names.index(name)
+        return self.labels[index], self.weights[index]
+
+
+class SceneDir:
+    """Paths and typed readers/writers of one trained-scene directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # --- paths ---------------------------------------------------------------------------------------
+    @property
+    def meta_path(self) -> Path:
+        return self.root / "scene.json"
+
+    @property
+    def gaussians_path(self) -> Path:
+        return self.root / "gaussians.ply"
+
+    @property
+    def classifiers_path(self) -> Path:
+        return self.root / "classifiers.pt"
+
+    @property
+    def association_dir(self) -> Path:
+        return self.root / "association"
+
+    @property
+    def association_json(self) -> Path:
+        return self.association_dir / "association.json"
+
+    @property
+    def prototypes_path(self) -> Path:
+        return self.root / "prototypes.npz"
+
+    @property
+    def labels_path(self) -> Path:
+        return self.root / "labels.npy"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    # --- scene.json ----------------------------------------------------------------------------------
+    def read_meta(self) -> SceneMeta:
+        if not self.meta_path.exists():
+            raise SceneDirError(f"{self.meta_path}: missing; is {self.root} a trained scene (protosaga train)?")
+        try:
+            raw = json.loads(self.meta_path.read_text())
+        except json.JSONDecodeError as error:
+            raise SceneDirError(f"{self.meta_path}: unreadable JSON ({error})") from error
+        if not isinstance(raw, dict) or raw.get("format") != SCENE_FORMAT:
+            raise SceneDirError(f"{self.meta_path}: not a {SCENE_FORMAT} file")
+        if raw.get("version") != SCENE_VERSION:
+            raise SceneDirError(f"{self.meta_path}: version {raw.get('version')} is not the supported {SCENE_VERSION}")
+        try:
+            instances = [InstanceInfo(**{**row, "color": tuple(row["color"])}) for row in raw.pop("instances", [])]
+            return SceneMeta(**raw, instances=instances)
+        except (TypeError, KeyError) as error:
+            raise SceneDirError(f"{self.meta_path}: malformed ({error})") from error
+
+    def write_meta(self, meta: SceneMeta) -> None:
+        atomic_write_bytes(self.meta_path, (json.dumps(asdict(meta), indent=1) + "\n").encode())
+
+    def mark_done(self, stage: str, config: Any) -> None:
+        """Record a finished stage and its config (a dataclass) in scene.json."""
+        meta = self.read_meta()
+        if stage not in meta.stages:
+            meta.stages.append(stage)
+        meta.configs[stage] = _jsonable(asdict(config))
+        self.write_meta(meta)
+
+    def invalidate_from(self, stage: str) -> None:
+        """Forget `stage` and every later stage (their outputs no longer match)."""
+        meta = self.read_meta()
+        later = STAGES[STAGES.index(stage):]
+        meta.stages = [s for s in meta.stages if s not in later]
+        self.write_meta(meta)
+
+    def is_done(self, stage: str) -> bool:
+        return self.meta_path.exists() and stage in self.read_meta().stages
+
+    def load_dataset(self) -> Scene:
+        """The dataset this scene was trained on, read exactly as training read it."""
+        from .datasets import load_scene
+
+        meta = self.read_meta()
+        return load_scene(Path(meta.dataset), meta.dataset_format, meta.downscale, meta.split_rule)
+
+    # --- Gaussians -----------------------------------------------------------------------------------
+    def read_gaussians(self) -> Gaussians:
+        if not self.gaussians_path.exists():
+            raise SceneDirError(f"{self.gaussians_path}: missing; run protosaga train first")
+        gaussians = read_ply(self.gaussians_path).gaussians
+        if gaussians.feature_dim == 0:
+            raise SceneDirError(f"{self.gaussians_path}: has no feat_* columns; it was not trained by protosaga")
+        return gaussians
+
+    def write_gaussians(self, gaussians: Gaussians) -> None:
+        write_ply(self.gaussians_path, gaussians)
+
+    # --- classifiers ---------------------------------------------------------------------------------
+    def read_classifiers(self) -> Classifiers:
+        path = self.classifiers_path
+        if not path.exists():
+            raise SceneDirError(f"{path}: missing; run protosaga train first")
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+            classifiers = Classifiers(list(raw["view_names"]), list(raw["labels"]), list(raw["weights"]))
+        except Exception as error:  # torch raises many types for a corrupt or foreign file
+            raise SceneDirError(f"{path}: not a classifiers file ({error})") from error
+        if not len(classifiers.view_names) == len(classifiers.labels) == len(classifiers.weights):
+            raise SceneDirError(f"{path}: view_names, labels and weights differ in length")
+        for name, labels, weights in zip(classifiers.view_names, classifiers.labels, classifiers.weights):
+            if weights.ndim != 2 or labels.shape != (weights.shape[0],):
+                raise SceneDirError(f"{path}: classifier of view {name} has shape {list(weights.shape)} for {list(labels.shape)} labels")
+        return classifiers
+
+    def write_classifiers(self, classifiers: Classifiers) -> None:
+        payload = {
+            "view_names": classifiers.view_names,
+            "labels": [t.detach().cpu() for t in classifiers.labels],
+            "weights": [t.detach().cpu().float() for t in classifiers.weights],
+        }
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(self.classifiers_path, buffer.getvalue())
+
+    # --- per-Gaussian labels -------------------------------------------------------------------------
+    def read_labels(self) -> np.ndarray:
+        """Per-Gaussian instance ids, 0 = unassigned. [N] int64"""
+        if not self.labels_path.exists():
+            raise SceneDirError(f"{self.labels_path}: missing; run protosaga prototypes first")
+        return np.load(self.labels_path, allow_pickle=False).astype(np.int64)
+
+    def write_labels(self, labels: np.ndarray) -> None:
+        with atomic_open(self.labels_path) as handle:
+            np.save(handle, np.asarray(labels, dtype=np.int64))
+
+
+def _jsonable(value: Any) -> Any:
+    """Configs hold Paths and tuples; scene.json holds strings and lists."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

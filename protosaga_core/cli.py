@@ -13,6 +13,8 @@ import tyro
 from .datasets import DatasetConfig
 from .masks import MasksConfig, generate_masks
 from .metrics import MetricsCommand
+from .train import PRESETS as TRAIN_PRESETS
+from .train import Preset, TrainConfig, train
 
 
 @dataclass
@@ -102,22 +104,66 @@ class Synth:
         print(f"wrote {self.output} (preset {self.preset}, seed {self.seed})")
 
 
-Command = Union[
-    Annotated[Info, tyro.conf.subcommand("info")],
-    Annotated[Render, tyro.conf.subcommand("render")],
-    Annotated[MetricsCommand, tyro.conf.subcommand("metrics")],
-    Annotated[Masks, tyro.conf.subcommand("masks")],
-    Annotated[Synth, tyro.conf.subcommand("synth")],
-]
+@dataclass
+class Train:
+    """Train Gaussians, 16-D features and per-view classifiers on a dataset with masks (paper Eq. 1-8).
+
+    `--preset` picks the defaults (paper: 30k iterations at full resolution, for a GPU; cpu: fewer
+    iterations at reduced resolution); every other flag overrides them.
+    """
+
+    dataset: tyro.conf.OmitArgPrefixes[DatasetConfig]
+    output: Annotated[Path, tyro.conf.arg(aliases=("-o",))]
+    """the scene directory to write"""
+    config: tyro.conf.OmitArgPrefixes[TrainConfig]
+    preset: Preset = "paper"
+    """defaults to start from (default: cpu without CUDA, paper with it)"""
+    resume: bool = False
+    """continue from SCENE/checkpoints/last.pt, bit for bit"""
+
+    def run(self) -> None:
+        scene_dir = train(self.dataset, self.output, self.config, resume=self.resume)
+        print(f"trained {scene_dir.root}: {len(scene_dir.read_gaussians()):,} Gaussians")
+
+
+def default_preset() -> Preset:
+    return "paper" if torch.cuda.is_available() else "cpu"
+
+
+def _preset_in(argv: list[str]) -> Preset:
+    """The `--preset` value on the command line, read before tyro so it can set the other defaults."""
+    for index, arg in enumerate(argv):
+        if arg == "--preset" and index + 1 < len(argv) and argv[index + 1] in TRAIN_PRESETS:
+            return argv[index + 1]
+        if arg.startswith("--preset=") and arg.split("=", 1)[1] in TRAIN_PRESETS:
+            return arg.split("=", 1)[1]
+    return default_preset()
+
+
+def command_type(preset: Preset):
+    """The subcommands, with training defaults taken from `preset`."""
+    train_default = Train(DatasetConfig(tyro.MISSING), tyro.MISSING, TRAIN_PRESETS[preset], preset)
+    return Union[
+        Annotated[Info, tyro.conf.subcommand("info")],
+        Annotated[Render, tyro.conf.subcommand("render")],
+        Annotated[MetricsCommand, tyro.conf.subcommand("metrics")],
+        Annotated[Masks, tyro.conf.subcommand("masks")],
+        Annotated[Synth, tyro.conf.subcommand("synth")],
+        Annotated[Train, tyro.conf.subcommand("train", default=train_default)],
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    command = tyro.cli(Command, args=argv, prog="protosaga")
+    argv = sys.argv[1:] if argv is None else argv
+    command = tyro.cli(command_type(_preset_in(argv)), args=argv, prog="protosaga")
     try:
         command.run()
     except (FileNotFoundError, ValueError, ImportError) as error:
         print(f"protosaga: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        print(f"\nprotosaga: {interrupt or 'interrupted'}; continue with --resume", file=sys.stderr)
+        return 130
     return 0
 
 

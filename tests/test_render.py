@@ -785,3 +785,20 @@ def test_gsplat_backend_refuses_other_alpha_max(monkeypatch):
     args = [scene[n].float() for n in ("means", "quats", "scales", "opacities", "colors", "viewmats", "Ks")]
     with pytest.raises(ValueError, match="alpha"):
         rasterize_gsplat(*args, 8, 8, RasterSettings(alpha_max=0.99))
+
+
+def test_gaussian_in_the_camera_plane_gets_a_finite_zero_gradient():
+    """A culled Gaussian at camera depth exactly 0 must not poison gradients with 0 * inf = NaN."""
+    means = torch.tensor([[0.0, 0.0, 2.0], [0.3, -0.2, 0.0], [0.0, 0.0, -1e-30]], requires_grad=True)
+    quats = torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(3, 1).requires_grad_()
+    scales = torch.full((3, 3), 0.1, requires_grad=True)
+    opacities = torch.full((3,), 0.8, requires_grad=True)
+    colors = torch.rand(3, 3, requires_grad=True)
+    K = torch.tensor([[[20.0, 0.0, 8.0], [0.0, 20.0, 8.0], [0.0, 0.0, 1.0]]])
+    image, alpha, meta = rasterize(means, quats, scales, opacities, colors, torch.eye(4)[None], K, 16, 16, backend="torch")
+    (image.sum() + alpha.sum()).backward()
+    assert (meta["radii"][0, 1:] == 0).all()
+    for tensor in (means, quats, scales, opacities, colors):
+        assert torch.isfinite(tensor.grad).all()
+        assert (tensor.grad[1:] == 0).all()
+    assert means.grad[0].abs().sum() > 0

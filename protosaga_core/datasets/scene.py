@@ -44,6 +44,11 @@ class View:
     instance_path: Path | None = None
     downscale: int = 1
 
+    @property
+    def cameras(self) -> Cameras:
+        """This view as a batch of one camera."""
+        return Cameras(self.viewmat[None], self.K[None], self.width, self.height)
+
     def load_image(self) -> Tensor:
         """RGB in [0, 1]. [H, W, 3] float32"""
         with Image.open(self.image_path) as img:

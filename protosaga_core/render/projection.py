@@ -54,17 +54,22 @@ def project(
     """
     covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False)
     means_c, covars_c = _world_to_cam(means, covars, viewmats)
-    means2d, covars2d = _persp_proj(means_c, covars_c, Ks, width, height)
+    depths = means_c[..., 2]
+    with torch.no_grad():
+        in_range = (depths > settings.near_plane) & (depths < settings.far_plane)
+    # gsplat's kernel never touches culled Gaussians. Here they are computed and discarded, so they must
+    # stay finite: near z = 0 the perspective divide's derivative is infinite, and zero upstream gradient
+    # times infinity is NaN. A point on the optical axis stands in for them.
+    on_axis = torch.tensor([0.0, 0.0, 1.0], dtype=means.dtype, device=means.device)
+    means2d, covars2d = _persp_proj(torch.where(in_range[..., None], means_c, on_axis), covars_c, Ks, width, height)
     eye = torch.eye(2, dtype=means.dtype, device=means.device)
     covars2d = covars2d + settings.eps2d * eye
     cxx, cxy, cyy = covars2d[..., 0, 0], covars2d[..., 0, 1], covars2d[..., 1, 1]
     det = cxx * cyy - cxy * cxy
-    depths = means_c[..., 2]
 
     # Culled entries get a harmless determinant so their (unused) conics stay finite.
     with torch.no_grad():
-        valid = (det > 0) & (depths > settings.near_plane) & (depths < settings.far_plane)
-        valid &= opacities[None, :] >= ALPHA_THRESHOLD
+        valid = in_range & (det > 0) & (opacities[None, :] >= ALPHA_THRESHOLD)
     safe_det = torch.where(valid, det, torch.ones_like(det))
     conics = torch.stack([cyy / safe_det, -cxy / safe_det, cxx / safe_det], dim=-1)
     radii = _radii(means2d.detach(), cxx.detach(), cyy.detach(), opacities.detach(), valid, width, height, settings)

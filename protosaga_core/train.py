@@ -1,0 +1,384 @@
+"""Joint training of Gaussians, 16-D features and per-view cosine classifiers (paper Sec. 3.1, Eq. 1-8).
+
+Each iteration renders one random training view's colour and feature map. The colour is supervised as in
+3DGS, `(1 - λ) L1 + λ (1 - SSIM)`; the features through that view's own classifier
+`softmax(τ cos(w_k, F̂_k(p)))` against its (view-inconsistent) SAM mask, weighted by λ_CE. Densification is
+gsplat's `DefaultStrategy`.
+
+Checkpoints hold everything the loop's future depends on (parameters, optimizer and strategy state,
+classifiers, random generators), so `resume` continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import signal
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from gsplat.strategy import DefaultStrategy
+from torch import Tensor
+from tqdm import tqdm
+
+from .atomic import atomic_write_bytes
+from .datasets import DatasetConfig, Scene, View
+from .gaussians import DEFAULT_FEATURE_DIM, Gaussians
+from .metrics import ssim_loss
+from .render import render
+from .scene_dir import Classifiers, SceneDir, SceneMeta
+
+IGNORE = -100
+"""Cross-entropy target of pixels without a mask."""
+
+
+@dataclass
+class DensifyConfig:
+    """gsplat `DefaultStrategy` schedule (its defaults are the 3DGS paper's)."""
+
+    refine_start_iter: int = 500
+    refine_stop_iter: int = 15_000
+    refine_every: int = 100
+    reset_every: int = 3_000
+    grow_grad2d: float = 2e-4
+    prune_opa: float = 0.005
+
+
+@dataclass
+class TrainConfig:
+    """Joint training (Eq. 1-8). Defaults are the paper's (`--preset paper`, for a GPU)."""
+
+    iterations: int = 30_000
+    """training iterations, one random training view each"""
+    max_width: int | None = None
+    """downscale images (by an integer factor) until they are at most this wide; None keeps full size"""
+    sh_degree: int = 3
+    """final spherical-harmonics degree"""
+    sh_degree_interval: int = 1_000
+    """raise the SH degree in use every this many iterations"""
+    feature_dim: int = DEFAULT_FEATURE_DIM
+    """D, the size of each Gaussian's segmentation feature f_i"""
+    temperature: float = 10.0
+    """τ of Eq. 6"""
+    lambda_ssim: float = 0.2
+    """λ of Eq. 3"""
+    lambda_ce: float = 0.05
+    """λ_CE of Eq. 8"""
+    unlabeled_as_class: bool = False
+    """treat unlabeled pixels (mask 0) as one more class, as Gaga does, instead of ignoring them"""
+    lr_means: float = 1.6e-4
+    """initial position learning rate, times the scene extent; decays exponentially to lr_means_final"""
+    lr_means_final: float = 1.6e-6
+    lr_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_opacities: float = 5e-2
+    lr_sh0: float = 2.5e-3
+    lr_shN: float = 2.5e-3 / 20
+    lr_features: float = 2.5e-3
+    lr_classifiers: float = 5e-4
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    random_init_points: int = 20_000
+    """Gaussians to start from when the dataset has no SfM points"""
+    checkpoint_every: int = 5_000
+    """also save a checkpoint every this many iterations (always on Ctrl-C and at the end)"""
+    seed: int = 0
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "paper": TrainConfig(),
+    # Fewer iterations at reduced resolution for a 2-core CPU; the method itself is unchanged.
+    "cpu": TrainConfig(
+        iterations=1_500,
+        max_width=320,
+        sh_degree_interval=300,
+        # Small images give large screen-space gradients: a higher growth threshold keeps the model
+        # near 20k Gaussians instead of 100k, and no opacity reset fits such a short schedule.
+        densify=DensifyConfig(
+            refine_start_iter=150, refine_stop_iter=900, refine_every=50, reset_every=100_000, grow_grad2d=8e-4
+        ),
+        checkpoint_every=500,
+    ),
+}
+Preset = Literal["paper", "cpu"]
+
+
+@dataclass(frozen=True)
+class TrainingView:
+    """One training view in memory.
+
+    Attributes:
+        view: the dataset view.
+        image: RGB. [H, W, 3]
+        target: classifier row of each pixel, IGNORE where unlabeled. [H, W] int64
+        labels: raw mask label of each classifier row. [L] int64
+    """
+
+    view: View
+    image: Tensor
+    target: Tensor
+    labels: Tensor
+
+
+def prepare_views(scene: Scene, unlabeled_as_class: bool) -> list[TrainingView]:
+    """Load every training view's image and mask, mapping raw mask labels to classifier rows."""
+    prepared = []
+    for view in scene.split("train"):
+        mask = view.load_mask()
+        if mask is None:
+            raise FileNotFoundError(
+                f"{scene.root / 'masks' / (view.name + '.png')}: no mask for training view {view.name}; "
+                "run `protosaga masks` first"
+            )
+        labels = torch.unique(mask) if unlabeled_as_class else torch.unique(mask[mask > 0])
+        rows = torch.searchsorted(labels, mask).clamp(max=max(len(labels) - 1, 0))
+        labelled = mask >= 0 if unlabeled_as_class else mask > 0
+        target = torch.where(labelled, rows, torch.full_like(rows, IGNORE))
+        prepared.append(TrainingView(view, view.load_image(), target, labels))
+    if not prepared:
+        raise ValueError(f"{scene.root}: the dataset has no training views")
+    return prepared
+
+
+def scene_extent(scene: Scene) -> float:
+    """3DGS's scene scale: 1.1 x the largest camera distance from the cameras' mean centre."""
+    centres = torch.stack([torch.linalg.inv(v.viewmat)[:3, 3] for v in scene.split("train")])
+    return 1.1 * float((centres - centres.mean(0)).norm(dim=1).max().clamp_min(1e-3))
+
+
+def initial_gaussians(scene: Scene, config: TrainConfig, generator: torch.Generator) -> Gaussians:
+    """From the SfM points when there are any, else random points around the cameras."""
+    if scene.points is not None and len(scene.points) >= 4:
+        return Gaussians.from_points(
+            scene.points.float(), scene.point_colors.float(), config.sh_degree, config.feature_dim, generator=generator
+        )
+    centres = torch.stack([torch.linalg.inv(v.viewmat)[:3, 3] for v in scene.split("train")])
+    extent = scene_extent(scene)
+    lower = (centres.min(0).values - extent).tolist()
+    upper = (centres.max(0).values + extent).tolist()
+    return Gaussians.random_box(
+        config.random_init_points, lower, upper, config.sh_degree, config.feature_dim, generator=generator
+    )
+
+
+# --- the training state ----------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """Everything the rest of the run depends on; a checkpoint is exactly this."""
+
+    iteration: int
+    params: torch.nn.ParameterDict
+    optimizers: dict[str, torch.optim.Adam]
+    classifiers: list[Tensor]
+    classifier_optimizer: torch.optim.Adam
+    strategy_state: dict
+    view_generator: torch.Generator
+
+
+def new_state(gaussians: Gaussians, views: list[TrainingView], config: TrainConfig, extent: float) -> TrainState:
+    params = gaussians.as_parameter_dict()
+    generator = torch.Generator().manual_seed(config.seed)
+    classifiers = [
+        torch.nn.Parameter(torch.randn(max(len(v.labels), 1), config.feature_dim, generator=generator)) for v in views
+    ]
+    return TrainState(
+        iteration=0,
+        params=params,
+        optimizers=_optimizers(params, config, extent),
+        classifiers=classifiers,
+        classifier_optimizer=torch.optim.Adam(classifiers, lr=config.lr_classifiers),
+        strategy_state=_strategy(config).initialize_state(scene_scale=extent),
+        view_generator=generator,
+    )
+
+
+def _optimizers(params: torch.nn.ParameterDict, config: TrainConfig, extent: float) -> dict[str, torch.optim.Adam]:
+    """One Adam per parameter, the layout DefaultStrategy edits in place."""
+    rates = {
+        "means": config.lr_means * extent,
+        "scales": config.lr_scales,
+        "quats": config.lr_quats,
+        "opacities": config.lr_opacities,
+        "sh0": config.lr_sh0,
+        "shN": config.lr_shN,
+        "features": config.lr_features,
+    }
+    return {name: torch.optim.Adam([params[name]], lr=rates[name], eps=1e-15) for name in params}
+
+
+def _strategy(config: TrainConfig) -> DefaultStrategy:
+    d = config.densify
+    return DefaultStrategy(
+        prune_opa=d.prune_opa,
+        grow_grad2d=d.grow_grad2d,
+        refine_start_iter=d.refine_start_iter,
+        refine_stop_iter=d.refine_stop_iter,
+        refine_every=d.refine_every,
+        reset_every=d.reset_every,
+        verbose=False,
+    )
+
+
+def save_checkpoint(path: Path, state: TrainState) -> None:
+    payload = {
+        "iteration": state.iteration,
+        "params": {name: p.detach() for name, p in state.params.items()},
+        "optimizers": {name: opt.state_dict() for name, opt in state.optimizers.items()},
+        "classifiers": [c.detach() for c in state.classifiers],
+        "classifier_optimizer": state.classifier_optimizer.state_dict(),
+        "strategy_state": state.strategy_state,
+        "view_generator": state.view_generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path, config: TrainConfig, extent: float) -> TrainState:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file raises many different types
+        raise ValueError(f"{path}: not a readable checkpoint ({error})") from error
+    params = torch.nn.ParameterDict({n: torch.nn.Parameter(t) for n, t in payload["params"].items()})
+    optimizers = _optimizers(params, config, extent)
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(payload["optimizers"][name])
+    classifiers = [torch.nn.Parameter(t) for t in payload["classifiers"]]
+    classifier_optimizer = torch.optim.Adam(classifiers, lr=config.lr_classifiers)
+    classifier_optimizer.load_state_dict(payload["classifier_optimizer"])
+    generator = torch.Generator()
+    generator.set_state(payload["view_generator"])
+    torch.set_rng_state(payload["torch_rng"])
+    return TrainState(
+        payload["iteration"], params, optimizers, classifiers, classifier_optimizer, payload["strategy_state"], generator
+    )
+
+
+# --- the loop ----------------------------------------------------------------------------------------
+
+
+def training_loss(
+    params: torch.nn.ParameterDict,
+    classifier: Tensor,
+    sample: TrainingView,
+    sh_degree: int,
+    config: TrainConfig,
+) -> tuple[Tensor, Tensor, dict]:
+    """Eq. 8 for one view. Returns the loss, the rendered RGB [H, W, 3] and gsplat's info."""
+    out = render(Gaussians.from_tensors(params), sample.view.cameras, sh_degree=sh_degree, extras=params["features"])
+    rgb, features = out.colors[0], out.extras[0]
+    reconstruction = (1 - config.lambda_ssim) * (rgb - sample.image).abs().mean()
+    reconstruction = reconstruction + config.lambda_ssim * ssim_loss(rgb, sample.image)
+    logits = config.temperature * F.normalize(features, dim=-1) @ F.normalize(classifier, dim=-1).T  # [H, W, L]
+    if (sample.target != IGNORE).any():
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), sample.target.reshape(-1), ignore_index=IGNORE)
+    else:
+        ce = logits.sum() * 0.0
+    return reconstruction + config.lambda_ce * ce, rgb, out.info
+
+
+class _DeferredInterrupt:
+    """Turns SIGINT/SIGTERM into a flag checked between iterations.
+
+    An interrupt in the middle of an iteration (after the view was drawn, between two optimizer steps)
+    would leave a state no uninterrupted run passes through; deferring it to the iteration boundary keeps
+    every checkpoint on the uninterrupted trajectory, so resuming is bit for bit.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "_DeferredInterrupt":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._request)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _request(self, signum, frame) -> None:
+        self.requested = True
+
+
+def train_loop(state: TrainState, views: list[TrainingView], config: TrainConfig, extent: float, checkpoint: Path) -> TrainState:
+    """Run iterations `state.iteration .. config.iterations`, checkpointing periodically and on Ctrl-C.
+
+    Raises:
+        KeyboardInterrupt: after saving the checkpoint, when interrupted by SIGINT or SIGTERM.
+    """
+    strategy = _strategy(config)
+    means_decay = (config.lr_means_final / config.lr_means) ** (1 / max(config.iterations, 1))
+    bar = tqdm(total=config.iterations, initial=state.iteration, desc="train", unit="it", dynamic_ncols=True)
+    with _DeferredInterrupt() as interrupt:
+        while state.iteration < config.iterations:
+            step = state.iteration
+            index = int(torch.randint(len(views), (1,), generator=state.view_generator))
+            sh_degree = min(step // config.sh_degree_interval, config.sh_degree)
+            state.optimizers["means"].param_groups[0]["lr"] = config.lr_means * extent * means_decay**step
+            loss, rgb, info = training_loss(state.params, state.classifiers[index], views[index], sh_degree, config)
+            strategy.step_pre_backward(state.params, state.optimizers, state.strategy_state, step, info)
+            loss.backward()
+            for optimizer in (*state.optimizers.values(), state.classifier_optimizer):
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            strategy.step_post_backward(state.params, state.optimizers, state.strategy_state, step, info, packed=False)
+            state.iteration += 1
+            bar.update(1)
+            if step % 10 == 0:
+                mse = F.mse_loss(rgb.detach(), views[index].image).item()
+                psnr = -10 * math.log10(max(mse, 1e-10))
+                bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.2f}", gaussians=len(state.params["means"]))
+            if interrupt.requested:
+                save_checkpoint(checkpoint, state)
+                bar.close()
+                raise KeyboardInterrupt(f"interrupted after iteration {state.iteration}; checkpoint {checkpoint}")
+            if config.checkpoint_every and state.iteration % config.checkpoint_every == 0:
+                save_checkpoint(checkpoint, state)
+    bar.close()
+    save_checkpoint(checkpoint, state)
+    return state
+
+
+def train(dataset: DatasetConfig, output: Path, config: TrainConfig, resume: bool = False) -> SceneDir:
+    """Train on a dataset into the scene directory `output` (DESIGN §7)."""
+    scene_dir = SceneDir(output)
+    probe = dataset.load()
+    widest = max(v.width * v.downscale for v in probe.views)
+    downscale = max(dataset.downscale, math.ceil(widest / config.max_width)) if config.max_width else dataset.downscale
+    dataset = replace(dataset, downscale=downscale)
+    scene = dataset.load() if downscale != probe.views[0].downscale else probe
+    views = prepare_views(scene, config.unlabeled_as_class)
+    extent = scene_extent(scene)
+    checkpoint = scene_dir.checkpoints_dir / "last.pt"
+    if resume:
+        if not checkpoint.exists():
+            raise FileNotFoundError(f"{checkpoint}: no checkpoint to resume from")
+        state = load_checkpoint(checkpoint, config, extent)
+    else:
+        torch.manual_seed(config.seed)
+        gaussians = initial_gaussians(scene, config, torch.Generator().manual_seed(config.seed))
+        state = new_state(gaussians, views, config, extent)
+    scene_dir.root.mkdir(parents=True, exist_ok=True)
+    state = train_loop(state, views, config, extent, checkpoint)
+
+    scene_dir.write_gaussians(Gaussians.from_tensors(state.params).detach())
+    scene_dir.write_classifiers(
+        Classifiers([v.view.name for v in views], [v.labels for v in views], [c.detach() for c in state.classifiers])
+    )
+    meta = SceneMeta(
+        dataset=str(Path(dataset.root).resolve()),
+        dataset_format=scene.format,
+        downscale=downscale,
+        split_rule=dataset.split,
+        train_views=[v.view.name for v in views],
+    )
+    scene_dir.write_meta(meta)
+    scene_dir.mark_done("train", config)
+    return scene_dir

@@ -1,0 +1,326 @@
+"""Prototype inference (paper Sec. 3.3, Eq. 17-19; DESIGN §5).
+
+- Eq. 17: the prototype of instance t in training view k is the mean rendered feature over the pixels
+  its consistent (associated) mask gives it: v_k(t) = mean_{p in R'_k(t)} F̂_k(p).
+- Eq. 18: the ensemble prototype is the mean over the K views that contain t: v(t) = 1/K Σ_k v_k(t).
+- Eq. 19: a pixel (or a Gaussian, on its own f_i) gets argmax_t τ cos(v(t), F̂(p)).
+
+Id 0 (no mask) is not an instance: it never gets a prototype, so it is never predicted while at least
+one prototype exists. The `prototypes` stage writes `prototypes.npz`, the per-Gaussian labels
+`labels.npy` and the instance table of scene.json.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from .atomic import atomic_open
+from .datasets.scene import Scene, View
+from .gaussians import Gaussians
+from .labelmaps import load_label_map
+from .render import render
+from .scene_dir import InstanceInfo, SceneDir, SceneDirError
+
+DEFAULT_TEMPERATURE = 10.0
+DEFAULT_CHUNK_VIEWS = 4
+CLASSIFY_CHUNK = 1 << 16
+"""Rows classified at once: bounds the [rows, T] similarity matrix (a million Gaussians x hundreds of
+instances would not fit otherwise)."""
+PROTOTYPE_KEYS = ("ids", "vectors", "num_views")
+
+
+@dataclass
+class PrototypesConfig:
+    """The prototypes stage (`protosaga prototypes SCENE`): Eq. 17-19 on the trained scene."""
+
+    temperature: float = DEFAULT_TEMPERATURE
+    """τ of Eq. 19 (it scales the cosine logits; the argmax, hence every label, does not depend on it)"""
+    chunk_views: int = DEFAULT_CHUNK_VIEWS
+    """training views rendered per batch (views of one image size only); more is faster and uses more memory"""
+
+
+@dataclass(frozen=True)
+class Prototypes:
+    """Instance prototypes: the classifier of Eq. 19.
+
+    Attributes:
+        ids: instance id of each prototype (> 0). [T] int64
+        vectors: the prototypes v(t). [T, D] float32
+        num_views: training views each prototype was averaged over (Eq. 18's K). [T] int64
+
+    The ensemble (Eq. 18) has one prototype per id; the k-means baseline may map several centres to one
+    id, so ids are not required to be unique here.
+    """
+
+    ids: Tensor
+    vectors: Tensor
+    num_views: Tensor
+
+    def __post_init__(self) -> None:
+        count = self.ids.shape[0] if self.ids.ndim == 1 else -1
+        if count < 0 or self.vectors.ndim != 2 or self.vectors.shape[0] != count or self.num_views.shape != (count,):
+            raise ValueError(
+                f"Prototypes need ids [T], vectors [T, D], num_views [T]; got {list(self.ids.shape)}, "
+                f"{list(self.vectors.shape)}, {list(self.num_views.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write `prototypes.npz` atomically (keys ids, vectors, num_views)."""
+        with atomic_open(path) as handle:
+            np.savez(
+                handle,
+                ids=self.ids.detach().cpu().numpy().astype(np.int64),
+                vectors=self.vectors.detach().cpu().numpy().astype(np.float32),
+                num_views=self.num_views.detach().cpu().numpy().astype(np.int64),
+            )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Prototypes":
+        """Read and validate a `prototypes.npz`; every problem raises SceneDirError naming the file."""
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise SceneDirError(f"{path}: missing; run protosaga prototypes first")
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+        except (OSError, ValueError) as error:  # not a zip / not an npz / pickled content
+            raise SceneDirError(f"{path}: not a prototypes file ({error})") from error
+        missing = [key for key in PROTOTYPE_KEYS if key not in arrays]
+        if missing:
+            raise SceneDirError(f"{path}: missing arrays {missing} (expected {list(PROTOTYPE_KEYS)})")
+        ids, vectors, num_views = (arrays[key] for key in PROTOTYPE_KEYS)
+        count = len(ids) if ids.ndim == 1 else -1
+        if count < 0 or vectors.ndim != 2 or vectors.shape[0] != count or num_views.shape != (count,):
+            raise SceneDirError(
+                f"{path}: expected ids [T], vectors [T, D], num_views [T]; got {list(ids.shape)}, "
+                f"{list(vectors.shape)}, {list(num_views.shape)}"
+            )
+        if not (np.issubdtype(ids.dtype, np.integer) and np.issubdtype(num_views.dtype, np.integer)):
+            raise SceneDirError(f"{path}: ids and num_views must be integers, got {ids.dtype} and {num_views.dtype}")
+        if not np.issubdtype(vectors.dtype, np.floating) or not np.isfinite(vectors).all():
+            raise SceneDirError(f"{path}: vectors must be finite floats")
+        if count and (ids.min() <= 0 or len(np.unique(ids)) != count):
+            raise SceneDirError(f"{path}: ids must be unique and positive (0 is not an instance)")
+        return cls(
+            torch.from_numpy(ids.astype(np.int64)),
+            torch.from_numpy(vectors.astype(np.float32)),
+            torch.from_numpy(num_views.astype(np.int64)),
+        )
+
+
+# --- Eq. 17-19 -------------------------------------------------------------------------------------
+
+
+def view_prototypes(features: Tensor, consistent_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Eq. 17 for one view: the mean rendered feature over each instance's pixels.
+
+    Args:
+        features: rendered features F̂_k. [H, W, D]
+        consistent_mask: associated global ids, 0 = none. [H, W] integers
+
+    Returns:
+        ids: the ids present, sorted, without 0. [T_k] int64
+        prototypes: v_k(t) for each id. [T_k, D]
+        pixel_counts: |R'_k(t)|. [T_k] int64
+    """
+    if features.ndim != 3 or consistent_mask.shape != features.shape[:2]:
+        raise ValueError(
+            f"features must be [H, W, D] and the mask [H, W]; got {list(features.shape)} and {list(consistent_mask.shape)}"
+        )
+    labels = consistent_mask.reshape(-1).to(device=features.device, dtype=torch.int64)
+    flat = features.reshape(-1, features.shape[-1])
+    inside = labels > 0
+    ids, rows, counts = torch.unique(labels[inside], return_inverse=True, return_counts=True)
+    sums = flat.new_zeros(len(ids), flat.shape[1]).index_add_(0, rows, flat[inside])
+    return ids, sums / counts[:, None].to(sums.dtype), counts
+
+
+def ensemble_prototypes(view_ids: Sequence[Tensor], view_vectors: Sequence[Tensor]) -> Prototypes:
+    """Eq. 18: average each instance's per-view prototypes over the views that contain it.
+
+    Args:
+        view_ids: for each view, its ids (unique within the view, > 0). each [T_k] int64
+        view_vectors: for each view, v_k(t) in the same order. each [T_k, D]
+
+    Returns:
+        One prototype per id seen in any view, ids sorted; num_views = views containing the id.
+    """
+    if not view_ids or len(view_ids) != len(view_vectors):
+        raise ValueError(f"need one vectors tensor per ids tensor and at least one view, got {len(view_ids)} and {len(view_vectors)}")
+    all_ids = torch.cat([ids.to(torch.int64) for ids in view_ids])
+    all_vectors = torch.cat(list(view_vectors))
+    ids, rows, num_views = torch.unique(all_ids, return_inverse=True, return_counts=True)
+    sums = all_vectors.new_zeros(len(ids), all_vectors.shape[1]).index_add_(0, rows, all_vectors)
+    return Prototypes(ids, (sums / num_views[:, None].to(sums.dtype)).float(), num_views)
+
+
+def cosine_logits(features: Tensor, vectors: Tensor, temperature: float = DEFAULT_TEMPERATURE) -> Tensor:
+    """τ cos(v(t), F) for every row and prototype (Eq. 19 before the argmax). [M, D] x [T, D] -> [M, T]
+
+    A zero feature (a pixel no Gaussian reaches) has cosine 0 with every prototype.
+    """
+    return temperature * F.normalize(features, dim=-1) @ F.normalize(vectors, dim=-1).T
+
+
+def classify(features: Tensor, prototypes: Prototypes, temperature: float = DEFAULT_TEMPERATURE) -> Tensor:
+    """Eq. 19: the id of the prototype with the largest τ·cosine.
+
+    Args:
+        features: rendered features F̂(p) or per-Gaussian f_i. [..., D]
+
+    Returns:
+        Instance ids, never 0 while at least one prototype exists (all 0 otherwise). [...] int64.
+        Ties (e.g. a zero feature) go to the first prototype.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive (a negative one would flip the argmax), got {temperature}")
+    if features.shape[-1] != prototypes.feature_dim:
+        raise ValueError(f"features have {features.shape[-1]} channels but the prototypes {prototypes.feature_dim}")
+    shape = features.shape[:-1]
+    if len(prototypes) == 0:
+        return torch.zeros(shape, dtype=torch.int64, device=features.device)
+    flat = features.reshape(-1, features.shape[-1])
+    vectors = prototypes.vectors.to(device=flat.device, dtype=flat.dtype)
+    best = torch.cat([cosine_logits(rows, vectors, temperature).argmax(-1) for rows in flat.split(CLASSIFY_CHUNK)])
+    return prototypes.ids.to(flat.device)[best].reshape(shape)
+
+
+def gaussian_labels(features: Tensor, prototypes: Prototypes, temperature: float = DEFAULT_TEMPERATURE) -> Tensor:
+    """Per-Gaussian instance ids: Eq. 19 applied to each f_i (DESIGN §5). [N, D] -> [N] int64"""
+    if features.ndim != 2:
+        raise ValueError(f"Gaussian features must be [N, D], got {list(features.shape)}")
+    return classify(features, prototypes, temperature)
+
+
+# --- rendering and masks ---------------------------------------------------------------------------
+
+
+def default_device() -> torch.device:
+    """CUDA when there is one (gsplat backend), else the CPU (the torch rasterizer)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def view_batches(views: Sequence[View], size: int) -> Iterator[list[View]]:
+    """Consecutive runs of at most `size` views sharing one image size, in the given order."""
+    if size < 1:
+        raise ValueError(f"batch size must be positive, got {size}")
+    batch: list[View] = []
+    for view in views:
+        if batch and (len(batch) == size or (view.width, view.height) != (batch[0].width, batch[0].height)):
+            yield batch
+            batch = []
+        batch.append(view)
+    if batch:
+        yield batch
+
+
+def render_features(
+    gaussians: Gaussians,
+    scene: Scene,
+    views: Sequence[View],
+    chunk_views: int = DEFAULT_CHUNK_VIEWS,
+    progress: bool = True,
+    desc: str = "features",
+) -> Iterator[tuple[View, Tensor]]:
+    """Each view with its rendered features F̂ [H, W, D] (on the CPU, no gradient), in the given order.
+
+    `gaussians` should already be on the device to render on (`default_device()`).
+    """
+    with tqdm(total=len(views), desc=desc, unit="view", disable=not progress) as bar:
+        for batch in view_batches(views, chunk_views):
+            cameras = scene.cameras(batch).to(gaussians.device)
+            with torch.no_grad():
+                features = render(gaussians, cameras, rgb=False, extras=gaussians.features).extras
+            bar.update(len(batch))
+            yield from zip(batch, features.cpu())
+
+
+def read_consistent_mask(scene_dir: SceneDir, view: View) -> Tensor:
+    """The associated mask of a training view at its render size. [H, W] int64"""
+    path = scene_dir.association_dir / f"{view.name}.png"
+    if not path.is_file():
+        raise SceneDirError(f"{path}: missing consistent mask of training view {view.name}; run protosaga associate first")
+    return load_label_map(path, view.width, view.height)
+
+
+def collect_view_prototypes(
+    scene_dir: SceneDir,
+    gaussians: Gaussians,
+    scene: Scene,
+    chunk_views: int = DEFAULT_CHUNK_VIEWS,
+    progress: bool = True,
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Eq. 17 for every training view: (ids [T_k], v_k [T_k, D], pixel counts [T_k]) per view, in view order."""
+    views = scene.split("train")
+    if not views:
+        raise SceneDirError(f"{scene.root}: the dataset has no training views")
+    masks = {view.name: read_consistent_mask(scene_dir, view) for view in views}  # fail before rendering
+    return [
+        view_prototypes(features, masks[view.name])
+        for view, features in render_features(gaussians, scene, views, chunk_views, progress, "prototypes")
+    ]
+
+
+# --- the instance table ----------------------------------------------------------------------------
+
+GOLDEN_RATIO_CONJUGATE = (math.sqrt(5) - 1) / 2
+
+
+def instance_color(instance_id: int) -> tuple[int, int, int]:
+    """A deterministic RGB colour per id: golden-ratio hue steps spread consecutive ids around the wheel;
+    saturation and value cycle with other periods so that ids whose hues coincide after rounding still differ."""
+    hue = (instance_id * GOLDEN_RATIO_CONJUGATE) % 1.0
+    saturation = 0.55 + 0.4 * ((instance_id * math.sqrt(2)) % 1.0)
+    value = 0.7 + 0.3 * ((instance_id * math.sqrt(3)) % 1.0)
+    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, saturation, value))
+
+
+def instance_table(prototypes: Prototypes, labels: Tensor) -> list[InstanceInfo]:
+    """One row per prototype: colour, Gaussians labelled with it (labels [N] int64), views it was seen in."""
+    ids = prototypes.ids.to(torch.int64)
+    top = int(max(ids.max().item() if len(ids) else 0, labels.max().item() if len(labels) else 0))
+    per_id = torch.bincount(labels.to(torch.int64).cpu(), minlength=top + 1)
+    return [
+        InstanceInfo(int(i), instance_color(int(i)), int(per_id[i]), int(k), f"instance {int(i)}")
+        for i, k in zip(ids.tolist(), prototypes.num_views.tolist())
+    ]
+
+
+# --- the stage -------------------------------------------------------------------------------------
+
+
+def compute_prototypes(scene_dir: SceneDir, config: PrototypesConfig = PrototypesConfig(), progress: bool = True) -> Prototypes:
+    """The prototypes stage: render every training view's features, Eq. 17-18, per-Gaussian labels.
+
+    Writes `prototypes.npz`, `labels.npy`, the instance table of scene.json, and marks the stage done.
+    """
+    scene_dir.invalidate_from("prototypes")  # eval results of older prototypes no longer hold
+    gaussians = scene_dir.read_gaussians().to(default_device())
+    scene = scene_dir.load_dataset()
+    per_view = collect_view_prototypes(scene_dir, gaussians, scene, config.chunk_views, progress)
+    prototypes = ensemble_prototypes([p[0] for p in per_view], [p[1] for p in per_view])
+    prototypes.save(scene_dir.prototypes_path)
+    labels = gaussian_labels(gaussians.features.detach(), prototypes, config.temperature).cpu()
+    scene_dir.write_labels(labels.numpy())
+    meta = scene_dir.read_meta()
+    meta.instances = instance_table(prototypes, labels)
+    scene_dir.write_meta(meta)
+    scene_dir.mark_done("prototypes", config)
+    return prototypes

@@ -1,0 +1,351 @@
+"""Label maps for any split (`protosaga segment SCENE --split {train,test}`), by Eq. 19 or a Table 4 baseline.
+
+Methods (paper Sec. 4.3, Table 4):
+- `proto` (ours): argmax of τ·cosine to the ensemble prototypes of `prototypes.npz` (Eq. 19).
+- `kmeans`: k-means++ over all per-view prototypes v_k(t), L2-normalised first so that Euclidean k-means
+  clusters by direction, with as many clusters as there are instance ids in the consistent masks; the
+  centres become the prototypes of Eq. 19, each mapped to the id most of its member prototypes carry.
+  Clusters left empty are dropped.
+- `cls`: Gaga's recipe (`lift.py` of weijielyu/Gaga): a linear classifier (a 1x1 convolution with bias)
+  from D features to T + 1 classes — class 0 is "no mask", as Gaga's `num_mask + 1` —, trained jointly
+  with the per-Gaussian features (every other attribute frozen) by cross-entropy over all pixels of one
+  random training view per iteration, normalised by log(T + 1), plus every 2nd iteration Gaga's 3D
+  neighbourhood term (KL divergence between the class distributions of 1000 sampled Gaussians and their
+  5 nearest neighbours, self included, weight 2 / (T + 1)); Adam with Gaga's rates (features 2.5e-3,
+  classifier 5e-4). Gaga trains 10k iterations on a GPU; the CPU default here is 300 (documented in
+  `SegmentConfig`). Since geometry is frozen the neighbours are computed once, over all Gaussians (Gaga
+  recomputes them on a random subset when there are more than 300k). Prediction takes the argmax over
+  the instance classes only, so 0 is never predicted (DESIGN §5: label 0 is not an instance). The trained
+  classifier and features live in `SCENE/segment/cls/model.pt`; gaussians.ply is never modified.
+
+Every method writes one `<stem>.png` uint16 label map per view of the split; 0 appears only when the
+scene has no instance at all.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from .atomic import atomic_open
+from .datasets.scene import Scene, Split
+from .gaussians import Gaussians
+from .labelmaps import save_label_map
+from .prototypes import (
+    CLASSIFY_CHUNK,
+    DEFAULT_CHUNK_VIEWS,
+    DEFAULT_TEMPERATURE,
+    Prototypes,
+    classify,
+    collect_view_prototypes,
+    default_device,
+    read_consistent_mask,
+    render_features,
+)
+from .render import render
+from .scene_dir import SceneDir
+
+Method = Literal["proto", "cls", "kmeans"]
+METHODS: tuple[Method, ...] = ("proto", "cls", "kmeans")
+
+REG3D_INTERVAL = 2
+"""Gaga's `reg3d_interval`: the 3D neighbourhood term is added every this many iterations."""
+REG3D_NEIGHBOURS = 5
+"""Gaga's `reg3d_k` (the sampled Gaussian itself is the first of them, as in its top-k over cdist)."""
+REG3D_SAMPLE = 1000
+"""Gaga's `reg3d_sample_size`: Gaussians sampled per 3D term."""
+
+
+@dataclass
+class SegmentConfig:
+    """Segment every view of a split (`protosaga segment SCENE --split test [-o DIR] [--method proto]`)."""
+
+    split: Split = "test"
+    """which views to segment"""
+    output: Path | None = None
+    """folder for the <stem>.png label maps; default SCENE/segment/<method>/<split>/"""
+    method: Method = "proto"
+    """proto: Eq. 19 with the ensemble prototypes (ours); cls, kmeans: the Table 4 baselines"""
+    chunk_views: int = DEFAULT_CHUNK_VIEWS
+    """views rendered per batch"""
+    cls_iterations: int = 300
+    """cls: training iterations, one training view each. Gaga uses 10k on a GPU; 300 keeps the CPU run to
+    minutes (each iteration renders a view forward and backward) at the cost of an under-trained classifier"""
+    cls_lr_features: float = 2.5e-3
+    """cls: Adam learning rate of the per-Gaussian features (Gaga's feature_lr)"""
+    cls_lr_classifier: float = 5e-4
+    """cls: Adam learning rate of the linear classifier (Gaga's)"""
+    cls_reg3d_lambda: float = 2.0
+    """cls: weight of Gaga's 3D neighbourhood term (0 disables it)"""
+    kmeans_restarts: int = 10
+    """kmeans: k-means++ initialisations; the run with the lowest inertia wins"""
+    kmeans_max_iterations: int = 300
+    """kmeans: Lloyd iterations per run at most (runs stop when assignments no longer change)"""
+    seed: int = 0
+    """seed of the cls initialisation and view order and of the k-means++ draws"""
+
+
+def output_dir(scene_dir: SceneDir, config: SegmentConfig) -> Path:
+    """Where `segment` writes: `config.output`, or SCENE/segment/<method>/<split>/."""
+    return config.output if config.output is not None else scene_dir.root / "segment" / config.method / config.split
+
+
+def segment(scene_dir: SceneDir, config: SegmentConfig = SegmentConfig(), progress: bool = True) -> Path:
+    """Write one uint16 `<stem>.png` label map per view of `config.split`; returns the folder."""
+    if config.method not in METHODS:
+        raise ValueError(f"unknown method {config.method!r}; expected one of {METHODS}")
+    scene = scene_dir.load_dataset()
+    views = scene.split(config.split)
+    if not views:
+        raise ValueError(f"{scene.root}: the dataset has no {config.split} views")
+    gaussians = scene_dir.read_gaussians().to(default_device())
+    gaussians, predict = _predictor(scene_dir, gaussians, scene, config, progress)
+    out = output_dir(scene_dir, config)
+    out.mkdir(parents=True, exist_ok=True)
+    desc = f"segment {config.split} ({config.method})"
+    for view, features in render_features(gaussians, scene, views, config.chunk_views, progress, desc):
+        save_label_map(out / f"{view.name}.png", predict(features))
+    return out
+
+
+def _predictor(
+    scene_dir: SceneDir, gaussians: Gaussians, scene: Scene, config: SegmentConfig, progress: bool
+) -> tuple[Gaussians, Callable[[Tensor], Tensor]]:
+    """The Gaussians to render (cls renders its own trained features) and features [H, W, D] -> ids [H, W]."""
+    if config.method == "cls":
+        model = train_or_load_cls(scene_dir, gaussians, scene, config, progress)
+        return replace(gaussians, features=model.features.to(gaussians.device)), model.predict
+    temperature = float(scene_dir.read_meta().configs.get("prototypes", {}).get("temperature", DEFAULT_TEMPERATURE))
+    if config.method == "proto":
+        prototypes = Prototypes.load(scene_dir.prototypes_path)
+    else:
+        per_view = collect_view_prototypes(scene_dir, gaussians, scene, config.chunk_views, progress)
+        prototypes = kmeans_prototypes(
+            [p[0] for p in per_view], [p[1] for p in per_view], config.seed, config.kmeans_restarts, config.kmeans_max_iterations
+        )
+    return gaussians, lambda features: classify(features, prototypes, temperature)
+
+
+# --- k-means baseline ------------------------------------------------------------------------------
+
+
+def kmeans(
+    points: Tensor, k: int, generator: torch.Generator, restarts: int = 10, max_iterations: int = 300
+) -> tuple[Tensor, Tensor]:
+    """Euclidean k-means with k-means++ seeding (Arthur & Vassilvitskii), best of `restarts` runs by inertia.
+
+    Args:
+        points: [M, D] with M >= k >= 1.
+        generator: CPU generator for the seeding draws (the result is deterministic given its state).
+
+    Returns:
+        centres [k, D] (an empty cluster keeps its previous centre) and the assignment of each point [M] int64.
+    """
+    if not 1 <= k <= points.shape[0]:
+        raise ValueError(f"k-means needs 1 <= k <= number of points, got k = {k} for {points.shape[0]} points")
+    best: tuple[float, Tensor, Tensor] | None = None
+    for _ in range(restarts):
+        centres = _kmeans_plus_plus(points, k, generator)
+        assignment = torch.cdist(points, centres).argmin(1)
+        for _ in range(max_iterations):
+            counts = torch.bincount(assignment, minlength=k)
+            sums = points.new_zeros(k, points.shape[1]).index_add_(0, assignment, points)
+            centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None].to(sums.dtype), centres)
+            updated = torch.cdist(points, centres).argmin(1)
+            if torch.equal(updated, assignment):
+                break
+            assignment = updated
+        inertia = float((points - centres[assignment]).square().sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, centres, assignment)
+    return best[1], best[2]
+
+
+def _kmeans_plus_plus(points: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """k-means++ seeding: each next centre is drawn with probability proportional to D(x)². [k, D]"""
+    chosen = [int(torch.randint(points.shape[0], (1,), generator=generator))]
+    nearest = (points - points[chosen[0]]).square().sum(1)  # squared distance to the nearest centre so far
+    for _ in range(1, k):
+        # All points on a centre already (duplicates): any point is as good as another.
+        weights = nearest if float(nearest.sum()) > 0 else torch.ones_like(nearest)
+        index = int(torch.multinomial(weights.cpu().double(), 1, generator=generator))
+        chosen.append(index)
+        nearest = torch.minimum(nearest, (points - points[index]).square().sum(1))
+    return points[chosen].clone()
+
+
+def kmeans_prototypes(
+    view_ids: Sequence[Tensor],
+    view_vectors: Sequence[Tensor],
+    seed: int = 0,
+    restarts: int = 10,
+    max_iterations: int = 300,
+) -> Prototypes:
+    """The k-means baseline's classifier: cluster all per-view prototypes into as many clusters as ids.
+
+    Args:
+        view_ids, view_vectors: per-view prototypes (Eq. 17), as `collect_view_prototypes` gives them.
+
+    Returns:
+        Prototypes whose vectors are the cluster centres and whose ids are each cluster's majority id
+        (ties go to the smaller id); num_views counts the member prototypes. Empty clusters are dropped.
+    """
+    ids = torch.cat([i.to(torch.int64) for i in view_ids]).cpu()
+    points = F.normalize(torch.cat(list(view_vectors)).float().cpu(), dim=-1)
+    distinct, member_id = torch.unique(ids, return_inverse=True)
+    if len(distinct) == 0:
+        return Prototypes(ids, points, ids.clone())
+    generator = torch.Generator().manual_seed(seed)
+    centres, assignment = kmeans(points, len(distinct), generator, restarts, max_iterations)
+    votes = torch.bincount(assignment * len(distinct) + member_id, minlength=len(distinct) ** 2).reshape(len(distinct), -1)
+    members = votes.sum(1)
+    keep = members > 0
+    return Prototypes(distinct[votes.argmax(1)][keep], centres[keep], members[keep])
+
+
+# --- classifier baseline (Gaga) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClsModel:
+    """Gaga's linear classifier and the per-Gaussian features trained with it.
+
+    Attributes:
+        class_ids: the id of each class; class_ids[0] = 0 ("no mask"), then the instance ids. [C] int64
+        weight: [C, D]
+        bias: [C]
+        features: the trained f_i. [N, D]
+    """
+
+    class_ids: Tensor
+    weight: Tensor
+    bias: Tensor
+    features: Tensor
+
+    def logits(self, features: Tensor) -> Tensor:
+        """[M, D] -> [M, C]"""
+        return features @ self.weight.to(features).T + self.bias.to(features)
+
+    def predict(self, features: Tensor) -> Tensor:
+        """The most likely instance class, never the "no mask" class. [..., D] -> ids [...] int64 (0 without instances)"""
+        shape = features.shape[:-1]
+        if len(self.class_ids) < 2:
+            return torch.zeros(shape, dtype=torch.int64, device=features.device)
+        flat = features.reshape(-1, features.shape[-1])
+        best = torch.cat([self.logits(rows)[:, 1:].argmax(-1) for rows in flat.split(CLASSIFY_CHUNK)])
+        return self.class_ids[1:].to(flat.device)[best].reshape(shape)
+
+
+def cls_model_path(scene_dir: SceneDir) -> Path:
+    return scene_dir.root / "segment" / "cls" / "model.pt"
+
+
+def _cls_key(config: SegmentConfig, num_gaussians: int) -> dict[str, float | int]:
+    """What a saved model was trained with; a model is reused only when this matches."""
+    return {
+        "iterations": config.cls_iterations,
+        "lr_features": config.cls_lr_features,
+        "lr_classifier": config.cls_lr_classifier,
+        "reg3d_lambda": config.cls_reg3d_lambda,
+        "seed": config.seed,
+        "num_gaussians": num_gaussians,
+    }
+
+
+def train_or_load_cls(
+    scene_dir: SceneDir, gaussians: Gaussians, scene: Scene, config: SegmentConfig, progress: bool = True
+) -> ClsModel:
+    """The saved model when it was trained with this config after the Gaussians and masks last changed,
+    else a newly trained (and saved) one."""
+    path = cls_model_path(scene_dir)
+    key = _cls_key(config, len(gaussians))
+    inputs = (scene_dir.gaussians_path, scene_dir.association_dir)
+    if path.is_file() and all(path.stat().st_mtime_ns >= p.stat().st_mtime_ns for p in inputs if p.exists()):
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if saved["key"] == key:
+                return ClsModel(saved["class_ids"], saved["weight"], saved["bias"], saved["features"])
+        except Exception:  # noqa: BLE001 - a stale or damaged cache is simply retrained and overwritten
+            pass
+    model = train_cls(scene_dir, gaussians, scene, config, progress)
+    payload = {"key": key, **{name: getattr(model, name).cpu() for name in ("class_ids", "weight", "bias", "features")}}
+    with atomic_open(path) as handle:
+        torch.save(payload, handle)
+    return model
+
+
+def train_cls(
+    scene_dir: SceneDir, gaussians: Gaussians, scene: Scene, config: SegmentConfig, progress: bool = True
+) -> ClsModel:
+    """Train Gaga's classifier jointly with the features on the consistent masks (see the module docstring)."""
+    device = gaussians.device
+    views = scene.split("train")
+    masks = [read_consistent_mask(scene_dir, view).to(device) for view in views]
+    class_ids = torch.unique(torch.cat([torch.zeros(1, dtype=torch.int64, device=device)] + [m.unique() for m in masks]))
+    targets = [torch.searchsorted(class_ids, mask).reshape(-1) for mask in masks]
+    num_classes, dim = len(class_ids), gaussians.feature_dim
+    generator = torch.Generator().manual_seed(config.seed)
+    # PyTorch's default Conv2d/Linear initialisation (uniform, bound 1/sqrt(fan_in)), drawn from our generator.
+    bound = 1.0 / math.sqrt(dim)
+    weight = torch.nn.Parameter(((torch.rand(num_classes, dim, generator=generator) * 2 - 1) * bound).to(device))
+    bias = torch.nn.Parameter(((torch.rand(num_classes, generator=generator) * 2 - 1) * bound).to(device))
+    features = torch.nn.Parameter(gaussians.features.detach().clone())
+    if num_classes < 2 or config.cls_iterations <= 0:
+        return ClsModel(class_ids, weight.detach(), bias.detach(), features.detach())
+    frozen = gaussians.detach()
+    feature_optimizer = torch.optim.Adam([features], lr=config.cls_lr_features, eps=1e-15)
+    classifier_optimizer = torch.optim.Adam([weight, bias], lr=config.cls_lr_classifier)
+    neighbours = _neighbours(frozen.means, REG3D_NEIGHBOURS) if config.cls_reg3d_lambda > 0 else None
+    order: list[int] = []
+    for iteration in tqdm(range(1, config.cls_iterations + 1), desc="train cls", disable=not progress):
+        if not order:  # Gaga's viewpoint stack: every view once per epoch, in random order
+            order = torch.randperm(len(views), generator=generator).tolist()
+        index = order.pop()
+        rendered = render(frozen, views[index].cameras.to(device), rgb=False, extras=features).extras[0]
+        logits = rendered.reshape(-1, dim) @ weight.T + bias
+        loss = F.cross_entropy(logits, targets[index]) / math.log(num_classes)
+        if neighbours is not None and iteration % REG3D_INTERVAL == 0:
+            loss = loss + config.cls_reg3d_lambda * _neighbourhood_kl(features, weight, bias, neighbours, generator)
+        feature_optimizer.zero_grad(set_to_none=True)
+        classifier_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        feature_optimizer.step()
+        classifier_optimizer.step()
+    return ClsModel(class_ids, weight.detach(), bias.detach(), features.detach())
+
+
+def _neighbours(means: Tensor, k: int) -> Tensor:
+    """Indices of each Gaussian's k nearest Gaussians, itself first. [N, k] int64"""
+    from scipy.spatial import cKDTree
+
+    xyz = means.detach().cpu().double().numpy()
+    _, index = cKDTree(xyz).query(xyz, k=min(k, len(xyz)))
+    return torch.from_numpy(index.reshape(len(xyz), -1)).to(device=means.device, dtype=torch.int64)
+
+
+def _neighbourhood_kl(features: Tensor, weight: Tensor, bias: Tensor, neighbours: Tensor, generator: torch.Generator) -> Tensor:
+    """Gaga's `loss_cls_3d` without λ: mean KL(p_i || p_j) over sampled Gaussians i and their neighbours j,
+    divided by the number of classes."""
+    sample = torch.randperm(neighbours.shape[0], generator=generator)[:REG3D_SAMPLE].to(neighbours.device)
+    probs = torch.softmax(features[sample] @ weight.T + bias, dim=-1)  # [S, C]
+    neighbour_probs = torch.softmax(features[neighbours[sample]] @ weight.T + bias, dim=-1)  # [S, k, C]
+    log_ratio = torch.log(probs[:, None] + 1e-10) - torch.log(neighbour_probs + 1e-10)
+    return (probs[:, None] * log_ratio).sum(-1).mean() / weight.shape[0]
+
+
+def predictions_current(folder: Path, stems: Sequence[str], inputs: Sequence[Path]) -> bool:
+    """Whether `folder` holds `<stem>.png` for every stem, none older than any existing input path."""
+    files = [folder / f"{stem}.png" for stem in stems]
+    if not all(f.is_file() for f in files):
+        return False
+    newest_input = max((os.stat(p).st_mtime_ns for p in inputs if p.exists()), default=0)
+    return min(f.stat().st_mtime_ns for f in files) >= newest_input

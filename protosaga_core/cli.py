@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -12,7 +12,13 @@ import tyro
 
 from .datasets import DatasetConfig
 from .masks import MasksConfig, generate_masks
+from .association import AssociateConfig, associate
+from .evaluate import EvalConfig, evaluate
 from .metrics import MetricsCommand
+from .pipeline import RunConfig, run, run_demo
+from .prototypes import PrototypesConfig, compute_prototypes
+from .scene_dir import SceneDir, SceneDirError
+from .segment import SegmentConfig, segment
 from .train import PRESETS as TRAIN_PRESETS
 from .train import Preset, TrainConfig, train
 
@@ -126,6 +132,90 @@ class Train:
         print(f"trained {scene_dir.root}: {len(scene_dir.read_gaussians()):,} Gaussians")
 
 
+SceneArg = Annotated[Path, tyro.conf.Positional]
+
+
+@dataclass
+class Associate:
+    """Associate the per-view SAM masks across views through the Gaussians (paper Eq. 9-16)."""
+
+    scene: SceneArg
+    config: tyro.conf.OmitArgPrefixes[AssociateConfig]
+
+    def run(self) -> None:
+        result = associate(SceneDir(self.scene), self.config)
+        print(f"{result.num_instances} instances across the training views in {SceneDir(self.scene).association_dir}")
+
+
+@dataclass
+class Prototypes:
+    """Per-view prototypes, their ensemble and per-Gaussian labels (paper Eq. 17-18)."""
+
+    scene: SceneArg
+    config: tyro.conf.OmitArgPrefixes[PrototypesConfig]
+
+    def run(self) -> None:
+        prototypes = compute_prototypes(SceneDir(self.scene), self.config)
+        print(f"{len(prototypes.ids)} prototypes in {SceneDir(self.scene).prototypes_path}")
+
+
+@dataclass
+class Segment:
+    """Write one uint16 label map per view of a split (paper Eq. 19, or a Table 4 baseline)."""
+
+    scene: SceneArg
+    config: tyro.conf.OmitArgPrefixes[SegmentConfig]
+
+    def run(self) -> None:
+        print(f"label maps in {segment(SceneDir(self.scene), self.config)}")
+
+
+@dataclass
+class Eval:
+    """PSNR/SSIM on test views; instance mIoU / precision / recall (Gaga protocol) where GT exists."""
+
+    scene: SceneArg
+    config: tyro.conf.OmitArgPrefixes[EvalConfig]
+
+    def run(self) -> None:
+        evaluate(SceneDir(self.scene), self.config)
+
+
+@dataclass
+class Run:
+    """masks (if missing), train, associate, prototypes and eval on a dataset, reusing finished stages."""
+
+    dataset: tyro.conf.OmitArgPrefixes[DatasetConfig]
+    output: Annotated[Path, tyro.conf.arg(aliases=("-o",))]
+    """the scene directory to write"""
+    config: Annotated[RunConfig, tyro.conf.arg(name="")]
+    preset: Preset = "paper"
+    """training defaults to start from (default: cpu without CUDA, paper with it)"""
+
+    def run(self) -> None:
+        run(self.dataset, self.output, self.config)
+        print(f"scene ready: {self.output}")
+
+
+@dataclass
+class Demo:
+    """The whole method on the bundled demo scene (about 3-5 minutes on a 2-core CPU)."""
+
+    output: Path | None = None
+    """scene directory; default: the user cache directory"""
+    config: Annotated[RunConfig, tyro.conf.arg(name="")] = field(default_factory=RunConfig)
+    preset: Preset = "paper"
+    """training defaults to start from (default: cpu without CUDA, paper with it)"""
+
+    def run(self) -> None:
+        scene, _ = run_demo(self.output, self.config)
+        print(f"\ndemo scene ready: {scene}")
+        print(
+            "The interactive viewer (protosaga-view) is not available yet in this version; the scene's label "
+            f"maps are in {scene / 'segment'} and its metrics in {scene / 'eval' / 'metrics.json'}."
+        )
+
+
 def default_preset() -> Preset:
     return "paper" if torch.cuda.is_available() else "cpu"
 
@@ -142,7 +232,10 @@ def _preset_in(argv: list[str]) -> Preset:
 
 def command_type(preset: Preset):
     """The subcommands, with training defaults taken from `preset`."""
-    train_default = Train(DatasetConfig(tyro.MISSING), tyro.MISSING, TRAIN_PRESETS[preset], preset)
+    train_config = TRAIN_PRESETS[preset]
+    train_default = Train(DatasetConfig(tyro.MISSING), tyro.MISSING, train_config, preset)
+    run_default = Run(DatasetConfig(tyro.MISSING), tyro.MISSING, RunConfig(train=train_config), preset)
+    demo_default = Demo(None, RunConfig(train=train_config), preset)
     return Union[
         Annotated[Info, tyro.conf.subcommand("info")],
         Annotated[Render, tyro.conf.subcommand("render")],
@@ -150,6 +243,12 @@ def command_type(preset: Preset):
         Annotated[Masks, tyro.conf.subcommand("masks")],
         Annotated[Synth, tyro.conf.subcommand("synth")],
         Annotated[Train, tyro.conf.subcommand("train", default=train_default)],
+        Annotated[Associate, tyro.conf.subcommand("associate")],
+        Annotated[Prototypes, tyro.conf.subcommand("prototypes")],
+        Annotated[Segment, tyro.conf.subcommand("segment")],
+        Annotated[Eval, tyro.conf.subcommand("eval")],
+        Annotated[Run, tyro.conf.subcommand("run", default=run_default)],
+        Annotated[Demo, tyro.conf.subcommand("demo", default=demo_default)],
     ]
 
 
@@ -158,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     command = tyro.cli(command_type(_preset_in(argv)), args=argv, prog="protosaga")
     try:
         command.run()
-    except (FileNotFoundError, ValueError, ImportError) as error:
+    except (FileNotFoundError, PermissionError, ValueError, ImportError) as error:
         print(f"protosaga: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:

@@ -113,7 +113,7 @@ def evaluate(scene_dir: SceneDir, config: EvalConfig = EvalConfig(), progress: b
 
     train_gt = [v for v in scene.split("train") if v.instance_path is not None]
     association = None
-    if train_gt:
+    if train_gt and scene_dir.is_done("associate"):
         association = instance_metrics(
             [v.load_instances() for v in train_gt],
             [read_consistent_mask(scene_dir, v) for v in train_gt],

@@ -1,0 +1,83 @@
+"""`protosaga run` and `protosaga demo` end to end on tiny budgets."""
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from protosaga_core import pipeline
+from protosaga_core.cli import main
+from protosaga_core.datasets import DatasetConfig
+from protosaga_core.scene_dir import SceneDir
+from protosaga_core.train import PRESETS, DensifyConfig
+
+DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
+TINY = ["--iterations", "40", "--sh-degree", "0"]
+
+
+@pytest.fixture()
+def dataset(tmp_path) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(DEMO, root)
+    return root
+
+
+def test_run_chains_every_stage_and_reuses_finished_ones(dataset, tmp_path, monkeypatch, capsys):
+    shutil.rmtree(dataset / "masks")  # run must make the missing masks first
+    scene = tmp_path / "scene"
+    argv = ["run", str(dataset), "-o", str(scene), "--preset", "cpu", *TINY, "--masks.method", "simulated"]
+    assert main(argv) == 0
+    scene_dir = SceneDir(scene)
+    assert scene_dir.read_meta().stages == ["train", "associate", "prototypes", "eval"]
+    assert len(list((dataset / "masks").glob("*.png"))) == 36
+    assert len(list(scene_dir.association_dir.glob("*.png"))) == 36
+    metrics = json.loads((scene_dir.eval_dir / "metrics.json").read_text())
+    assert metrics["psnr"] > 10 and "proto" in metrics["segmentation"] and metrics["association"] is not None
+    assert len(list((scene / "segment" / "proto" / "test").glob("*.png"))) == 12
+
+    # A second run reuses every finished stage: training and association must not run again.
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr(pipeline, "train", refuse)
+    monkeypatch.setattr(pipeline, "associate", refuse)
+    monkeypatch.setattr(pipeline, "compute_prototypes", refuse)
+    assert main(argv) == 0
+
+
+def test_run_resumes_an_interrupted_training(dataset, tmp_path, monkeypatch):
+    from protosaga_core import train as train_module
+
+    config = replace(
+        pipeline.RunConfig(train=replace(PRESETS["cpu"], iterations=20, sh_degree=0)),
+        train=replace(PRESETS["cpu"], iterations=20, sh_degree=0, densify=DensifyConfig(refine_start_iter=1000)),
+    )
+    original = train_module.training_loss
+    calls = {"n": 0}
+
+    def crash_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "training_loss", crash_once)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(DatasetConfig(dataset), tmp_path / "scene", config, progress=False)
+    # An exception (not a signal) mid-iteration leaves the last periodic checkpoint, here none:
+    # nothing is half-written and the next run starts cleanly.
+    assert not (tmp_path / "scene" / "gaussians.ply").exists()
+    monkeypatch.setattr(train_module, "training_loss", original)
+    report = pipeline.run(DatasetConfig(dataset), tmp_path / "scene", config, progress=False)
+    assert report.psnr is not None
+
+
+def test_demo_runs_on_the_bundled_scene(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert main(["demo", "--preset", "cpu", *TINY]) == 0
+    out = capsys.readouterr().out
+    scene = tmp_path / "cache" / "protosaga" / "demo"
+    assert f"demo scene ready: {scene}" in out
+    assert SceneDir(scene).is_done("eval")

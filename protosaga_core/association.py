@@ -51,7 +51,7 @@ from .atomic import atomic_write_bytes
 from .datasets.scene import View
 from .labelmaps import MAX_LABEL, save_label_map
 from .prototypes import default_device
-from .scene_dir import Classifiers, SceneDir, SceneDirError
+from .scene_dir import Classifiers, SceneDir, SceneDirError, read_versioned_json
 
 NEAR_PLANE = 0.01
 """Gaussians at or nearer than this camera depth are not seen (Gaga: clip-space z > 0 with znear 0.01)."""
@@ -539,16 +539,7 @@ def associate(scene_dir: SceneDir, config: AssociateConfig, progress: bool = Tru
 def read_association(scene_dir: SceneDir) -> AssociationRecord:
     """Load and validate association.json; errors name the file."""
     path = scene_dir.association_json
-    if not path.is_file():
-        raise SceneDirError(f"{path}: missing; run protosaga associate first")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SceneDirError(f"{path}: unreadable JSON ({error})") from error
-    if not isinstance(raw, dict) or raw.get("format") != ASSOCIATION_FORMAT:
-        raise SceneDirError(f"{path}: not a {ASSOCIATION_FORMAT} file")
-    if raw.get("version") != ASSOCIATION_VERSION:
-        raise SceneDirError(f"{path}: version {raw.get('version')} is not the supported {ASSOCIATION_VERSION}")
+    raw = read_versioned_json(path, ASSOCIATION_FORMAT, ASSOCIATION_VERSION, "run protosaga associate first")
     try:
         config = AssociateConfig(**raw["parameters"])
         num_instances = int(raw["num_instances"])

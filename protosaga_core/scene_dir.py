@@ -142,16 +142,9 @@ class SceneDir:
 
     # --- scene.json ----------------------------------------------------------------------------------
     def read_meta(self) -> SceneMeta:
-        if not self.meta_path.exists():
-            raise SceneDirError(f"{self.meta_path}: missing; is {self.root} a trained scene (protosaga train)?")
-        try:
-            raw = json.loads(self.meta_path.read_text())
-        except json.JSONDecodeError as error:
-            raise SceneDirError(f"{self.meta_path}: unreadable JSON ({error})") from error
-        if not isinstance(raw, dict) or raw.get("format") != SCENE_FORMAT:
-            raise SceneDirError(f"{self.meta_path}: not a {SCENE_FORMAT} file")
-        if raw.get("version") != SCENE_VERSION:
-            raise SceneDirError(f"{self.meta_path}: version {raw.get('version')} is not the supported {SCENE_VERSION}")
+        raw = read_versioned_json(
+            self.meta_path, SCENE_FORMAT, SCENE_VERSION, f"is {self.root} a trained scene (protosaga train)?"
+        )
         try:
             instances = [InstanceInfo(**{**row, "color": tuple(row["color"])}) for row in raw.pop("instances", [])]
             return SceneMeta(**raw, instances=instances)
@@ -235,6 +228,21 @@ class SceneDir:
     def write_labels(self, labels: np.ndarray) -> None:
         with atomic_open(self.labels_path) as handle:
             np.save(handle, np.asarray(labels, dtype=np.int64))
+
+
+def read_versioned_json(path: Path, file_format: str, version: int, missing_hint: str) -> dict[str, Any]:
+    """A JSON object carrying `"format": file_format` and `"version": version`; errors name the file."""
+    if not path.is_file():
+        raise SceneDirError(f"{path}: missing; {missing_hint}")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SceneDirError(f"{path}: unreadable JSON ({error})") from error
+    if not isinstance(raw, dict) or raw.get("format") != file_format:
+        raise SceneDirError(f"{path}: not a {file_format} file")
+    if raw.get("version") != version:
+        raise SceneDirError(f"{path}: version {raw.get('version')} is not the supported {version}")
+    return raw
 
 
 def _jsonable(value: Any) -> Any:

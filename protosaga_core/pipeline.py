@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tyro
@@ -80,5 +80,5 @@ def _stage(name: str, detail: str) -> None:
 def run_demo(output: Path | None, config: RunConfig) -> tuple[Path, EvalReport]:
     """The whole method on the demo scene; returns the scene directory and the evaluation."""
     output = output or cache_dir() / "demo"
-    report = run(DatasetConfig(demo_dataset()), output, replace(config))
+    report = run(DatasetConfig(demo_dataset()), output, config)
     return output, report

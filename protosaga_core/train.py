@@ -142,9 +142,14 @@ def prepare_views(scene: Scene, unlabeled_as_class: bool) -> list[TrainingView]:
     return prepared
 
 
+def camera_centres(views: list[View]) -> Tensor:
+    """World positions of the views' cameras. [V, 3]"""
+    return torch.cat([view.cameras.centers for view in views])
+
+
 def scene_extent(scene: Scene) -> float:
     """3DGS's scene scale: 1.1 x the largest camera distance from the cameras' mean centre."""
-    centres = torch.stack([torch.linalg.inv(v.viewmat)[:3, 3] for v in scene.split("train")])
+    centres = camera_centres(scene.split("train"))
     return 1.1 * float((centres - centres.mean(0)).norm(dim=1).max().clamp_min(1e-3))
 
 
@@ -154,7 +159,7 @@ def initial_gaussians(scene: Scene, config: TrainConfig, generator: torch.Genera
         return Gaussians.from_points(
             scene.points.float(), scene.point_colors.float(), config.sh_degree, config.feature_dim, generator=generator
         )
-    centres = torch.stack([torch.linalg.inv(v.viewmat)[:3, 3] for v in scene.split("train")])
+    centres = camera_centres(scene.split("train"))
     extent = scene_extent(scene)
     lower = (centres.min(0).values - extent).tolist()
     upper = (centres.max(0).values + extent).tolist()

@@ -13,6 +13,7 @@ import tyro
 from .datasets import DatasetConfig
 from .masks import MasksConfig, generate_masks
 from .association import AssociateConfig, associate
+from .editing import ExportConfig
 from .evaluate import EvalConfig, evaluate
 from .metrics import MetricsCommand
 from .pipeline import RunConfig, run, run_demo
@@ -249,6 +250,7 @@ def command_type(preset: Preset):
         Annotated[Eval, tyro.conf.subcommand("eval")],
         Annotated[Run, tyro.conf.subcommand("run", default=run_default)],
         Annotated[Demo, tyro.conf.subcommand("demo", default=demo_default)],
+        Annotated[ExportConfig, tyro.conf.subcommand("export")],
     ]
 
 

@@ -1,0 +1,269 @@
+"""The one selection/edit model of the viewer (DESIGN §8), free of any viser import.
+
+GUI buttons, hotkeys and clicks all call `apply_action` or an `EditModel` method, so they share one
+code path and one undo stack; every browser tab subscribes to the same model, so all tabs see one state.
+
+Decisions:
+- The state is an immutable `EditState` snapshot; undo/redo swap snapshots, so an undo can never leave
+  a half-applied edit behind.
+- Selection changes are undoable too (as in SuperSplat): undoing a delete should bring back the selection
+  it deleted, and a user who mis-clicks expects Ctrl+Z to restore the previous selection.
+- An edit that changes nothing (hiding with nothing selected, clicking the selected instance again) is
+  not recorded and notifies nobody, so undo never appears to do nothing.
+- Delete is a soft delete (a set of ids), so undo restores it; an export of the edited scene keeps every
+  Gaussian whose label, after merges, is not deleted (`EditState.kept`).
+- Listeners run while the lock is held, so every tab receives the states in the order they happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Literal, get_args
+
+import numpy as np
+
+from protosaga_core.editing import merge_labels
+
+logger = logging.getLogger(__name__)
+
+Action = Literal[
+    "delete", "hide", "isolate", "show_all", "clear_selection", "invert_selection", "undo", "redo"
+]
+ACTIONS: tuple[str, ...] = get_args(Action)
+DEFAULT_HISTORY_LIMIT = 1000
+"""Undo steps kept; snapshots are small sets of ids, so this bounds memory only for endless sessions."""
+
+
+@dataclass(frozen=True)
+class EditState:
+    """One snapshot of the edits. Ids are instance ids (> 0).
+
+    Attributes:
+        selected: selected instances (always visible ones).
+        hidden: instances hidden from view (undone by show all).
+        deleted: instances removed from the scene (undone only by undo).
+        merged: merges in the order they were made, as (keep, absorb) pairs; an absorbed id no longer
+            exists and appears in none of the sets.
+    """
+
+    selected: frozenset[int] = frozenset()
+    hidden: frozenset[int] = frozenset()
+    deleted: frozenset[int] = frozenset()
+    merged: tuple[tuple[int, int], ...] = ()
+
+    def effective_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Per-Gaussian labels after the merges. [N] -> [N]"""
+        for keep, absorb in self.merged:
+            labels = merge_labels(labels, keep, absorb)
+        return np.asarray(labels)
+
+    def kept(self, labels: np.ndarray) -> np.ndarray:
+        """Which Gaussians the edited scene still holds (unassigned ones included). [N] -> [N] bool"""
+        return ~np.isin(self.effective_labels(labels), np.fromiter(self.deleted, dtype=np.int64))
+
+
+Listener = Callable[[EditState], None]
+
+
+@dataclass
+class EditModel:
+    """The edit state of one scene with undo/redo, shared by every tab; all methods are thread-safe.
+
+    Args:
+        instance_ids: the scene's instances (e.g. the ids of its instance table); 0 is never one.
+    """
+
+    instance_ids: Iterable[int]
+    history_limit: int = DEFAULT_HISTORY_LIMIT
+    _instances: frozenset[int] = field(init=False)
+    _state: EditState = field(init=False, default_factory=EditState)
+    _undo: list[EditState] = field(init=False, default_factory=list)
+    _redo: list[EditState] = field(init=False, default_factory=list)
+    _listeners: list[Listener] = field(init=False, default_factory=list)
+    # Re-entrant: a listener may read the model (e.g. visible_instances) while being notified.
+    _lock: threading.RLock = field(init=False, default_factory=threading.RLock)
+
+    def __post_init__(self) -> None:
+        if self.history_limit < 1:
+            raise ValueError(f"history_limit must be at least 1, got {self.history_limit}")
+        self._instances = frozenset(int(i) for i in self.instance_ids if int(i) > 0)
+
+    # --- reading -------------------------------------------------------------------------------------
+    @property
+    def state(self) -> EditState:
+        with self._lock:
+            return self._state
+
+    def live_instances(self) -> frozenset[int]:
+        """Instances that exist: not absorbed by a merge, not deleted."""
+        with self._lock:
+            absorbed = {absorb for _, absorb in self._state.merged}
+            return self._instances - absorbed - self._state.deleted
+
+    def visible_instances(self) -> frozenset[int]:
+        """Instances drawn: live and not hidden."""
+        with self._lock:
+            return self.live_instances() - self._state.hidden
+
+    def can_undo(self) -> bool:
+        with self._lock:
+            return bool(self._undo)
+
+    def can_redo(self) -> bool:
+        with self._lock:
+            return bool(self._redo)
+
+    # --- listeners -----------------------------------------------------------------------------------
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener(state)` after every change; returns a function that unsubscribes it."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    # --- selection -----------------------------------------------------------------------------------
+    def click(self, instance_id: int, additive: bool = False) -> None:
+        """A click on `instance_id` (0: background). Shift-click (`additive`) adds to the selection;
+        a plain click replaces it, and a plain click on the background clears it."""
+        with self._lock:
+            if instance_id in self.visible_instances():
+                self.select_many([instance_id], additive)
+            elif not additive:
+                self.clear_selection()
+
+    def select_many(self, ids: Iterable[int], additive: bool = False) -> None:
+        """Select the visible instances among `ids` (a rectangle), adding to the selection if `additive`."""
+        with self._lock:
+            picked = frozenset(int(i) for i in ids) & self.visible_instances()
+            self._commit(selected=(self._state.selected | picked) if additive else picked)
+
+    def clear_selection(self) -> None:
+        with self._lock:
+            self._commit(selected=frozenset())
+
+    def invert_selection(self) -> None:
+        """Select every visible instance that is not selected, and deselect the rest."""
+        with self._lock:
+            self._commit(selected=self.visible_instances() - self._state.selected)
+
+    # --- visibility and deletion ---------------------------------------------------------------------
+    def hide_selected(self) -> None:
+        """Hide the selection; hidden instances cannot stay selected."""
+        with self._lock:
+            state = self._state
+            if state.selected:
+                self._commit(hidden=state.hidden | state.selected, selected=frozenset())
+
+    def isolate_selected(self) -> None:
+        """Hide every live instance except the selected ones."""
+        with self._lock:
+            if self._state.selected:
+                self._commit(hidden=self.live_instances() - self._state.selected)
+
+    def show_all(self) -> None:
+        """Unhide every instance; deleted ones stay deleted."""
+        with self._lock:
+            self._commit(hidden=frozenset())
+
+    def delete_selected(self) -> None:
+        """Delete the selection (undo brings it back, selected as before)."""
+        with self._lock:
+            state = self._state
+            if state.selected:
+                self._commit(deleted=state.deleted | state.selected, selected=frozenset())
+
+    def merge(self, keep: int, absorb: int) -> None:
+        """Merge instance `absorb` into `keep`; `absorb` leaves every set and `keep` keeps its own flags.
+
+        Raises:
+            ValueError: either id is not a live instance, or both are the same.
+        """
+        with self._lock:
+            live = self.live_instances()
+            if keep == absorb or keep not in live or absorb not in live:
+                raise ValueError(f"merge needs two different live instances, got {keep} and {absorb}")
+            state = self._state
+            self._commit(
+                selected=state.selected - {absorb},
+                hidden=state.hidden - {absorb},
+                merged=(*state.merged, (keep, absorb)),
+            )
+
+    # --- history -------------------------------------------------------------------------------------
+    def undo(self) -> None:
+        with self._lock:
+            if self._undo:
+                self._redo.append(self._state)
+                self._set(self._undo.pop())
+
+    def redo(self) -> None:
+        with self._lock:
+            if self._redo:
+                self._undo.append(self._state)
+                self._set(self._redo.pop())
+
+    # --- internals -----------------------------------------------------------------------------------
+    def _commit(self, **changes) -> None:
+        """Record a new state built from the current one; a new edit forgets the redo stack."""
+        new = replace(self._state, **changes)
+        if new == self._state:
+            return
+        self._undo.append(self._state)
+        del self._undo[: -self.history_limit]
+        self._redo.clear()
+        self._set(new)
+
+    def _set(self, state: EditState) -> None:
+        self._state = state
+        for listener in list(self._listeners):
+            # One failing listener (a tab whose connection just closed) must not starve the others.
+            try:
+                listener(state)
+            except Exception:
+                logger.exception("edit listener %r failed", listener)
+
+
+def action_for_key(key: str, shift: bool = False, ctrl: bool = False) -> Action | None:
+    """The action of a key press (browser `KeyboardEvent.key` names; Cmd counts as Ctrl); None if unbound.
+
+    Delete/Backspace delete, H hides, I isolates, Esc clears the selection, Ctrl+Z undoes, and
+    Ctrl+Shift+Z or Ctrl+Y redoes.
+    """
+    name = key.lower()
+    if ctrl:
+        if name == "z":
+            return "redo" if shift else "undo"
+        return "redo" if name == "y" else None
+    return {
+        "delete": "delete",
+        "backspace": "delete",
+        "h": "hide",
+        "i": "isolate",
+        "escape": "clear_selection",
+        "esc": "clear_selection",
+    }.get(name)
+
+
+def apply_action(model: EditModel, action: Action) -> None:
+    """Run a named action: the single path for GUI buttons and hotkeys."""
+    methods: dict[str, Callable[[], None]] = {
+        "delete": model.delete_selected,
+        "hide": model.hide_selected,
+        "isolate": model.isolate_selected,
+        "show_all": model.show_all,
+        "clear_selection": model.clear_selection,
+        "invert_selection": model.invert_selection,
+        "undo": model.undo,
+        "redo": model.redo,
+    }
+    if action not in methods:
+        raise ValueError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
+    methods[action]()

@@ -97,16 +97,23 @@ class EditModel:
         with self._lock:
             return self._state
 
-    def live_instances(self) -> frozenset[int]:
-        """Instances that exist: not absorbed by a merge, not deleted."""
-        with self._lock:
-            absorbed = {absorb for _, absorb in self._state.merged}
-            return self._instances - absorbed - self._state.deleted
+    @property
+    def instances(self) -> frozenset[int]:
+        """Every instance of the scene, whatever its state."""
+        return self._instances
 
-    def visible_instances(self) -> frozenset[int]:
-        """Instances drawn: live and not hidden."""
+    def live_instances(self, state: EditState | None = None) -> frozenset[int]:
+        """Instances that exist in `state` (default: the current one): not absorbed by a merge, not deleted."""
         with self._lock:
-            return self.live_instances() - self._state.hidden
+            state = state or self._state
+            absorbed = {absorb for _, absorb in state.merged}
+            return self._instances - absorbed - state.deleted
+
+    def visible_instances(self, state: EditState | None = None) -> frozenset[int]:
+        """Instances drawn in `state` (default: the current one): live and not hidden."""
+        with self._lock:
+            state = state or self._state
+            return self.live_instances(state) - state.hidden
 
     def can_undo(self) -> bool:
         with self._lock:

@@ -1,21 +1,116 @@
-"""Entry point of `protosaga-view`.
+"""Entry point of `protosaga-view SCENE`: open a trained scene in the browser.
 
-The viewer is not built yet (it is the fourth milestone, after training, association and prototypes).
-Until then the command says so and exits with an error instead of pretending to work.
+The server binds 127.0.0.1 unless told otherwise: a segmentation editor that writes files under the
+scene directory must not be reachable from the network by default (viser's own default is 0.0.0.0).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+import webbrowser
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import torch
+import tyro
+import viser
+
+from protosaga_core.scene_dir import SceneDirError
+
+from .document import SceneDocument
+from .live import RenderMode
+from .live_view import LiveSettings
+from .scene import ViewerScene
+from .server import ViewerApp, ViewerOptions
+
+
+@dataclass
+class ViewerConfig:
+    """Open a trained scene (the output of `protosaga run`) in an interactive viewer and editor."""
+
+    scene: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="SCENE")]
+    """the trained scene directory (the output of protosaga run)"""
+    host: str = "127.0.0.1"
+    """address to listen on; 0.0.0.0 makes the viewer reachable from other machines"""
+    port: int = 8080
+    """port to listen on (the next free one is used if it is taken)"""
+    mode: RenderMode = "rgb"
+    """render mode at start: rgb, instances, segmentation (per pixel, on the server) or pca"""
+    max_splats: int | None = 1_000_000
+    """Gaussians sent to the browser (the most opaque ones; the server keeps all); None: every one"""
+    moving_size: int | None = None
+    """longer side of server frames while the camera moves; default: 256 on the CPU, full size on a GPU"""
+    still_size: int | None = None
+    """longer side of server frames once the camera stops; default: 640 on the CPU, full size on a GPU"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """where frames are rendered: auto (cuda if available), cpu or cuda"""
+    open_browser: bool = True
+    """open the viewer in the default browser where there is a display"""
+
+    def live_settings(self, device: torch.device) -> LiveSettings:
+        on_gpu = device.type == "cuda"
+        moving = self.moving_size if self.moving_size is not None else (None if on_gpu else 256)
+        still = self.still_size if self.still_size is not None else (None if on_gpu else 640)
+        return LiveSettings(moving, still)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def serve(config: ViewerConfig) -> ViewerApp:
+    """Load the scene and start the server (returns at once; the server runs on its own threads)."""
+    scene = ViewerScene.load(config.scene)
+    device = resolve_device(config.device)
+    document = SceneDocument(scene, device)
+    options = ViewerOptions(config.max_splats, config.live_settings(device), config.mode)
+    server = viser.ViserServer(host=config.host, port=config.port, label="ProtoSaGa", verbose=False)
+    return ViewerApp(server, document, options)
+
+
+def url_of(app: ViewerApp) -> str:
+    host = app.server.get_host()
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{app.server.get_port()}"
+
+
+def serve_forever(config: ViewerConfig) -> int:
+    """Run the viewer until Ctrl+C; returns the exit status."""
+    try:
+        app = serve(config)
+    except (SceneDirError, FileNotFoundError, PermissionError, ValueError, OSError) as error:
+        print(f"protosaga-view: error: {error}", file=sys.stderr)
+        return 2
+    url = url_of(app)
+    scene = app.document.scene
+    print(
+        f"protosaga-view: {scene.scene_dir.root} ({len(scene.gaussians):,} Gaussians, {len(scene.instances)} instances)\n"
+        f"  open {url} in a browser; Ctrl+C stops the viewer (exports are saved in {scene.scene_dir.root / 'exports'})",
+        flush=True,
+    )
+    if config.open_browser and _has_display():
+        webbrowser.open(url)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        app.server.stop()
+    return 0
+
+
+def _has_display() -> bool:
+    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(
-        "protosaga-view: the viewer is not available yet in this version of ProtoSaGa "
-        "(it needs trained scenes, which later milestones add).",
-        file=sys.stderr,
-    )
-    return 2
+    config = tyro.cli(ViewerConfig, args=sys.argv[1:] if argv is None else argv, prog="protosaga-view")
+    return serve_forever(config)
 
 
 if __name__ == "__main__":

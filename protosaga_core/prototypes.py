@@ -171,6 +171,32 @@ def ensemble_prototypes(view_ids: Sequence[Tensor], view_vectors: Sequence[Tenso
     return Prototypes(ids, (sums / num_views[:, None].to(sums.dtype)).float(), num_views)
 
 
+def merge_view_prototypes(
+    view_ids: Tensor, view_vectors: Tensor, pixel_counts: Tensor, merges: Sequence[tuple[int, int]]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Eq. 17 for one view after merging instances, from that view's unmerged prototypes, without rendering.
+
+    The consistent masks of two instances never overlap, so the mean feature over the union of their
+    pixels is the pixel-count-weighted mean of their two prototypes: exactly what Eq. 17 gives on the
+    merged mask.
+
+    Args:
+        view_ids, view_vectors, pixel_counts: `view_prototypes` of the view. [T_k], [T_k, D], [T_k]
+        merges: (keep, absorb) pairs applied in order; `absorb` becomes `keep`.
+
+    Returns:
+        The view's ids, prototypes and pixel counts after the merges, ids sorted.
+    """
+    ids = view_ids.to(torch.int64).clone()
+    for keep, absorb in merges:
+        ids[ids == absorb] = keep
+    merged, rows = torch.unique(ids, return_inverse=True)
+    counts = pixel_counts.new_zeros(len(merged)).index_add_(0, rows, pixel_counts)
+    weighted = view_vectors * pixel_counts[:, None].to(view_vectors.dtype)
+    sums = view_vectors.new_zeros(len(merged), view_vectors.shape[1]).index_add_(0, rows, weighted)
+    return merged, sums / counts[:, None].clamp_min(1).to(sums.dtype), counts
+
+
 def cosine_logits(features: Tensor, vectors: Tensor, temperature: float = DEFAULT_TEMPERATURE) -> Tensor:
     """τ cos(v(t), F) for every row and prototype (Eq. 19 before the argmax). [M, D] x [T, D] -> [M, T]
 

@@ -1,0 +1,160 @@
+"""Server-side frames of the browser camera: live per-pixel prototype segmentation and feature PCA.
+
+A frame renders the visible Gaussians through the one render interface (gsplat on a GPU, the torch
+rasterizer on the CPU) with their colours, features and expected depth, then:
+- segmentation: Eq. 19 per pixel (argmax of τ·cos between the rendered feature and each prototype),
+  drawn as instance colours over the image, the selection highlighted;
+- pca: the rendered features projected on the three principal axes of the Gaussians' features.
+The label map of every frame is kept, so a click reads the instance under the cursor from it (picking).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from protosaga_core.cameras import Cameras
+from protosaga_core.gaussians import Gaussians
+from protosaga_core.prototypes import Prototypes, classify, instance_color
+from protosaga_core.render import render
+
+from .splats import HIGHLIGHT_MIX, HIGHLIGHT_RGB
+
+RenderMode = Literal["rgb", "instances", "segmentation", "pca"]
+SERVER_MODES: tuple[RenderMode, ...] = ("segmentation", "pca")
+"""Modes drawn by the server as the background image; the others are the browser's own splats."""
+COVERED_ALPHA = 0.5
+"""A pixel shows a Gaussian (and gets a label) where the accumulated opacity exceeds this."""
+OVERLAY_MIX = 0.55
+FAR_DEPTH = 1.0e3
+"""Depth given to empty pixels so that every scene element (frustums) draws in front of them."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One server-rendered view.
+
+    Attributes:
+        image: what the browser shows. [H, W, 3] uint8
+        depth: camera depth per pixel, FAR_DEPTH where nothing is drawn. [H, W] float32
+        labels: Eq. 19 instance id per pixel, 0 where nothing is drawn. [H, W] int64
+        camera: the camera it was rendered from.
+    """
+
+    image: np.ndarray
+    depth: np.ndarray
+    labels: np.ndarray
+    camera: Cameras
+
+
+@dataclass(frozen=True)
+class FeaturePca:
+    """A fixed projection of unit features to RGB, fitted once on the Gaussians' features.
+
+    Attributes:
+        mean: [D]
+        axes: the three principal axes. [D, 3]
+        low, high: the 1st and 99th percentile of each projected channel. [3]
+    """
+
+    mean: Tensor
+    axes: Tensor
+    low: Tensor
+    high: Tensor
+
+    @classmethod
+    def fit(cls, features: Tensor, max_samples: int = 200_000, seed: int = 0) -> "FeaturePca":
+        """Fit on (a seeded sample of) the per-Gaussian features. [N, D]"""
+        unit = F.normalize(features.detach().float(), dim=-1)
+        if len(unit) > max_samples:
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+            unit = unit[torch.randperm(len(unit), generator=generator)[:max_samples].to(unit.device)]
+        mean = unit.mean(dim=0)
+        centred = unit - mean
+        # Full SVD of the small [D, D] covariance: deterministic, unlike a randomised low-rank solver.
+        _, _, vh = torch.linalg.svd(centred.T @ centred)
+        axes = vh[:3].T
+        if axes.shape[1] < 3:  # fewer than three feature channels
+            axes = F.pad(axes, (0, 3 - axes.shape[1]))
+        projected = centred @ axes
+        low, high = torch.quantile(projected, 0.01, dim=0), torch.quantile(projected, 0.99, dim=0)
+        return cls(mean, axes, low, high)
+
+    def colors(self, features: Tensor) -> Tensor:
+        """Colours in [0, 1] of features. [..., D] -> [..., 3]"""
+        projected = (F.normalize(features, dim=-1) - self.mean.to(features)) @ self.axes.to(features)
+        span = (self.high - self.low).clamp_min(1e-6).to(features)
+        return ((projected - self.low.to(features)) / span).clamp(0.0, 1.0)
+
+
+def color_table(ids: np.ndarray | list[int]) -> np.ndarray:
+    """Instance colours indexed by id (row 0, no instance, is black). [max_id + 1, 3] float32 in [0, 1]"""
+    ids = np.asarray(ids, dtype=np.int64)
+    table = np.zeros((int(ids.max(initial=0)) + 1, 3), dtype=np.float32)
+    for instance_id in ids.tolist():  # one row per instance, not per pixel
+        table[instance_id] = np.asarray(instance_color(instance_id), dtype=np.float32) / 255.0
+    return table
+
+
+def render_frame(
+    gaussians: Gaussians,
+    camera: Cameras,
+    mode: RenderMode,
+    prototypes: Prototypes,
+    pca: FeaturePca,
+    selected: frozenset[int] = frozenset(),
+) -> Frame:
+    """Render one server-side frame of the Gaussians (only the visible ones should be passed).
+
+    Args:
+        gaussians: on the device to render on.
+        camera: exactly one camera.
+        mode: "segmentation" or "pca".
+        prototypes: the classifier of Eq. 19 (after any merges).
+        selected: instances to highlight in the segmentation.
+    """
+    if mode not in SERVER_MODES:
+        raise ValueError(f"the server renders {SERVER_MODES}, not {mode!r}")
+    if camera.num_cameras != 1:
+        raise ValueError(f"a frame needs exactly one camera, got {camera.num_cameras}")
+    camera = camera.to(gaussians.device)
+    height, width = camera.height, camera.width
+    if len(gaussians) == 0:
+        return Frame(
+            np.zeros((height, width, 3), np.uint8),
+            np.full((height, width), FAR_DEPTH, np.float32),
+            np.zeros((height, width), np.int64),
+            camera,
+        )
+    with torch.no_grad():
+        out = render(gaussians, camera, sh_degree=0, extras=gaussians.features.detach(), depth="ED")
+        rgb, features = out.colors[0].clamp(0.0, 1.0), out.extras[0]
+        covered = out.alphas[0, ..., 0] > COVERED_ALPHA
+        labels = torch.where(covered, classify(features, prototypes), torch.zeros((), dtype=torch.int64))
+        if mode == "segmentation":
+            image = _overlay(rgb, labels, prototypes, selected)
+        else:
+            image = torch.where(covered[..., None], pca.colors(features), rgb)
+        depth = torch.where(covered, out.depths[0, ..., 0], torch.full_like(out.alphas[0, ..., 0], FAR_DEPTH))
+    return Frame(
+        (image * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).cpu().numpy(),
+        depth.float().cpu().numpy(),
+        labels.cpu().numpy(),
+        camera,
+    )
+
+
+def _overlay(rgb: Tensor, labels: Tensor, prototypes: Prototypes, selected: frozenset[int]) -> Tensor:
+    """Instance colours blended over the image; selected instances in the highlight colour. [H, W, 3]"""
+    table = torch.from_numpy(color_table(prototypes.ids.numpy())).to(rgb)
+    if selected:
+        rows = torch.tensor(sorted(i for i in selected if i < len(table)), dtype=torch.int64)
+        table[rows] = (1.0 - HIGHLIGHT_MIX) * table[rows] + HIGHLIGHT_MIX * torch.from_numpy(HIGHLIGHT_RGB).to(rgb)
+    colors = table[labels.clamp(max=len(table) - 1)]
+    blended = (1.0 - OVERLAY_MIX) * rgb + OVERLAY_MIX * colors
+    return torch.where((labels > 0)[..., None], blended, rgb)

@@ -1,0 +1,29 @@
+"""Shared fixtures: a small trained scene (the bundled demo dataset, a short training) for viewer tests."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from protosaga_core.cli import main
+
+DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
+QUICK_TRAINING = ["--preset", "cpu", "--iterations", "120", "--sh-degree", "0", "--masks.method", "simulated"]
+"""Enough iterations for features that separate the demo's objects; ~5k Gaussians, the browser-test limit."""
+
+
+@pytest.fixture(scope="session")
+def trained_scene_readonly(tmp_path_factory) -> Path:
+    """A scene trained once per test session; tests that write into it use `trained_scene` instead."""
+    root = tmp_path_factory.mktemp("trained")
+    shutil.copytree(DEMO, root / "data")
+    assert main(["run", str(root / "data"), "-o", str(root / "scene"), *QUICK_TRAINING]) == 0
+    return root / "scene"
+
+
+@pytest.fixture()
+def trained_scene(trained_scene_readonly, tmp_path) -> Path:
+    """A private copy of the trained scene (its dataset is shared, and never written)."""
+    return Path(shutil.copytree(trained_scene_readonly, tmp_path / "scene"))

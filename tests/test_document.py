@@ -1,0 +1,116 @@
+"""The edited scene: what is on screen, prototypes after merges (Eq. 17-18 exactly), export."""
+
+import numpy as np
+import pytest
+import torch
+
+from protosaga_app.document import SceneDocument
+from protosaga_app.scene import ViewerScene
+from protosaga_core.editing import merge_labels
+from protosaga_core.ply import read_ply
+from protosaga_core.prototypes import ensemble_prototypes, read_consistent_mask, render_features, view_prototypes
+from protosaga_core.scene_dir import SceneDirError
+
+
+@pytest.fixture()
+def document(trained_scene) -> SceneDocument:
+    return SceneDocument(ViewerScene.load(trained_scene), torch.device("cpu"))
+
+
+def two_largest(document: SceneDocument) -> tuple[int, int]:
+    counts = np.bincount(document.scene.labels)
+    first, second = np.argsort(-counts)[:2]
+    return int(first), int(second)
+
+
+def test_visible_gaussians_follow_hide_delete_and_undo(document):
+    model = document.model
+    a, b = two_largest(document)
+    everything = document.visible()
+    assert len(everything.index) == len(document.scene.labels)
+    model.click(a)
+    model.hide_selected()
+    hidden = document.visible()
+    assert a not in hidden.labels and len(hidden.index) == int((document.scene.labels != a).sum())
+    np.testing.assert_array_equal(hidden.labels, document.scene.labels[hidden.index])
+    model.click(b)
+    model.delete_selected()
+    assert set(np.unique(document.visible().labels)) == set(np.unique(document.scene.labels)) - {a, b}
+    model.undo()
+    model.undo()  # the click on b
+    model.undo()  # the hide
+    assert len(document.visible().index) == len(document.scene.labels)
+
+
+def test_merged_prototypes_equal_eq_17_18_on_the_merged_masks(document):
+    a, b = two_largest(document)
+    document.merge(a, b)
+    merged = document.prototypes()
+    # The reference: render every training view again and apply Eq. 17-18 to the relabelled masks.
+    scene = document.scene
+    views = scene.dataset.split("train")
+    gaussians = scene.gaussians
+    per_view = [
+        view_prototypes(features, torch.from_numpy(merge_labels(read_consistent_mask(scene.scene_dir, view).numpy(), a, b)))
+        for view, features in render_features(gaussians, scene.dataset, views, progress=False)
+    ]
+    expected = ensemble_prototypes([p[0] for p in per_view], [p[1] for p in per_view])
+    assert b not in merged.ids.tolist()
+    torch.testing.assert_close(merged.ids, expected.ids)
+    torch.testing.assert_close(merged.num_views, expected.num_views)
+    torch.testing.assert_close(merged.vectors, expected.vectors, atol=1e-5, rtol=1e-4)
+    assert (document.labels() == b).sum() == 0
+    assert (document.labels() == a).sum() == ((scene.labels == a) | (scene.labels == b)).sum()
+    document.model.undo()
+    assert document.prototypes() is scene.prototypes
+    np.testing.assert_array_equal(document.labels(), scene.labels)
+
+
+def test_export_selection_and_edited_scene(document):
+    a, b = two_largest(document)
+    document.model.select_many([a, b])
+    export = document.export(selection_only=True, with_instance_ids=True)
+    assert export.path.parent == document.scene.scene_dir.root / "exports"
+    contents = read_ply(export.path)
+    assert export.count == len(contents.gaussians) == int(np.isin(document.scene.labels, [a, b]).sum())
+    assert set(contents.instance_ids.tolist()) == {a, b}
+    document.model.delete_selected()
+    whole = document.export(selection_only=False)
+    plain = read_ply(whole.path)
+    assert plain.instance_ids is None and plain.gaussians.feature_dim == 0
+    assert len(plain.gaussians) == int((~np.isin(document.scene.labels, [a, b])).sum())
+
+
+def test_exporting_an_empty_selection_fails_and_leaves_no_file(document):
+    with pytest.raises(ValueError, match="no instance selected"):
+        document.export(selection_only=True)
+    assert list((document.scene.scene_dir.root / "exports").glob("*.ply")) == []
+
+
+def test_predict_view_labels_every_pixel_with_a_live_instance(document):
+    view = document.scene.training_views()[0]
+    prediction = document.predict_view(view)
+    assert prediction.shape == (view.height, view.width)
+    assert set(np.unique(prediction)) <= set(document.scene.prototypes.ids.tolist())
+
+
+def test_loading_names_what_is_missing(trained_scene, tmp_path):
+    with pytest.raises(SceneDirError, match="not a directory"):
+        ViewerScene.load(tmp_path / "nowhere")
+    with pytest.raises(SceneDirError, match="scene.json"):
+        ViewerScene.load(tmp_path)
+    np.save(trained_scene / "labels.npy", np.zeros(3, dtype=np.int64))
+    with pytest.raises(SceneDirError, match="labels.npy: expected"):
+        ViewerScene.load(trained_scene)
+    (trained_scene / "prototypes.npz").unlink()
+    meta = (trained_scene / "scene.json").read_text().replace('"prototypes",', "").replace(', "prototypes"', "")
+    (trained_scene / "scene.json").write_text(meta)
+    with pytest.raises(SceneDirError, match="prototypes stage has not run"):
+        ViewerScene.load(trained_scene)
+
+
+def test_renaming_is_saved_to_scene_json(trained_scene):
+    scene = ViewerScene.load(trained_scene)
+    first = scene.instances[0].id
+    scene.rename(first, "  chair ")
+    assert ViewerScene.load(trained_scene).instance(first).name == "chair"

@@ -207,14 +207,23 @@ class Demo:
     config: Annotated[RunConfig, tyro.conf.arg(name="")] = field(default_factory=RunConfig)
     preset: Preset = "paper"
     """training defaults to start from (default: cpu without CUDA, paper with it)"""
+    view: bool = True
+    """open the finished scene in the viewer (protosaga-view) and serve it until Ctrl+C"""
+    port: int = 8080
+    """the viewer's port"""
 
     def run(self) -> None:
         scene, _ = run_demo(self.output, self.config)
         print(f"\ndemo scene ready: {scene}")
-        print(
-            "The interactive viewer (protosaga-view) is not available yet in this version; the scene's label "
-            f"maps are in {scene / 'segment'} and its metrics in {scene / 'eval' / 'metrics.json'}."
-        )
+        print(f"label maps: {scene / 'segment'}; metrics: {scene / 'eval' / 'metrics.json'}")
+        if not self.view:
+            print(f"open it with: protosaga-view {scene}")
+            return
+        # The viewer lives in protosaga_app, which depends on this package, not the other way round.
+        from protosaga_app.viewer import ViewerConfig, serve_forever
+
+        if serve_forever(ViewerConfig(scene, port=self.port)) != 0:
+            raise ValueError(f"the viewer could not open {scene}")
 
 
 def default_preset() -> Preset:

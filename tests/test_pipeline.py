@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from protosaga_app import viewer
 from protosaga_core import pipeline
 from protosaga_core.cli import main
 from protosaga_core.datasets import DatasetConfig
@@ -74,10 +75,21 @@ def test_run_resumes_an_interrupted_training(dataset, tmp_path, monkeypatch):
     assert report.psnr is not None
 
 
-def test_demo_runs_on_the_bundled_scene(tmp_path, monkeypatch, capsys):
+def test_demo_runs_on_the_bundled_scene_and_opens_the_viewer(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert main(["demo", "--preset", "cpu", *TINY]) == 0
+    opened = []
+
+    def serve_once(config):  # the real viewer, started and stopped at once instead of served forever
+        app = viewer.serve(config)
+        opened.append((config, len(app.document.scene.instances)))
+        app.server.stop()
+        return 0
+
+    monkeypatch.setattr(viewer, "serve_forever", serve_once)
+    assert main(["demo", "--preset", "cpu", *TINY, "--port", "8765"]) == 0
     out = capsys.readouterr().out
     scene = tmp_path / "cache" / "protosaga" / "demo"
     assert f"demo scene ready: {scene}" in out
     assert SceneDir(scene).is_done("eval")
+    [(config, instances)] = opened
+    assert config.scene == scene and config.port == 8765 and config.host == "127.0.0.1" and instances > 0

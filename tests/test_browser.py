@@ -1,0 +1,123 @@
+"""End to end in a real headless Chromium: open a scene, click an object, isolate it, export it.
+
+Needs Debian's `chromium` and the `playwright` package (`.ci/run` installs both); the scene stays under
+5k splats because Chromium draws WebGL in software here. Set PROTOSAGA_SCREENSHOT=path.png to keep a
+screenshot of the viewer with the object selected (the README's picture comes from this test), and
+PROTOSAGA_E2E_SCENE=dir to run on another trained scene (e.g. the full demo) instead of the quick one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from protosaga_app.browser_camera import camera_from_pose
+from protosaga_app.live_view import client_pose
+from protosaga_app.viewer import ViewerConfig, serve
+from protosaga_core.ply import read_ply
+from protosaga_core.render import render
+
+CHROMIUM = Path("/usr/bin/chromium")
+if os.environ.get("PROTOSAGA_REQUIRE_BROWSER") != "1":  # CI sets it: there a missing browser is a failure
+    pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package")
+    pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="the browser tests need Debian's chromium package")
+from playwright import sync_api  # noqa: E402
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+VIEWPORT = {"width": 1000, "height": 700}
+MAX_BROWSER_SPLATS = 5000
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def until(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+@pytest.fixture()
+def scene(trained_scene, tmp_path) -> Path:
+    other = os.environ.get("PROTOSAGA_E2E_SCENE")
+    return Path(shutil.copytree(other, tmp_path / "other")) if other else trained_scene
+
+
+@pytest.fixture()
+def page(tmp_path):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+        yield context.new_page()
+        context.close()
+        browser.close()
+
+
+def target_pixel(app, client) -> tuple[int, float, float]:
+    """An instance and a viewport pixel where it contributes most, away from the GUI panel (right) and
+    notifications (top-left), found with the rasterizer alone (one-hot instance channels)."""
+    width, height = int(client.camera.image_width), int(client.camera.image_height)
+    visible = app.document.visible()
+    one_hot = torch.nn.functional.one_hot(torch.from_numpy(visible.labels), int(visible.labels.max()) + 1).float()
+    with torch.no_grad():
+        weights = render(
+            visible.gaussians, camera_from_pose(client_pose(client), width, height), rgb=False, extras=one_hot
+        ).extras[0]
+    weights[..., 0] = 0.0
+    allowed = torch.zeros(height, width, dtype=torch.bool)
+    allowed[int(0.3 * height) : int(0.95 * height), int(0.05 * width) : int(0.6 * width)] = True
+    best = torch.where(allowed, weights.max(-1).values, torch.zeros(()))
+    row, column = divmod(int(best.flatten().argmax()), width)
+    return int(weights[row, column].argmax()), column + 0.5, row + 0.5
+
+
+def test_click_isolate_and_export_in_a_real_browser(scene, page, tmp_path):
+    app = serve(ViewerConfig(scene, port=free_port(), open_browser=False, max_splats=MAX_BROWSER_SPLATS))
+    try:
+        page.goto(f"http://127.0.0.1:{app.server.get_port()}")
+        until(lambda: any(c.camera.update_timestamp > 0 for c in app.server.get_clients().values()))
+        client = next(iter(app.server.get_clients().values()))
+        page.get_by_text("Selection:").wait_for()
+        page.wait_for_timeout(1500)  # let the splats arrive and draw once
+
+        instance, x, y = target_pixel(app, client)
+        box = page.locator("canvas").first.bounding_box()
+        page.mouse.click(box["x"] + x * box["width"] / client.camera.image_width, box["y"] + y * box["height"] / client.camera.image_height)
+        until(lambda: app.document.model.state.selected == frozenset({instance}))
+        page.get_by_text(f"{instance}: ").first.wait_for()  # the panel shows the selection
+        if os.environ.get("PROTOSAGA_SCREENSHOT"):
+            page.wait_for_timeout(1500)
+            page.screenshot(path=os.environ["PROTOSAGA_SCREENSHOT"])
+
+        page.keyboard.press("i")  # the isolate hotkey, through the browser's command palette bindings
+        until(lambda: app.document.model.visible_instances() == frozenset({instance}))
+
+        with page.expect_download() as download_info:
+            page.get_by_role("button", name="Export selection").click()
+        downloaded = tmp_path / download_info.value.suggested_filename
+        download_info.value.save_as(downloaded)
+        exported = read_ply(downloaded)
+        assert len(exported.gaussians) == int((app.document.scene.labels == instance).sum())
+        assert exported.gaussians.feature_dim == 0 and exported.instance_ids is None
+        assert (scene / "exports" / downloaded.name).read_bytes() == downloaded.read_bytes()
+        np.testing.assert_allclose(
+            exported.gaussians.means.numpy(), app.document.scene.gaussians.means[torch.from_numpy(app.document.scene.labels == instance)].numpy()
+        )
+
+        page.keyboard.press("Control+z")  # undo the isolate
+        until(lambda: app.document.model.visible_instances() == app.document.model.live_instances())
+    finally:
+        app.server.stop()

@@ -82,6 +82,8 @@ def build(app: "ViewerApp") -> Gui:
             buttons[action].on_click(lambda _, action=action: app.run_action(action))
         unassigned = gui.add_checkbox("Unassigned Gaussians", initial_value=app.document.show_unassigned)
         unassigned.on_update(lambda _: _show_unassigned(app, unassigned.value))
+        frustums = gui.add_checkbox("Training cameras", initial_value=True)
+        frustums.on_update(lambda _: app.set_frustums_visible(frustums.value))
         gui.add_markdown("Click: select · Shift+click: add · Ctrl+drag: rectangle · Ctrl+Shift+drag: add rectangle")
         with gui.add_folder("Export (plain INRIA PLY)"):
             with_ids = gui.add_checkbox("Add instance-id column", initial_value=False)

@@ -31,6 +31,16 @@ logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 96
 """Longer side of a frustum's thumbnail: enough to recognise the view, small enough for hundreds."""
+FRUSTUM_SIZE = 0.03
+"""Largest frustum depth as a share of the scene's extent, so frustums look alike in metres or in SfM
+units; frustums are also kept below half the spacing of neighbouring cameras, so that from one training
+camera the next one's thumbnail is a small picture, not a wall in front of the scene."""
+OVERVIEW_RISE = 0.6
+"""The start camera rises this share of the scene's extent above the first training camera (along its
+up axis) and looks down at the centre: the ring of training cameras stays below the line of sight."""
+NEAR_PLANE = 1.5 * FRUSTUM_SIZE
+"""The browser's near plane (same units): beyond a frustum's image plane, so a camera standing in a
+training camera sees the scene, not that camera's own thumbnail filling the view."""
 HOTKEYS: tuple[tuple[str, str, str | None, Action], ...] = (
     ("Delete selection", "delete", None, "delete"),
     ("Delete selection", "backspace", None, "delete"),
@@ -71,8 +81,10 @@ class ViewerApp:
         self._views: dict[int, LiveView] = {}
         self._views_lock = threading.Lock()
         self._splats = splat_arrays(document.scene.gaussians)
+        self._extent = _extent(self._splats.centers)
         self._shown = browser_subset(self._splats.opacities, options.max_splats)
         self._nodes: dict[int, viser.GaussianSplatHandle] = {}
+        self._frustums: list[viser.CameraFrustumHandle] = []
         self._highlighted: frozenset[int] = frozenset()
 
         server.scene.set_up_direction("+z")
@@ -123,33 +135,42 @@ class ViewerApp:
             self._nodes[instance_id].rgbs = self._node_colors(instance_id, splats, self._effective_id(instance_id) in selected)
 
     def _add_frustums(self) -> None:
-        for view in self.document.scene.training_views():
+        views = self.document.scene.training_views()
+        size = _frustum_size(np.stack([v.cameras.centers[0].numpy() for v in views]), self._extent) if views else 0.0
+        for view in views:
             camera = view.cameras
             pose = pose_from_camera(camera.viewmats[0], camera.Ks[0], camera.width, camera.height)
             image = view.load_image()
             step = max(1, max(image.shape[:2]) // THUMBNAIL_SIDE)
             thumbnail = (image[::step, ::step].clamp(0, 1) * 255).byte().numpy()
             frustum = self.server.scene.add_camera_frustum(
-                f"/cameras/{view.name}", pose.fov, pose.aspect, scale=0.08, thickness=0.004,
+                f"/cameras/{view.name}", pose.fov, pose.aspect, scale=size, thickness=0.05 * size,
                 image=thumbnail, wxyz=pose.wxyz, position=pose.position,
             )
             frustum.on_click(lambda event, name=view.name: self.go_to_view(event.client, name))
+            self._frustums.append(frustum)
 
     def _set_initial_camera(self) -> None:
-        """New tabs start in the first training camera, looking at the scene (not at viser's origin)."""
+        """New tabs start above the first training camera, looking at the scene's centre: an overview
+        (not viser's origin, nor a view filled by a training camera's thumbnail)."""
         views = self.document.scene.training_views()
         if not views:
             return
         camera = views[0].cameras
         pose = pose_from_camera(camera.viewmats[0], camera.Ks[0], camera.width, camera.height)
         rotation = vtf.SO3(pose.wxyz).as_matrix()
-        centroid = self._splats.centers.mean(axis=0) if len(self._splats) else pose.position + rotation[:, 2]
-        distance = max(float((centroid - pose.position) @ rotation[:, 2]), 1e-3)
+        centre = np.median(self._splats.centers, axis=0) if len(self._splats) else pose.position + rotation[:, 2]
         initial = self.server.initial_camera
-        initial.position = pose.position
-        initial.look_at = pose.position + distance * rotation[:, 2]
+        initial.position = pose.position + OVERVIEW_RISE * self._extent * -rotation[:, 1]
+        initial.look_at = centre
         initial.up = -rotation[:, 1]
         initial.fov = pose.fov
+        initial.near = NEAR_PLANE * self._extent
+
+    def set_frustums_visible(self, visible: bool) -> None:
+        with self.server.atomic():
+            for frustum in self._frustums:
+                frustum.visible = visible
 
     def go_to_view(self, client: viser.ClientHandle, view_name: str) -> None:
         """Move a tab's camera into a training camera."""
@@ -157,6 +178,7 @@ class ViewerApp:
         camera = view.cameras
         pose = pose_from_camera(camera.viewmats[0], camera.Ks[0], camera.width, camera.height)
         with client.atomic():
+            client.camera.near = NEAR_PLANE * self._extent
             client.camera.fov = pose.fov
             client.camera.position = pose.position
             client.camera.wxyz = pose.wxyz
@@ -258,3 +280,21 @@ class ViewerApp:
         for label, key, modifier, action in HOTKEYS:
             command = self.server.gui.add_command(label, hotkey=key, modifier=modifier)
             command.on_trigger(lambda _, action=action: self.run_action(action))
+
+
+def _extent(centers: np.ndarray) -> float:
+    """The scene's size: the 90th percentile of the Gaussians' distances to their median. [N, 3] -> float"""
+    if len(centers) == 0:
+        return 1.0
+    distances = np.linalg.norm(centers - np.median(centers, axis=0), axis=1)
+    return max(float(np.percentile(distances, 90)), 1e-6)
+
+
+def _frustum_size(centers: np.ndarray, extent: float) -> float:
+    """Frustum depth for training cameras at `centers` [C, 3] in a scene of size `extent`."""
+    size = FRUSTUM_SIZE * extent
+    if len(centers) > 1:
+        distances = np.linalg.norm(centers[:, None] - centers[None], axis=-1)
+        np.fill_diagonal(distances, np.inf)
+        size = min(size, 0.5 * float(np.median(distances.min(axis=1))))
+    return size

@@ -67,8 +67,10 @@ def page(tmp_path):
 
 
 def target_pixel(app, client) -> tuple[int, float, float]:
-    """An instance and a viewport pixel where it contributes most, away from the GUI panel (right) and
-    notifications (top-left), found with the rasterizer alone (one-hot instance channels)."""
+    """An object and a viewport pixel where it contributes most, found with the rasterizer alone (one-hot
+    instance channels), independent of the picking code. The object is the largest one that does not
+    touch the image border (walls and floors do), inside a region away from the GUI panel (right) and
+    notifications (top-left)."""
     width, height = int(client.camera.image_width), int(client.camera.image_height)
     visible = app.document.visible()
     one_hot = torch.nn.functional.one_hot(torch.from_numpy(visible.labels), int(visible.labels.max()) + 1).float()
@@ -77,11 +79,17 @@ def target_pixel(app, client) -> tuple[int, float, float]:
             visible.gaussians, camera_from_pose(client_pose(client), width, height), rgb=False, extras=one_hot
         ).extras[0]
     weights[..., 0] = 0.0
+    best, owner = weights.max(-1)
+    owner = torch.where(best > 0.5, owner, torch.zeros_like(owner))
     allowed = torch.zeros(height, width, dtype=torch.bool)
     allowed[int(0.3 * height) : int(0.95 * height), int(0.05 * width) : int(0.6 * width)] = True
-    best = torch.where(allowed, weights.max(-1).values, torch.zeros(()))
-    row, column = divmod(int(best.flatten().argmax()), width)
-    return int(weights[row, column].argmax()), column + 0.5, row + 0.5
+    border = set(torch.cat([owner[0], owner[-1], owner[:, 0], owner[:, -1]]).tolist()) | {0}
+    ids, counts = torch.unique(owner[allowed], return_counts=True)
+    inside = [(int(c), int(i)) for i, c in zip(ids, counts) if int(i) not in border]
+    chosen = max(inside)[1] if inside else int(ids[counts.argmax()])
+    share = torch.where(allowed & (owner == chosen), weights[..., chosen], torch.zeros(()))
+    row, column = divmod(int(share.flatten().argmax()), width)
+    return chosen, column + 0.5, row + 0.5
 
 
 def test_click_isolate_and_export_in_a_real_browser(scene, page, tmp_path):

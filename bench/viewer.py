@@ -13,9 +13,8 @@ checked and collected here). Cameras stand inside the room, so every pixel of a 
    random pixels of 640x480 views:
    a. label-map path (the server modes): `pick_instance` on the current frame's label map, then
       `model.click`, which runs the app's listener synchronously (splat-node recolouring, GUI refresh);
-   a+. the same plus the next 256-px segmentation frame, rendered and encoded as the live view does:
-      in the segmentation mode the selection's highlight is drawn in that frame, so it is the feedback
-      a user sees there;
+   a+. the same plus the highlighted frame the user sees in the segmentation mode: the kept 640x480
+      frame recoloured by `reselect_frame` (no rendering) and encoded, as `LiveView.reselect` does;
    b. ray fallback (the browser modes rgb/instances, or a click on background): `pick_along_ray` over
       the visible Gaussians at 640x480, then `model.click` (the recoloured splat nodes are the feedback).
 2. A per-pixel segmentation frame <= 1 s at 640x480: `render_frame(..., "segmentation", ...)` of the
@@ -56,7 +55,7 @@ import viser
 
 from protosaga_app.browser_camera import BrowserPose, camera_from_pose, pose_from_camera, render_size
 from protosaga_app.document import SceneDocument
-from protosaga_app.live import Frame, render_frame
+from protosaga_app.live import Frame, render_frame, reselect_frame
 from protosaga_app.picking import pick_along_ray, pick_instance
 from protosaga_app.scene import ViewerScene
 from protosaga_app.server import ViewerApp, ViewerOptions
@@ -417,14 +416,14 @@ def bench_clicks(
     n = len(document.scene.gaussians)
     model = document.model
     pixels = click_pixels(clicks, len(poses), seed)
-    moving = render_size(WIDTH / HEIGHT, MOVING_SIZE)
     records = []
 
     # (a) Segmentation mode: the live view's 640x480 frame of the tab's camera is there when the user
     # clicks (rendered beforehand, untimed); the click reads it and edits the model.
     app.set_mode("segmentation")
     model.clear_selection()
-    label_maps = [frame_of(document, app, pose, (WIDTH, HEIGHT), "segmentation").labels for pose in poses]
+    frames = [frame_of(document, app, pose, (WIDTH, HEIGHT), "segmentation") for pose in poses]
+    label_maps = [frame.labels for frame in frames]
     pick_times, edit_times, totals, feedback, changed = [], [], [], [], 0
     for k, (pose_index, x, y) in enumerate(pixels):
         before = model.state.selected
@@ -437,8 +436,9 @@ def bench_clicks(
         pick_times.append(middle - start)
         edit_times.append(end - middle)
         totals.append(end - start)
-        if k < feedback_frames:  # the next frame the live view renders, the first to show the highlight
-            seconds, _ = timed(lambda: show(app, frame_of(document, app, poses[pose_index], moving, "segmentation")))
+        if k < feedback_frames:  # LiveView.reselect: the kept frame recoloured with the highlight, encoded
+            selected = model.state.selected
+            seconds, _ = timed(lambda: show(app, reselect_frame(frames[pose_index], document.prototypes(), selected)))
             feedback.append(totals[-1] + seconds)
     records.append(timing(
         "click: label map + model.click", n, (WIDTH, HEIGHT), totals,
@@ -446,8 +446,8 @@ def bench_clicks(
         edit_max_ms=1e3 * max(edit_times), selection_changed=changed, mode="segmentation",
     ))
     records.append(timing(
-        "click: label map + click + 256-px frame", n, moving, feedback, mode="segmentation",
-        note="what the user sees in the segmentation mode: the highlight is drawn in the next frame (rendered, encoded)",
+        "click: label map + click + highlighted frame", n, (WIDTH, HEIGHT), feedback, mode="segmentation",
+        note="what the user sees in the segmentation mode: the kept 640x480 frame recoloured (no rendering) and encoded",
     ))
 
     # (b) Browser modes: no server frame, the instance along the ray of the clicked pixel.

@@ -10,7 +10,7 @@ The label map of every frame is kept, so a click reads the instance under the cu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -44,12 +44,17 @@ class Frame:
         depth: camera depth per pixel, FAR_DEPTH where nothing is drawn. [H, W] float32
         labels: Eq. 19 instance id per pixel, 0 where nothing is drawn. [H, W] int64
         camera: the camera it was rendered from.
+        mode: the render mode it shows.
+        rgb: the rendered colours under the overlay, kept so a selection change recolours the frame
+            without rendering it again. [H, W, 3] float32 in [0, 1]
     """
 
     image: np.ndarray
     depth: np.ndarray
     labels: np.ndarray
     camera: Cameras
+    mode: RenderMode
+    rgb: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,8 @@ def render_frame(
             np.full((height, width), FAR_DEPTH, np.float32),
             np.zeros((height, width), np.int64),
             camera,
+            mode,
+            np.zeros((height, width, 3), np.float32),
         )
     with torch.no_grad():
         out = render(gaussians, camera, sh_degree=0, extras=gaussians.features.detach(), depth="ED")
@@ -141,12 +148,20 @@ def render_frame(
         else:
             image = torch.where(covered[..., None], pca.colors(features), rgb)
         depth = torch.where(covered, out.depths[0, ..., 0], torch.full_like(out.alphas[0, ..., 0], FAR_DEPTH))
-    return Frame(
-        (image * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).cpu().numpy(),
-        depth.float().cpu().numpy(),
-        labels.cpu().numpy(),
-        camera,
-    )
+    return Frame(_to_uint8(image), depth.float().cpu().numpy(), labels.cpu().numpy(), camera, mode, rgb.float().cpu().numpy())
+
+
+def reselect_frame(frame: Frame, prototypes: Prototypes, selected: frozenset[int]) -> Frame:
+    """A segmentation frame with another selection highlighted, from its kept colours and labels: the
+    click feedback of the segmentation mode, without rendering again. Other modes are returned as they are."""
+    if frame.mode != "segmentation":
+        return frame
+    image = _overlay(torch.from_numpy(frame.rgb), torch.from_numpy(frame.labels), prototypes, selected)
+    return replace(frame, image=_to_uint8(image))
+
+
+def _to_uint8(image: Tensor) -> np.ndarray:
+    return (image * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
 def _overlay(rgb: Tensor, labels: Tensor, prototypes: Prototypes, selected: frozenset[int]) -> Tensor:

@@ -17,7 +17,7 @@ import viser
 
 from .browser_camera import BrowserPose, camera_from_pose, render_size
 from .document import SceneDocument
-from .live import SERVER_MODES, FeaturePca, Frame, RenderMode, render_frame
+from .live import SERVER_MODES, FeaturePca, Frame, RenderMode, render_frame, reselect_frame
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,19 @@ class LiveView:
     def stop(self) -> None:
         self._stopped = True
         self._wake.set()
+
+    def reselect(self) -> None:
+        """Show the document's new selection at once by recolouring the current frame (no rendering)."""
+        frame = self.current_frame()
+        if frame is None or self._mode() != frame.mode:
+            self.request()
+            return
+        state = self._document.model.state
+        recoloured = reselect_frame(frame, self._document.prototypes(state), state.selected)
+        with self._lock:
+            if self._frame is not None and self._frame[1] is frame:
+                self._frame = (self._frame[0], recoloured)
+        self._show(recoloured)
 
     def current_frame(self) -> Frame | None:
         """The latest frame if it was rendered from the tab's current camera, else None."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import viser
@@ -86,6 +86,7 @@ class ViewerApp:
         self._nodes: dict[int, viser.GaussianSplatHandle] = {}
         self._frustums: list[viser.CameraFrustumHandle] = []
         self._highlighted: frozenset[int] = frozenset()
+        self._last_state = EditState()
 
         server.scene.set_up_direction("+z")
         self._set_initial_camera()
@@ -199,13 +200,19 @@ class ViewerApp:
         self._request_frames()
 
     def _on_edit(self, state: EditState) -> None:
+        selection_only = replace(state, selected=frozenset()) == replace(self._last_state, selected=frozenset())
+        self._last_state = state
         self._update_visibility(state)
         changed = (state.selected ^ self._highlighted) | {absorb for _, absorb in state.merged}
         self._highlighted = state.selected
         absorbed = {absorb for keep, absorb in state.merged if keep in changed}
         self._recolor({i for i in self._nodes if self._effective_id(i) in changed} | absorbed)
+        if selection_only:  # what is drawn is unchanged: recolour the frames instead of rendering them
+            for view in self._live_views():
+                view.reselect()
+        else:
+            self._request_frames()
         self.gui.refresh(state)
-        self._request_frames()
 
     def refresh_view(self) -> None:
         """Redraw after a change outside the edit model (e.g. showing unassigned Gaussians)."""
@@ -234,10 +241,12 @@ class ViewerApp:
         if view is not None:
             view.stop()
 
-    def _request_frames(self) -> None:
+    def _live_views(self) -> list[LiveView]:
         with self._views_lock:
-            views = list(self._views.values())
-        for view in views:
+            return list(self._views.values())
+
+    def _request_frames(self) -> None:
+        for view in self._live_views():
             view.request()
 
     def live_view(self, client_id: int) -> LiveView | None:

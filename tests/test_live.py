@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from protosaga_app.browser_camera import pose_from_camera, camera_from_pose
-from protosaga_app.live import COVERED_ALPHA, FAR_DEPTH, FeaturePca, render_frame
+from protosaga_app.live import COVERED_ALPHA, FAR_DEPTH, FeaturePca, render_frame, reselect_frame
 from protosaga_app.scene import ViewerScene
 from protosaga_core.prototypes import classify
 from protosaga_core.render import render
@@ -32,6 +32,9 @@ def test_segmentation_frame_is_eq_19_of_the_rendered_features(trained_scene_read
     changed = np.any(highlighted.image != frame.image, axis=-1)
     assert changed[frame.labels == chosen].mean() > 0.9
     assert not changed[frame.labels != chosen].any()
+    # The click feedback recolours the kept frame: the same picture as rendering it again.
+    np.testing.assert_array_equal(reselect_frame(frame, scene.prototypes, frozenset({chosen})).image, highlighted.image)
+    np.testing.assert_array_equal(reselect_frame(highlighted, scene.prototypes, frozenset()).image, frame.image)
 
     pca_frame = render_frame(scene.gaussians, camera, "pca", scene.prototypes, pca)
     np.testing.assert_array_equal(pca_frame.labels, frame.labels)

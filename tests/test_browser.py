@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from protosaga_app.live_view import client_pose
 from protosaga_app.viewer import ViewerConfig, serve
 from protosaga_core.ply import read_ply
 from protosaga_core.render import render
+from viser_client import free_port, until
 
 CHROMIUM = Path("/usr/bin/chromium")
 if os.environ.get("PROTOSAGA_REQUIRE_BROWSER") != "1":  # CI sets it: there a missing browser is a failure
@@ -35,19 +34,6 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1000, "height": 700}
 MAX_BROWSER_SPLATS = 5000
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def until(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 @pytest.fixture()
@@ -96,7 +82,7 @@ def test_click_isolate_and_export_in_a_real_browser(scene, page, tmp_path):
     app = serve(ViewerConfig(scene, port=free_port(), open_browser=False, max_splats=MAX_BROWSER_SPLATS))
     try:
         page.goto(f"http://127.0.0.1:{app.server.get_port()}")
-        until(lambda: any(c.camera.update_timestamp > 0 for c in app.server.get_clients().values()))
+        until(timeout=60.0, condition=lambda: any(c.camera.update_timestamp > 0 for c in app.server.get_clients().values()))
         client = next(iter(app.server.get_clients().values()))
         page.get_by_text("Selection:").wait_for()
         page.wait_for_timeout(1500)  # let the splats arrive and draw once
@@ -104,14 +90,14 @@ def test_click_isolate_and_export_in_a_real_browser(scene, page, tmp_path):
         instance, x, y = target_pixel(app, client)
         box = page.locator("canvas").first.bounding_box()
         page.mouse.click(box["x"] + x * box["width"] / client.camera.image_width, box["y"] + y * box["height"] / client.camera.image_height)
-        until(lambda: app.document.model.state.selected == frozenset({instance}))
+        until(timeout=60.0, condition=lambda: app.document.model.state.selected == frozenset({instance}))
         page.get_by_text(f"{instance}: ").first.wait_for()  # the panel shows the selection
         if os.environ.get("PROTOSAGA_SCREENSHOT"):
             page.wait_for_timeout(1500)
             page.screenshot(path=os.environ["PROTOSAGA_SCREENSHOT"])
 
         page.keyboard.press("i")  # the isolate hotkey, through the browser's command palette bindings
-        until(lambda: app.document.model.visible_instances() == frozenset({instance}))
+        until(timeout=60.0, condition=lambda: app.document.model.visible_instances() == frozenset({instance}))
 
         with page.expect_download() as download_info:
             page.get_by_role("button", name="Export selection").click()
@@ -126,6 +112,6 @@ def test_click_isolate_and_export_in_a_real_browser(scene, page, tmp_path):
         )
 
         page.keyboard.press("Control+z")  # undo the isolate
-        until(lambda: app.document.model.visible_instances() == app.document.model.live_instances())
+        until(timeout=60.0, condition=lambda: app.document.model.visible_instances() == app.document.model.live_instances())
     finally:
         app.server.stop()

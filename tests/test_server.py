@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +13,9 @@ from protosaga_app.viewer import ViewerConfig, main, serve
 from protosaga_core.ply import read_ply
 from protosaga_core.render import render
 
-from viser_client import ViserTestClient
+from viser_client import ViserTestClient, free_port, until
 
 WIDTH, HEIGHT = 256, 192
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture()
@@ -46,13 +38,6 @@ def connect(app, view) -> ViserTestClient:
     )
     until(lambda: any(c.camera.update_timestamp > 0 for c in app.server.get_clients().values()))
     return client
-
-
-def until(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def dominant_instance_pixel(app, view) -> tuple[int, float, float]:

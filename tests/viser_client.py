@@ -7,6 +7,7 @@ Client -> server frames: msgpack of one message dict carrying its "type".
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -79,3 +80,18 @@ class ViserTestClient:
     def close(self) -> None:
         self._ws.close()
         self._thread.join(timeout=5)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a test server)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait until `condition()` holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)

@@ -24,6 +24,7 @@ from torch import Tensor
 from protosaga_core.datasets.scene import View
 from protosaga_core.editing import export_instances, safe_export_name
 from protosaga_core.gaussians import Gaussians
+from protosaga_core.lifting import render_label_maps
 from protosaga_core.prototypes import (
     Prototypes,
     classify,
@@ -113,10 +114,20 @@ class SceneDocument:
         counts = np.bincount(self.labels(state))
         return {i: int(counts[i]) if i < len(counts) else 0 for i in self.model.live_instances(state)}
 
+    @property
+    def lifted(self) -> bool:
+        """Whether the per-Gaussian labels were lifted from the masks (the default), so that the
+        segmentation renders them; else (the paper's rule) it classifies rendered features by Eq. 19."""
+        return self.scene.meta.configs.get("prototypes", {}).get("gaussian_labels") == "lifted"
+
     def predict_view(self, view: View, state: EditState | None = None) -> np.ndarray:
-        """Eq. 19 per pixel of a dataset view, from every Gaussian (as `protosaga segment` does). [H, W] int64"""
+        """The segmentation of a dataset view from every Gaussian, as `protosaga segment` does it. [H, W] int64"""
+        cameras = view.cameras.to(self.device)
+        if self.lifted:
+            labels = torch.from_numpy(self.labels(state))
+            return render_label_maps(self._gaussians, cameras, labels, torch.unique(labels[labels > 0]))[0].cpu().numpy()
         with torch.no_grad():
-            features = render(self._gaussians, view.cameras.to(self.device), rgb=False, extras=self._gaussians.features).extras
+            features = render(self._gaussians, cameras, rgb=False, extras=self._gaussians.features).extras
             return classify(features[0], self.prototypes(state)).cpu().numpy()
 
     def _per_view_prototypes(self) -> list[tuple[Tensor, Tensor, Tensor]]:

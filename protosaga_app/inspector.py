@@ -20,6 +20,8 @@ suspect kind below is evidence for one of them:
   slightly larger δ would have started a new instance, so the mask may be a different object (a merge).
   The record's `score` is the best γ against the bank before that view and `matched` is γ ≥ δ (a score
   equal to δ matches, as in Gaga); unmatched masks and masks of the first view (score 0) never count.
+  For view-consensus association (the default) the score is the consensus rate at which the mask's group
+  last grew and δ the most lenient threshold: groups joined on the weakest agreement of the views.
 - `merged_raw_masks`: several raw masks of one view given one consistent id. SAM separated them in that
   view and each matched the same entry: either SAM over-segmented one object (harmless, association
   fixes it) or the entry already spans several objects (a merge). More masks make the second likelier.
@@ -42,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from protosaga_core.association import AssociationRecord
+from protosaga_core.association import AssociateConfig, AssociationRecord
 from protosaga_core.prototypes import Prototypes, instance_color
 
 Color = tuple[int, int, int]
@@ -292,8 +294,9 @@ def similar_prototype_suspects(table: _MaskTable, prototypes: Prototypes, thresh
     return suspects
 
 
-def weak_match_suspects(table: _MaskTable, delta: float, margin: float) -> list[Suspect]:
-    """Masks that joined an entry with δ ≤ γ < δ + margin, stronger the closer γ is to δ."""
+def weak_match_suspects(table: _MaskTable, delta: float, margin: float, score_name: str = "overlap") -> list[Suspect]:
+    """Masks that joined an entry with δ ≤ γ < δ + margin, stronger the closer γ is to δ (for consensus
+    association: groups that grew at the most lenient consensus threshold δ)."""
     # `matched` is exactly γ ≥ δ for a non-empty mask (association.py), so it is the window's lower bound.
     weak = table.matched & (table.score < delta + margin)
     suspects = []
@@ -304,7 +307,7 @@ def weak_match_suspects(table: _MaskTable, delta: float, margin: float) -> list[
             (instance,),
             (view,),
             _evidence(1.0 - (score - delta) / margin),
-            f"raw mask {int(table.raw[row])} of {view} joined instance {instance} with overlap {score:.3f}, "
+            f"raw mask {int(table.raw[row])} of {view} joined instance {instance} with {score_name} {score:.3f}, "
             f"just above δ = {delta:g}: it may be another object",
         ))
     return suspects
@@ -328,6 +331,13 @@ def merged_raw_mask_suspects(table: _MaskTable) -> list[Suspect]:
     return suspects
 
 
+def _weak_match_threshold(config: AssociateConfig) -> tuple[float, str]:
+    """δ of the weak-match window and what the record's score is, for the grouping that wrote it."""
+    if config.grouping == "consensus":
+        return min(config.consensus_thresholds), "consensus"
+    return config.overlap_threshold, "overlap"
+
+
 def find_suspects(
     record: AssociationRecord,
     prototypes: Prototypes,
@@ -338,7 +348,8 @@ def find_suspects(
     """Every suspected association error, most evidence first (ties: kind, then instances, then views).
 
     Args:
-        record: association.json; δ is `record.config.overlap_threshold`.
+        record: association.json; δ is `record.config.overlap_threshold` for the memory bank, the most
+            lenient consensus threshold for consensus association.
         prototypes: the instance prototypes (Eq. 18).
         similarity_threshold: the prototype cosine from which a pair is suspect, in (0, 1].
         weak_margin: matches with δ ≤ γ < δ + weak_margin are suspect; positive.
@@ -351,10 +362,11 @@ def find_suspects(
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be non-negative or None, got {limit}")
     table = _MaskTable.of(record)
+    delta, score_name = _weak_match_threshold(record.config)
     suspects = [
         *single_view_suspects(table),
         *similar_prototype_suspects(table, prototypes, similarity_threshold),
-        *weak_match_suspects(table, record.config.overlap_threshold, weak_margin),
+        *weak_match_suspects(table, delta, weak_margin, score_name),
         *merged_raw_mask_suspects(table),
     ]
     suspects.sort(key=lambda s: (-s.evidence, KIND_ORDER.index(s.kind), s.instances, s.views))

@@ -2,8 +2,10 @@
 
 A frame renders the visible Gaussians through the one render interface (gsplat on a GPU, the torch
 rasterizer on the CPU) with their colours, features and expected depth, then:
-- segmentation: Eq. 19 per pixel (argmax of τ·cos between the rendered feature and each prototype),
-  drawn as instance colours over the image, the selection highlighted;
+- segmentation: the scene's per-Gaussian labels rendered one-hot (the instance with the largest weight at
+  each pixel, as `protosaga segment --method lifted` does), or, for scenes labelled by the paper's rule,
+  Eq. 19 per pixel (argmax of τ·cos between the rendered feature and each prototype), drawn as instance
+  colours over the image, the selection highlighted;
 - pca: the rendered features projected on the three principal axes of the Gaussians' features.
 The label map of every frame is kept, so a click reads the instance under the cursor from it (picking).
 """
@@ -20,6 +22,7 @@ from torch import Tensor
 
 from protosaga_core.cameras import Cameras
 from protosaga_core.gaussians import Gaussians
+from protosaga_core.lifting import labels_from_weights, one_hot_labels
 from protosaga_core.prototypes import Prototypes, classify, instance_color
 from protosaga_core.render import render
 
@@ -42,7 +45,7 @@ class Frame:
     Attributes:
         image: what the browser shows. [H, W, 3] uint8
         depth: camera depth per pixel, FAR_DEPTH where nothing is drawn. [H, W] float32
-        labels: Eq. 19 instance id per pixel, 0 where nothing is drawn. [H, W] int64
+        labels: the segmentation's instance id per pixel, 0 where nothing is drawn. [H, W] int64
         camera: the camera it was rendered from.
         mode: the render mode it shows.
         rgb: the rendered colours under the overlay, kept so a selection change recolours the frame
@@ -113,6 +116,7 @@ def render_frame(
     prototypes: Prototypes,
     pca: FeaturePca,
     selected: frozenset[int] = frozenset(),
+    labels: Tensor | None = None,
 ) -> Frame:
     """Render one server-side frame of the Gaussians (only the visible ones should be passed).
 
@@ -122,6 +126,8 @@ def render_frame(
         mode: "segmentation" or "pca".
         prototypes: the classifier of Eq. 19 (after any merges).
         selected: instances to highlight in the segmentation.
+        labels: per-Gaussian ids of `gaussians` [M] int64; when given, the segmentation renders them
+            instead of classifying rendered features by Eq. 19.
     """
     if mode not in SERVER_MODES:
         raise ValueError(f"the server renders {SERVER_MODES}, not {mode!r}")
@@ -138,17 +144,25 @@ def render_frame(
             mode,
             np.zeros((height, width, 3), np.float32),
         )
+    lifted = mode == "segmentation" and labels is not None
+    if lifted:
+        labels = labels.to(gaussians.device)
+        ids = torch.unique(labels[labels > 0])
+        extras = one_hot_labels(labels, ids)
+    else:
+        extras = gaussians.features.detach()
     with torch.no_grad():
-        out = render(gaussians, camera, sh_degree=0, extras=gaussians.features.detach(), depth="ED")
-        rgb, features = out.colors[0].clamp(0.0, 1.0), out.extras[0]
+        out = render(gaussians, camera, sh_degree=0, extras=extras, depth="ED")
+        rgb, channels = out.colors[0].clamp(0.0, 1.0), out.extras[0]
         covered = out.alphas[0, ..., 0] > COVERED_ALPHA
-        labels = torch.where(covered, classify(features, prototypes), torch.zeros((), dtype=torch.int64))
+        predicted = labels_from_weights(channels, ids) if lifted else classify(channels, prototypes)
+        label_map = torch.where(covered, predicted, torch.zeros((), dtype=torch.int64))
         if mode == "segmentation":
-            image = _overlay(rgb, labels, prototypes, selected)
+            image = _overlay(rgb, label_map, prototypes, selected)
         else:
-            image = torch.where(covered[..., None], pca.colors(features), rgb)
+            image = torch.where(covered[..., None], pca.colors(channels), rgb)
         depth = torch.where(covered, out.depths[0, ..., 0], torch.full_like(out.alphas[0, ..., 0], FAR_DEPTH))
-    return Frame(_to_uint8(image), depth.float().cpu().numpy(), labels.cpu().numpy(), camera, mode, rgb.float().cpu().numpy())
+    return Frame(_to_uint8(image), depth.float().cpu().numpy(), label_map.cpu().numpy(), camera, mode, rgb.float().cpu().numpy())
 
 
 def reselect_frame(frame: Frame, prototypes: Prototypes, selected: frozenset[int]) -> Frame:

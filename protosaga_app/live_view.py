@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 import viser
 
 from .browser_camera import BrowserPose, camera_from_pose, render_size
@@ -142,6 +143,7 @@ class LiveView:
             self._document.prototypes(state),
             self._pca,
             state.selected,
+            torch.from_numpy(visible.labels) if self._document.lifted else None,
         )
 
     def _show(self, frame: Frame) -> None:

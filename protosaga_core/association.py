@@ -42,30 +42,42 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
 from .atomic import atomic_write_bytes
+from .cameras import NEAR_PLANE, project_to_pixels  # noqa: F401 (NEAR_PLANE: named in the docstring above)
+from .consensus import ConsensusSettings, cluster_masks, mask_membership
 from .datasets.scene import View
+from .gaussians import Gaussians
 from .labelmaps import MAX_LABEL, save_label_map
 from .prototypes import default_device
 from .scene_dir import Classifiers, SceneDir, SceneDirError, read_versioned_json
 
-NEAR_PLANE = 0.01
-"""Gaussians at or nearer than this camera depth are not seen (Gaga: clip-space z > 0 with znear 0.01)."""
 ASSOCIATION_FORMAT = "protosaga-association"
 ASSOCIATION_VERSION = 1
 
 Criterion = Literal["depth", "prob", "both"]
 OverlapFormula = Literal["paper", "gaga"]
+Grouping = Literal["bank", "consensus"]
 
 
 @dataclass
 class AssociateConfig:
-    """The associate stage (`protosaga associate SCENE`): Eq. 9-16 on the trained scene's training views."""
+    """The associate stage (`protosaga associate SCENE`): consistent ids for the training views' masks."""
 
+    grouping: Grouping = "consensus"
+    """bank: the memory bank of Eq. 9-16 (the paper; `criterion` and the δ's apply); consensus: cluster
+    the masks by a vote of all views on the Gaussians each renders (consensus.py; beyond the paper)"""
+    consensus_thresholds: tuple[float, ...] = (0.9, 0.8, 0.7, 0.6)
+    """consensus: rates at which clusters merge, strictest first"""
+    consensus_min_views: int = 3
+    """consensus: views that must observe two clusters before their consensus counts"""
+    consensus_min_masks: int = 2
+    """consensus: clusters of fewer masks (seen as an instance in fewer views) get id 0"""
     criterion: Criterion = "both"
     """which Gaussians of a mask enter the bank: depth (Eq. 10, Gaga), prob (Eq. 15, semantics only) or
     both (Eq. 16, the union: Proto-SaGa); paper Table 3"""
@@ -86,6 +98,10 @@ class AssociateConfig:
     against the cosines to the view's other classes"""
 
     def __post_init__(self) -> None:
+        if self.grouping not in ("bank", "consensus"):
+            raise ValueError(f"grouping must be bank or consensus, got {self.grouping!r}")
+        self.consensus_thresholds = tuple(float(t) for t in self.consensus_thresholds)
+        self.consensus_settings  # validates the consensus parameters
         if self.criterion not in ("depth", "prob", "both"):
             raise ValueError(f"criterion must be depth, prob or both, got {self.criterion!r}")
         if self.overlap_formula not in ("paper", "gaga"):
@@ -100,6 +116,10 @@ class AssociateConfig:
             raise ValueError(f"num_patches must be positive, got {self.num_patches}")
         if self.temperature <= 0.0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+    @property
+    def consensus_settings(self) -> ConsensusSettings:
+        return ConsensusSettings(self.consensus_thresholds, self.consensus_min_views, min_masks=self.consensus_min_masks)
 
     @property
     def uses_depth(self) -> bool:
@@ -249,29 +269,6 @@ class AssociationResult:
 
 
 # --- the core --------------------------------------------------------------------------------------
-
-
-def project_to_pixels(means: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The Gaussians whose centre lands in the image, in front of the camera.
-
-    A centre at pixel coordinates (u, v) lies in pixel (floor(v), floor(u)) (pixel centres at +0.5, as in
-    gsplat); Gaga's round(ndc2Pixel(x)) is round(u - 0.5), the same pixel but for exact ties.
-
-    Args:
-        means: centres. [N, 3]
-    Returns:
-        indices of the visible Gaussians [V] int64, their flat pixel index row * width + col [V] int64,
-        their camera depth [V].
-    """
-    camera = means @ viewmat[:3, :3].T + viewmat[:3, 3]
-    in_front = (camera[:, 2] > NEAR_PLANE).nonzero().squeeze(1)
-    camera = camera[in_front]
-    pixels = camera @ K.T
-    col = torch.floor(pixels[:, 0] / pixels[:, 2])
-    row = torch.floor(pixels[:, 1] / pixels[:, 2])
-    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
-    flat = row[inside].long() * width + col[inside].long()
-    return in_front[inside], flat, camera[inside, 2]
 
 
 def grid_cells(flat_pixels: Tensor, width: int, height: int, num_patches: int) -> tuple[Tensor, int]:
@@ -456,6 +453,43 @@ def associate_views(means: Tensor, features: Tensor, views: Iterable[Association
     return AssociationResult(results, associator.bank.size, associator.bank)
 
 
+def associate_by_consensus(
+    gaussians: Gaussians, views: list[View], settings: ConsensusSettings, progress: bool = True
+) -> tuple[list[ViewAssociation], int]:
+    """Consistent ids by view consensus (consensus.py) for views in name order, and the number of ids.
+
+    Masks no Gaussian renders into, and clusters of fewer than `settings.min_masks` masks, get id 0 and
+    burn no id; a mask's score is the consensus rate at
+    which its cluster last grew (1 for a cluster of one mask), and `matched` says it shares its id.
+    """
+    raw_masks = [view.load_mask() for view in views]
+    batches = ((view.cameras, mask[None]) for view, mask in zip(tqdm(views, desc="lift masks", unit="view", disable=not progress), raw_masks))
+    membership = mask_membership(gaussians, batches)
+    cluster, joined_at = cluster_masks(membership, settings)
+    sizes = np.asarray(membership.members.sum(1)).ravel()
+    gaussian_counts = np.diff(membership.members.indptr)
+    alive = sizes > 0
+    alive &= np.bincount(cluster[alive], minlength=int(cluster.max()) + 1 if len(cluster) else 0)[cluster] >= settings.min_masks
+    # Renumber the clusters that hold at least one non-empty mask 1..T, keeping their order.
+    used = np.unique(cluster[alive])
+    ids = np.zeros(int(cluster.max()) + 1 if len(cluster) else 0, dtype=np.int64)
+    ids[used] = np.arange(1, len(used) + 1)
+    node_ids = np.where(alive, ids[cluster] if len(cluster) else cluster, 0)
+    shared = np.bincount(node_ids, minlength=len(used) + 1)[node_ids] > 1
+    results, start = [], 0
+    for mask, labels in zip(raw_masks, membership.view_labels):
+        count = len(labels)
+        lookup = torch.zeros(int(mask.max()) + 1, dtype=torch.int64)
+        lookup[labels] = torch.from_numpy(node_ids[start : start + count])
+        records = [
+            MaskAssociation(int(raw), int(node_ids[start + j]), float(joined_at[start + j]), bool(shared[start + j] and node_ids[start + j] > 0), int(gaussian_counts[start + j]))
+            for j, raw in enumerate(labels.tolist())
+        ]
+        results.append(ViewAssociation(lookup[mask], records))
+        start += count
+    return results, len(used)
+
+
 # --- the stage -------------------------------------------------------------------------------------
 
 
@@ -524,13 +558,18 @@ def associate(scene_dir: SceneDir, config: AssociateConfig, progress: bool = Tru
     gaussians = scene_dir.read_gaussians().to(default_device())
     classifiers = scene_dir.read_classifiers()
     views = training_views(scene_dir, classifiers)
-    associator = Associator(gaussians.means, gaussians.features, config)
+    if config.grouping == "consensus":
+        results, num_instances = associate_by_consensus(gaussians, views, config.consensus_settings, progress)
+    else:
+        associator = Associator(gaussians.means, gaussians.features, config)
+        results = (associator.add_view(association_view(view, classifiers)) for view in views)
     records = []
-    for view in tqdm(views, desc="associate", unit="view", disable=not progress):
-        result = associator.add_view(association_view(view, classifiers))
+    for view, result in zip(tqdm(views, desc="associate", unit="view", disable=not progress), results):
         save_label_map(scene_dir.association_dir / f"{view.name}.png", result.label_map)
         records.append(ViewRecord(view.name, result.masks))
-    record = AssociationRecord(config, associator.bank.size, records)
+    if config.grouping == "bank":
+        num_instances = associator.bank.size
+    record = AssociationRecord(config, num_instances, records)
     atomic_write_bytes(scene_dir.association_json, (json.dumps(record.to_json_dict(), indent=1) + "\n").encode())
     scene_dir.mark_done("associate", config)
     return record
@@ -541,7 +580,7 @@ def read_association(scene_dir: SceneDir) -> AssociationRecord:
     path = scene_dir.association_json
     raw = read_versioned_json(path, ASSOCIATION_FORMAT, ASSOCIATION_VERSION, "run protosaga associate first")
     try:
-        config = AssociateConfig(**raw["parameters"])
+        config = AssociateConfig(**{"grouping": "bank", **raw["parameters"]})  # records before consensus were the bank's
         num_instances = int(raw["num_instances"])
         views = [
             ViewRecord(str(view["name"]), [_mask_record(mask) for mask in view["masks"]])

@@ -1,4 +1,4 @@
-"""A batch of pinhole cameras in the OpenCV convention, as gsplat takes them."""
+"""A batch of pinhole cameras in the OpenCV convention, as gsplat takes them, and projecting centres into one."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+NEAR_PLANE = 0.01
+"""Gaussians at or nearer than this camera depth are not seen (Gaga: clip-space z > 0 with znear 0.01)."""
 
 
 @dataclass(frozen=True)
@@ -84,3 +87,31 @@ def intrinsics(fx: float, fy: float, cx: float, cy: float, count: int = 1) -> Te
     """Pinhole intrinsics repeated for `count` cameras. [count, 3, 3]"""
     K = torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
     return K.repeat(count, 1, 1)
+
+
+def project_to_pixels(
+    means: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The Gaussians whose centre lands in the image, in front of the camera (depth > NEAR_PLANE).
+
+    A centre at pixel coordinates (u, v) lies in pixel (floor(v), floor(u)) (pixel centres at +0.5, as in
+    gsplat); Gaga's round(ndc2Pixel(x)) is round(u - 0.5), the same pixel but for exact ties.
+
+    Args:
+        means: centres. [N, 3]
+        viewmat: world-to-camera, OpenCV axes. [4, 4]
+        K: intrinsics in pixels at width x height. [3, 3]
+
+    Returns:
+        indices of the visible Gaussians [V] int64, their flat pixel index row * width + col [V] int64,
+        their camera depth [V].
+    """
+    camera = means @ viewmat[:3, :3].T + viewmat[:3, 3]
+    in_front = (camera[:, 2] > NEAR_PLANE).nonzero().squeeze(1)
+    camera = camera[in_front]
+    pixels = camera @ K.T
+    col = torch.floor(pixels[:, 0] / pixels[:, 2])
+    row = torch.floor(pixels[:, 1] / pixels[:, 2])
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    flat = row[inside].long() * width + col[inside].long()
+    return in_front[inside], flat, camera[inside, 2]

@@ -6,6 +6,8 @@
   `segment` method on the test views that have GT instance maps; predictions are (re)computed into the
   default folder SCENE/segment/<method>/test/ when missing or older than their inputs.
 - The same metrics for the consistent masks (`association/`) on the training views with GT (paper Table 3).
+- The 3D object score of the per-Gaussian labels (`metrics3d.py`) where the training views have GT
+  instance and depth maps (the synthetic datasets write both).
 
 Whether id 0 counts is `include_zero` (default off; Gaga's published numbers count it); every report
 states the mode. The report goes to `eval/metrics.json` (atomically) and is printed.
@@ -25,20 +27,22 @@ from .datasets.scene import Scene, View
 from .gaussians import Gaussians
 from .labelmaps import load_label_map
 from .metrics import InstanceMetrics, instance_metrics, psnr, ssim
+from .metrics3d import ObjectMetrics3D, gaussian_gt_objects, object_metrics_3d
 from .prototypes import DEFAULT_CHUNK_VIEWS, default_device, read_consistent_mask, view_batches
 from .render import render
-from .scene_dir import SceneDir
+from .scene_dir import SceneDir, SceneDirError
 from .segment import Method, SegmentConfig, cls_model_path, output_dir, predictions_current, segment
 
 
 @dataclass
 class EvalConfig:
-    """Evaluate a scene (`protosaga eval SCENE [--include-zero] [--methods proto cls kmeans] [--json]`)."""
+    """Evaluate a scene (`protosaga eval SCENE [--include-zero] [--methods lifted proto cls kmeans] [--json]`)."""
 
     include_zero: bool = False
     """count id 0 as an ordinary id (Gaga's setting); off by default, and the report says which"""
-    methods: tuple[Method, ...] = ("proto",)
-    """segmentation methods to evaluate on the test views (proto = ours; cls, kmeans = Table 4 baselines)"""
+    methods: tuple[Method, ...] = ("lifted", "proto")
+    """segmentation methods to evaluate on the test views (lifted = rendered per-Gaussian labels, the
+    default; proto = the paper's Eq. 19; cls, kmeans = the paper's Table 4 baselines)"""
     json: bool = False
     """print the report as one JSON object instead of a table"""
 
@@ -53,6 +57,8 @@ class EvalReport:
         psnr, ssim: means over the test views (None without test views).
         segmentation: per method, instance metrics on the test views with GT (absent without GT).
         association: instance metrics of the consistent masks on the training views with GT, or None.
+        objects_3d: the 3D object score of the per-Gaussian labels (metrics3d.py), where training views
+            have GT instance and depth maps; else None.
     """
 
     include_zero: bool
@@ -61,6 +67,7 @@ class EvalReport:
     ssim: float | None
     segmentation: dict[str, InstanceMetrics]
     association: InstanceMetrics | None
+    objects_3d: ObjectMetrics3D | None = None
 
     @property
     def zero_mode(self) -> str:
@@ -77,6 +84,7 @@ class EvalReport:
             "ssim": self.ssim,
             "segmentation": {method: m.to_json_dict() for method, m in self.segmentation.items()},
             "association": None if self.association is None else self.association.to_json_dict(),
+            "objects_3d": None if self.objects_3d is None else self.objects_3d.to_json_dict(),
         }
 
     def table(self) -> str:
@@ -94,6 +102,12 @@ class EvalReport:
                 )
         else:
             lines.append("  no GT instance maps: no segmentation metrics")
+        if self.objects_3d is not None:
+            m = self.objects_3d
+            lines.append(
+                f"  3D objects (per-Gaussian labels, opacity-weighted): mIoU {m.miou:.4f}, precision {m.precision:.4f}, "
+                f"recall {m.recall:.4f} ({m.num_gt} GT objects, {m.num_pred} predicted)"
+            )
         return "\n".join(lines)
 
 
@@ -120,11 +134,26 @@ def evaluate(scene_dir: SceneDir, config: EvalConfig = EvalConfig(), progress: b
             config.include_zero,
         )
 
-    report = EvalReport(config.include_zero, len(test_views), *quality, segmentation, association)
+    objects_3d = None
+    surface_views = [v for v in scene.split("train") if v.instance_path is not None and v.depth_path is not None]
+    if surface_views and scene_dir.is_done("prototypes"):
+        objects_3d = gaussian_object_score(scene_dir, surface_views)
+    report = EvalReport(config.include_zero, len(test_views), *quality, segmentation, association, objects_3d)
     atomic_write_bytes(scene_dir.eval_dir / "metrics.json", (_json.dumps(report.to_json_dict(), indent=1) + "\n").encode())
     print(_json.dumps(report.to_json_dict()) if config.json else report.table())
     scene_dir.mark_done("eval", config)
     return report
+
+
+def gaussian_object_score(scene_dir: SceneDir, views: list[View]) -> ObjectMetrics3D:
+    """The 3D object score of the scene's per-Gaussian labels against the GT objects their centres lie on
+    in `views` (which need GT instance and depth maps), weighted by opacity."""
+    gaussians = scene_dir.read_gaussians()
+    labels = torch.from_numpy(scene_dir.read_labels())
+    if labels.shape != (len(gaussians),):
+        raise SceneDirError(f"{scene_dir.labels_path}: {len(labels)} labels for {len(gaussians)} Gaussians; run protosaga prototypes again")
+    truth = gaussian_gt_objects(gaussians.means.detach(), views)
+    return object_metrics_3d(labels, truth, gaussians.activated_opacities.detach())
 
 
 def _image_quality(gaussians: Gaussians, scene: Scene, views: list[View], progress: bool) -> tuple[float | None, float | None]:
@@ -150,7 +179,12 @@ def _segmentation_metrics(
     """Instance metrics of one method's test predictions, segmenting first when they are missing or stale."""
     segment_config = SegmentConfig(split="test", method=method)
     folder = output_dir(scene_dir, segment_config)
-    extra = {"proto": [scene_dir.prototypes_path], "cls": [cls_model_path(scene_dir)], "kmeans": []}.get(method, [])
+    extra = {
+        "lifted": [scene_dir.labels_path],
+        "proto": [scene_dir.prototypes_path],
+        "cls": [cls_model_path(scene_dir)],
+        "kmeans": [],
+    }.get(method, [])
     inputs = [scene_dir.gaussians_path, scene_dir.association_dir, *extra]
     if not predictions_current(folder, [v.name for v in test_views], inputs):
         segment(scene_dir, segment_config, progress)

@@ -309,16 +309,29 @@ def mean_iou_matrix(frames: Iterable[FrameOverlap], include_zero: bool = False) 
     return IoUMatrix(all_gt, all_pred, iou, counts, include_zero, len(frames))
 
 
+def hungarian_match(iou: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one matching maximising the summed IoU on the zero-padded |G| x max(|G|, |P|) matrix.
+
+    Args:
+        iou: GT x predicted IoU. [G, P]
+
+    Returns:
+        each GT row's matched IoU [G] (0 when it got a padding column) and its column [G] (>= P for padding).
+    """
+    num_gt, num_pred = iou.shape
+    padded = np.zeros((num_gt, max(num_gt, num_pred)), dtype=np.float64)
+    padded[:, :num_pred] = iou
+    rows, cols = linear_sum_assignment(padded, maximize=True)
+    return padded[rows, cols], cols  # rows come back as 0..G-1: every GT row is assigned
+
+
 def match_instances(matrix: IoUMatrix) -> InstanceMetrics:
     """Hungarian matching on the zero-padded |G| x max(|G|, |P|) matrix and Gaga's mIoU, precision, recall."""
     num_gt, num_pred = len(matrix.gt_ids), len(matrix.pred_ids)
     if num_gt == 0:
         mode = "with" if matrix.include_zero else "without"
         raise ValueError(f"no ground-truth ids to evaluate ({mode} id 0): mIoU and recall are undefined")
-    padded = np.zeros((num_gt, max(num_gt, num_pred)), dtype=np.float64)
-    padded[:, :num_pred] = matrix.iou
-    rows, cols = linear_sum_assignment(padded, maximize=True)
-    matched = padded[rows, cols]  # one entry per GT id (columns >= rows, so every row is assigned)
+    matched, _ = hungarian_match(matrix.iou)
     hits = int((matched > 0.5).sum())  # padding columns are 0, never hits
     return InstanceMetrics(
         miou=float(matched.mean()),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tyro
@@ -31,10 +31,25 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     force: bool = False
     """rerun every stage even when its outputs exist"""
+    paper: bool = False
+    """the paper's exact method: memory-bank association (Eq. 9-16), per-Gaussian labels by Eq. 19 on
+    each f_i, segmentation by Eq. 19; overrides the three settings it names"""
+
+    def resolved(self) -> "RunConfig":
+        """The configs the stages run with: `paper` applied."""
+        if not self.paper:
+            return self
+        return replace(
+            self,
+            associate=replace(self.associate, grouping="bank"),
+            prototypes=replace(self.prototypes, gaussian_labels="features"),
+            eval=replace(self.eval, methods=("proto",)),
+        )
 
 
 def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool = True) -> EvalReport:
     """masks (if missing) -> train -> associate -> prototypes -> eval, into the scene directory `output`."""
+    config = config.resolved()
     scene_dir = SceneDir(output)
     scene = dataset.load()
     if any(view.mask_path is None for view in scene.split("train")):
@@ -46,10 +61,11 @@ def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool 
         _stage("train", "resuming from the last checkpoint" if resume else f"{config.train.iterations} iterations")
         train(dataset, output, config.train, resume=resume)
     if config.force or not scene_dir.is_done("associate"):
-        _stage("associate", f"criterion {config.associate.criterion}")
+        how = "view consensus" if config.associate.grouping == "consensus" else f"memory bank, criterion {config.associate.criterion}"
+        _stage("associate", how)
         associate(scene_dir, config.associate, progress=progress)
     if config.force or not scene_dir.is_done("prototypes"):
-        _stage("prototypes", "per-view prototypes and their ensemble")
+        _stage("prototypes", f"per-view prototypes, their ensemble and {config.prototypes.gaussian_labels} per-Gaussian labels")
         compute_prototypes(scene_dir, config.prototypes, progress=progress)
     _stage("eval", "test-view rendering and segmentation")
     return evaluate(scene_dir, config.eval, progress=progress)

@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from .atomic import atomic_open
 from .datasets.scene import Scene, View
 from .gaussians import Gaussians
 from .labelmaps import load_label_map
+from .lifting import fill_from_neighbours, labels_from_votes, lift_votes
 from .render import render
 from .scene_dir import InstanceInfo, SceneDir, SceneDirError
 
@@ -39,14 +41,25 @@ instances would not fit otherwise)."""
 PROTOTYPE_KEYS = ("ids", "vectors", "num_views")
 
 
+GaussianLabelRule = Literal["lifted", "features"]
+
+
 @dataclass
 class PrototypesConfig:
-    """The prototypes stage (`protosaga prototypes SCENE`): Eq. 17-19 on the trained scene."""
+    """The prototypes stage (`protosaga prototypes SCENE`): Eq. 17-18 and the per-Gaussian labels."""
 
     temperature: float = DEFAULT_TEMPERATURE
     """τ of Eq. 19 (it scales the cosine logits; the argmax, hence every label, does not depend on it)"""
     chunk_views: int = DEFAULT_CHUNK_VIEWS
     """training views rendered per batch (views of one image size only); more is faster and uses more memory"""
+    gaussian_labels: GaussianLabelRule = "lifted"
+    """how a Gaussian gets its instance (the paper is silent): lifted = the consistent-mask label its blending
+    weights vote for over the training views (lifting.py); features = Eq. 19 on its own feature f_i"""
+    min_evidence: float = 0.05
+    """lifted: a Gaussian whose best instance collected less blending weight than this (in pixels, summed
+    over the training views) is unassigned"""
+    fill_neighbours: int = 8
+    """lifted: unassigned Gaussians take the majority label of this many nearest assigned ones (0: stay unassigned)"""
 
 
 @dataclass(frozen=True)
@@ -332,18 +345,42 @@ def instance_table(prototypes: Prototypes, labels: Tensor) -> list[InstanceInfo]
 # --- the stage -------------------------------------------------------------------------------------
 
 
+def lifted_gaussian_labels(
+    scene_dir: SceneDir,
+    gaussians: Gaussians,
+    scene: Scene,
+    ids: Tensor,
+    config: PrototypesConfig = PrototypesConfig(),
+    progress: bool = True,
+) -> Tensor:
+    """Per-Gaussian labels lifted from the consistent masks of the training views (lifting.py). [N] int64"""
+    views = scene.split("train")
+    batches = (
+        (scene.cameras(batch), torch.stack([read_consistent_mask(scene_dir, view) for view in batch]))
+        for batch in tqdm(list(view_batches(views, config.chunk_views)), desc="lifting labels", unit="batch", disable=not progress)
+    )
+    votes = lift_votes(gaussians, batches, ids)
+    labels = labels_from_votes(votes, config.min_evidence)
+    return fill_from_neighbours(gaussians.means.detach().cpu(), labels, config.fill_neighbours)
+
+
 def compute_prototypes(scene_dir: SceneDir, config: PrototypesConfig = PrototypesConfig(), progress: bool = True) -> Prototypes:
     """The prototypes stage: render every training view's features, Eq. 17-18, per-Gaussian labels.
 
     Writes `prototypes.npz`, `labels.npy`, the instance table of scene.json, and marks the stage done.
     """
+    if config.gaussian_labels not in ("lifted", "features"):
+        raise ValueError(f"unknown gaussian_labels rule {config.gaussian_labels!r}; expected 'lifted' or 'features'")
     scene_dir.invalidate_from("prototypes")  # eval results of older prototypes no longer hold
     gaussians = scene_dir.read_gaussians().to(default_device())
     scene = scene_dir.load_dataset()
     per_view = collect_view_prototypes(scene_dir, gaussians, scene, config.chunk_views, progress)
     prototypes = ensemble_prototypes([p[0] for p in per_view], [p[1] for p in per_view])
     prototypes.save(scene_dir.prototypes_path)
-    labels = gaussian_labels(gaussians.features.detach(), prototypes, config.temperature).cpu()
+    if config.gaussian_labels == "lifted":
+        labels = lifted_gaussian_labels(scene_dir, gaussians, scene, prototypes.ids, config, progress)
+    else:
+        labels = gaussian_labels(gaussians.features.detach(), prototypes, config.temperature).cpu()
     scene_dir.write_labels(labels.numpy())
     meta = scene_dir.read_meta()
     meta.instances = instance_table(prototypes, labels)

@@ -1,7 +1,10 @@
 """Label maps for any split (`protosaga segment SCENE --split {train,test}`), by Eq. 19 or a Table 4 baseline.
 
-Methods (paper Sec. 4.3, Table 4):
-- `proto` (ours): argmax of τ·cosine to the ensemble prototypes of `prototypes.npz` (Eq. 19).
+Methods:
+- `lifted` (the default; beyond the paper): the per-Gaussian labels of `labels.npy` rendered one-hot, the
+  instance with the largest rendered weight at each pixel (`lifting.render_label_maps`), so the 2D label
+  maps agree with what isolate, delete and export act on in 3D.
+- `proto` (the paper's Eq. 19): argmax of τ·cosine to the ensemble prototypes of `prototypes.npz`.
 - `kmeans`: k-means++ over all per-view prototypes v_k(t), L2-normalised first so that Euclidean k-means
   clusters by direction, with as many clusters as there are instance ids in the consistent masks; the
   centres become the prototypes of Eq. 19, each mapped to the id most of its member prototypes carry.
@@ -18,8 +21,9 @@ Methods (paper Sec. 4.3, Table 4):
   the instance classes only, so 0 is never predicted (DESIGN §5: label 0 is not an instance). The trained
   classifier and features live in `SCENE/segment/cls/model.pt`; gaussians.ply is never modified.
 
-Every method writes one `<stem>.png` uint16 label map per view of the split; 0 appears only when the
-scene has no instance at all.
+Every method writes one `<stem>.png` uint16 label map per view of the split. The feature methods label
+every pixel (0 only when the scene has no instance at all); `lifted` leaves 0 where labelled Gaussians
+cover less than half the pixel.
 """
 
 from __future__ import annotations
@@ -50,12 +54,15 @@ from .prototypes import (
     default_device,
     read_consistent_mask,
     render_features,
+    view_batches,
 )
+from .lifting import render_label_maps
 from .render import render
-from .scene_dir import SceneDir
+from .scene_dir import SceneDir, SceneDirError
 
-Method = Literal["proto", "cls", "kmeans"]
-METHODS: tuple[Method, ...] = ("proto", "cls", "kmeans")
+Method = Literal["lifted", "proto", "cls", "kmeans"]
+METHODS: tuple[Method, ...] = ("lifted", "proto", "cls", "kmeans")
+DEFAULT_METHOD: Method = "lifted"
 
 REG3D_INTERVAL = 2
 """Gaga's `reg3d_interval`: the 3D neighbourhood term is added every this many iterations."""
@@ -73,8 +80,9 @@ class SegmentConfig:
     """which views to segment"""
     output: Path | None = None
     """folder for the <stem>.png label maps; default SCENE/segment/<method>/<split>/"""
-    method: Method = "proto"
-    """proto: Eq. 19 with the ensemble prototypes (ours); cls, kmeans: the Table 4 baselines"""
+    method: Method = DEFAULT_METHOD
+    """lifted: render the per-Gaussian labels; proto: Eq. 19 with the ensemble prototypes (the paper);
+    cls, kmeans: the paper's Table 4 baselines"""
     chunk_views: int = DEFAULT_CHUNK_VIEWS
     """views rendered per batch"""
     cls_iterations: int = 300
@@ -108,10 +116,22 @@ def segment(scene_dir: SceneDir, config: SegmentConfig = SegmentConfig(), progre
     if not views:
         raise ValueError(f"{scene.root}: the dataset has no {config.split} views")
     gaussians = scene_dir.read_gaussians().to(default_device())
-    gaussians, predict = _predictor(scene_dir, gaussians, scene, config, progress)
     out = output_dir(scene_dir, config)
     out.mkdir(parents=True, exist_ok=True)
     desc = f"segment {config.split} ({config.method})"
+    if config.method == "lifted":
+        labels = torch.from_numpy(scene_dir.read_labels())
+        if labels.shape != (len(gaussians),):
+            raise SceneDirError(f"{scene_dir.labels_path}: {len(labels)} labels for {len(gaussians)} Gaussians; run protosaga prototypes again")
+        ids = torch.unique(labels[labels > 0])
+        with tqdm(total=len(views), desc=desc, unit="view", disable=not progress) as bar:
+            for batch in view_batches(views, config.chunk_views):
+                maps = render_label_maps(gaussians, scene.cameras(batch).to(gaussians.device), labels, ids)
+                for view, label_map in zip(batch, maps.cpu()):
+                    save_label_map(out / f"{view.name}.png", label_map)
+                bar.update(len(batch))
+        return out
+    gaussians, predict = _predictor(scene_dir, gaussians, scene, config, progress)
     for view, features in render_features(gaussians, scene, views, config.chunk_views, progress, desc):
         save_label_map(out / f"{view.name}.png", predict(features))
     return out
@@ -120,7 +140,8 @@ def segment(scene_dir: SceneDir, config: SegmentConfig = SegmentConfig(), progre
 def _predictor(
     scene_dir: SceneDir, gaussians: Gaussians, scene: Scene, config: SegmentConfig, progress: bool
 ) -> tuple[Gaussians, Callable[[Tensor], Tensor]]:
-    """The Gaussians to render (cls renders its own trained features) and features [H, W, D] -> ids [H, W]."""
+    """The Gaussians to render (cls renders its own trained features) and features [H, W, D] -> ids [H, W],
+    for the methods that classify rendered features."""
     if config.method == "cls":
         model = train_or_load_cls(scene_dir, gaussians, scene, config, progress)
         return replace(gaussians, features=model.features.to(gaussians.device)), model.predict

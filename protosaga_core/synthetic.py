@@ -4,7 +4,9 @@ A room (floor, walls), furniture (a table, a cabinet) and 8-20 objects of varied
 textures — including identical duplicates placed side by side, the case the method claims to separate —
 are built directly as flat surface Gaussians, so the project's own renderer produces both the images and
 the ground truth: each Gaussian carries its instance id, and the GT map is the argmax of the rendered
-one-hot instance channels (the instance with the largest blending weight at each pixel).
+one-hot instance channels (the instance with the largest blending weight at each pixel). GT depth is the
+same render's expected depth; on oblique surfaces it leans a few cm toward the camera (overlapping splats
+composite front to back), as any 3DGS depth does.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ WORLD_UP = (0.0, 0.0, 1.0)
 ROOM_HALF = 2.5
 ROOM_HEIGHT = 2.4
 BACKGROUND = (0.8, 0.85, 0.9)
+DEPTH_UNIT = 1e-3  # metres per stored depth step: millimetres, nerfstudio's default
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,10 @@ def synthesize(out: Path, preset: str = "demo", seed: int = 0, noise: str = "def
     """Build, render and write a dataset; returns `out`.
 
     Writes `transforms_{train,test}.json` (OpenGL camera-to-world, as NeRF datasets do), `images/`,
-    `instances/` (GT uint16), `points3d.ply` (noisy surface samples for initialisation), `synth.json`
-    (the objects) and `masks/` (simulated SAM masks for the training views).
+    `instances/` (GT uint16), `depths/` (GT expected camera z-depth, uint16 millimetres, 0 where the
+    render's alpha < 0.5 like the instance maps; named by nerfstudio's per-frame `depth_file_path` and
+    `depth_unit_scale_factor` 0.001), `points3d.ply` (noisy surface samples for initialisation),
+    `synth.json` (the objects) and `masks/` (simulated SAM masks for the training views).
     """
     config = PRESETS[preset]
     rng = np.random.default_rng(seed)
@@ -96,11 +101,13 @@ def synthesize(out: Path, preset: str = "demo", seed: int = 0, noise: str = "def
     background = torch.tensor(BACKGROUND)
     for index in tqdm(range(config.num_views), desc="rendering", disable=not progress):
         with torch.no_grad():
-            result = render(gaussians, cameras[index], extras=one_hot, backgrounds=background[None])
+            result = render(gaussians, cameras[index], extras=one_hot, depth="ED", backgrounds=background[None])
+        covered = result.alphas[0, ..., 0] >= 0.5
         labels = result.extras[0].argmax(dim=-1)
-        labels[result.alphas[0, ..., 0] < 0.5] = 0
+        labels[~covered] = 0
         _save_rgb(out / "images" / f"{names[index]}.png", result.colors[0])
         save_label_map(out / "instances" / f"{names[index]}.png", labels)
+        _save_depth(out / "depths" / f"{names[index]}.png", result.depths[0, ..., 0], covered)
     for split, wanted in (("train", False), ("test", True)):
         frames = [(name, cameras.viewmats[i]) for i, name in enumerate(names) if is_test[i] == wanted]
         atomic_write_bytes(out / f"transforms_{split}.json", _transforms_json(frames, cameras).encode())
@@ -336,8 +343,13 @@ def _transforms_json(frames: list[tuple[str, Tensor]], cameras: Cameras) -> str:
         "fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]), "cx": float(K[0, 2]), "cy": float(K[1, 2]),
         "w": cameras.width, "h": cameras.height,
         "ply_file_path": "points3d.ply",
+        "depth_unit_scale_factor": DEPTH_UNIT,
         "frames": [
-            {"file_path": f"images/{name}.png", "transform_matrix": (torch.linalg.inv(viewmat) @ opencv_to_opengl).tolist()}
+            {
+                "file_path": f"images/{name}.png",
+                "depth_file_path": f"depths/{name}.png",
+                "transform_matrix": (torch.linalg.inv(viewmat) @ opencv_to_opengl).tolist(),
+            }
             for name, viewmat in frames
         ],
     }
@@ -346,6 +358,15 @@ def _transforms_json(frames: list[tuple[str, Tensor]], cameras: Cameras) -> str:
 
 def _save_rgb(path: Path, image: Tensor) -> None:
     array = (image.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    with atomic_open(path) as handle:
+        Image.fromarray(array).save(handle, format="PNG", optimize=True)
+
+
+def _save_depth(path: Path, depth: Tensor, covered: Tensor) -> None:
+    """Depth in metres [H, W] as uint16 PNG in DEPTH_UNIT steps; 0 (unknown) outside `covered` [H, W] bool."""
+    # Clipped at 65.535 m, far beyond any room.
+    steps = torch.round(depth / DEPTH_UNIT).clamp(0, np.iinfo(np.uint16).max)
+    array = torch.where(covered, steps, 0).numpy().astype(np.uint16)
     with atomic_open(path) as handle:
         Image.fromarray(array).save(handle, format="PNG", optimize=True)
 

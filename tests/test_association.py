@@ -546,7 +546,7 @@ def write_stage_scene(root) -> tuple[SceneDir, torch.Tensor, torch.Tensor]:
 
 def test_associate_writes_label_maps_json_and_marks_the_stage(tmp_path):
     scene, means, features = write_stage_scene(tmp_path)
-    config = AssociateConfig(criterion="both", overlap_formula="gaga")
+    config = AssociateConfig(grouping="bank", criterion="both", overlap_formula="gaga")
     record = associate(scene, config, progress=False)
     classifiers = scene.read_classifiers()
     loaded = [  # the cameras as the dataset loader reads them back, in name order: a, b, c
@@ -568,6 +568,21 @@ def test_associate_writes_label_maps_json_and_marks_the_stage(tmp_path):
     assert read_association(scene) == record
     meta = scene.read_meta()
     assert meta.stages == ["train", "associate"] and meta.configs["associate"]["criterion"] == "both"
+
+
+def test_consensus_association_writes_the_same_files_and_records(tmp_path):
+    scene, *_ = write_stage_scene(tmp_path)
+    record = associate(scene, AssociateConfig(), progress=False)
+    assert record.config.grouping == "consensus" and record.num_instances >= 1
+    assert [v.name for v in record.views] == ["a_view", "b_view", "c_view"]
+    for view in record.views:
+        label_map = load_label_map(scene.association_dir / f"{view.name}.png")
+        raw = load_label_map(scene.load_dataset().root / "masks" / f"{view.name}.png")
+        for mask in view.masks:  # every raw mask's pixels carry its recorded id
+            assert set(torch.unique(label_map[raw == mask.raw]).tolist()) == {mask.global_id}
+        assert {m.global_id for m in view.masks} - {0} <= set(range(1, record.num_instances + 1))
+    assert read_association(scene) == record
+    assert scene.read_meta().configs["associate"]["grouping"] == "consensus"
 
 
 def test_associate_names_a_view_without_classifier_and_read_association_names_bad_files(tmp_path):

@@ -1,8 +1,9 @@
 """End to end in a real headless Chromium: open a scene, click an object, isolate it, export it.
 
 Needs Debian's `chromium` and the `playwright` package (`.ci/run` installs both); the scene stays under
-5k splats because Chromium draws WebGL in software here. Set PROTOSAGA_SCREENSHOT=path.png to keep a
-screenshot of the viewer with the object selected (the README's picture comes from this test), and
+5k splats because Chromium draws WebGL in software here. Set PROTOSAGA_SCREENSHOT=path.png and
+PROTOSAGA_SCREENSHOT_ISOLATED=path.png to keep screenshots of the viewer with the object selected and
+isolated (the README's pictures come from this test), and
 PROTOSAGA_E2E_SCENE=dir to run on another trained scene (e.g. the full demo) instead of the quick one.
 """
 
@@ -78,6 +79,34 @@ def target_pixel(app, client) -> tuple[int, float, float]:
     return chosen, column + 0.5, row + 0.5
 
 
+ISOLATED_INSIDE_GT = 0.8
+"""Share of an isolated object's rendered opacity that must fall inside one GT object's mask."""
+OCCLUSION_MARGIN = 0.1
+"""Metres by which the GT surface must lie in front of the isolated splats for a pixel to count as hidden."""
+
+
+def isolated_share_inside_gt(app) -> tuple[int, float]:
+    """What the isolated Gaussians render in the training view where they show the most, checked against
+    that view's GT instance map: the GT object they overlap most, and the share of their rendered opacity
+    inside its mask (1 = the isolated splats are exactly one real object, seen from there). Pixels where
+    the GT depth puts another surface in front of them are left out: an isolated floor rightly shows the
+    floor under the table, which the GT map labels as the table."""
+    visible = app.document.visible()
+    best = (0.0, None)
+    for view in app.document.scene.dataset.split("train"):
+        with torch.no_grad():
+            out = render(visible.gaussians, view.cameras, rgb=False, extras=torch.ones(len(visible.gaussians), 1), depth="ED")
+        gt_depth = view.load_depth()
+        hidden = (gt_depth > 0) & (gt_depth < out.depths[0, ..., 0] - OCCLUSION_MARGIN)
+        alpha = torch.where(hidden, 0.0, out.alphas[0, ..., 0])
+        best = max(best, (float(alpha.sum()), (view, alpha)), key=lambda item: item[0])
+    view, alpha = best[1]
+    mass = torch.bincount(view.load_instances().flatten(), weights=alpha.flatten().double())
+    mass[0] = 0.0  # background is no object
+    gt_object = int(mass.argmax())
+    return gt_object, float(mass[gt_object] / alpha.sum())
+
+
 def test_click_isolate_and_export_in_a_real_browser(scene, page, tmp_path):
     app = serve(ViewerConfig(scene, port=free_port(), open_browser=False, max_splats=MAX_BROWSER_SPLATS))
     try:
@@ -98,6 +127,11 @@ def test_click_isolate_and_export_in_a_real_browser(scene, page, tmp_path):
 
         page.keyboard.press("i")  # the isolate hotkey, through the browser's command palette bindings
         until(timeout=60.0, condition=lambda: app.document.model.visible_instances() == frozenset({instance}))
+        if os.environ.get("PROTOSAGA_SCREENSHOT_ISOLATED"):
+            page.wait_for_timeout(1500)
+            page.screenshot(path=os.environ["PROTOSAGA_SCREENSHOT_ISOLATED"])
+        gt_object, share = isolated_share_inside_gt(app)
+        assert share >= ISOLATED_INSIDE_GT, f"isolated instance {instance}: {share:.2f} of its opacity on GT object {gt_object}"
 
         with page.expect_download() as download_info:
             page.get_by_role("button", name="Export selection").click()

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from protosaga_core.datasets import DatasetConfig, DatasetError, View, detect_format, load_scene
+from protosaga_core.metrics import resize_nearest
 
 STATUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "statue_colmap"
 
@@ -244,6 +246,63 @@ def test_nerf_split_files_blender_layout(tmp_path):
     assert tuple(by_name["test_r_1"].load_instances().shape) == (WIDTH, WIDTH)
     ordered = [by_name[name] for name in ("train_r_0", "train_r_1", "test_r_0", "test_r_1")]
     assert_projects(ordered, rig, (FX, FX, WIDTH / 2, WIDTH / 2))
+
+
+def write_depth(path: Path, stored: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(stored.astype(np.uint16)).save(path)
+
+
+def test_nerf_depth_round_trip_with_nerfstudio_keys_and_downscale(tmp_path):
+    rig = make_rig(4)
+    names = [f"frame_{i}.png" for i in range(4)]
+    write_images(tmp_path / "images", names)
+    rng = np.random.default_rng(0)
+    stored = {name: rng.integers(0, 65536, size=(HEIGHT, WIDTH)) for name in names[:2]}
+    stored["frame_2.png"] = rng.integers(0, 65536, size=(HEIGHT // 2, WIDTH // 2))  # a half-resolution sensor
+    for name, values in stored.items():
+        write_depth(tmp_path / "depths" / name, values)
+    frames = [nerf_frame(rig, i, f"images/{name}") for i, name in enumerate(names)]
+    for frame, name in zip(frames[:3], names):
+        frame["depth_file_path"] = f"depths/{name}"
+    frames[1]["depth_unit_scale_factor"] = 2e-3  # a frame's own scale overrides the shared one
+    meta = {"fl_x": FX, "fl_y": FY, "cx": CX, "cy": CY, "w": WIDTH, "h": HEIGHT, "depth_unit_scale_factor": 5e-4,
+            "frames": frames}
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    scales = {"frame_0": 5e-4, "frame_1": 2e-3, "frame_2": 5e-4}
+    for downscale in (1, 2):
+        views = {view.name: view for view in load_scene(tmp_path, downscale=downscale).views}
+        assert views["frame_3"].depth_path is None and views["frame_3"].load_depth() is None
+        for name, scale in scales.items():
+            view = views[name]
+            assert view.depth_path == tmp_path / "depths" / f"{name}.png" and view.depth_scale == scale
+            depth = view.load_depth()
+            assert depth.dtype == torch.float32 and tuple(depth.shape) == (view.height, view.width)
+            expected = resize_nearest(stored[f"{name}.png"], view.height, view.width) * scale
+            np.testing.assert_allclose(depth.numpy(), expected, rtol=1e-6)
+    # Without a scale anywhere, nerfstudio's default: millimetres.
+    del meta["depth_unit_scale_factor"], frames[1]["depth_unit_scale_factor"]
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    view = load_scene(tmp_path).views[0]
+    assert view.depth_scale == 1e-3
+    np.testing.assert_allclose(view.load_depth().numpy(), stored["frame_0.png"] * 1e-3, rtol=1e-6)
+
+
+def test_error_nerf_depth_file_missing_or_scale_invalid(tmp_path):
+    rig = make_rig(2)
+    write_images(tmp_path / "images", ["a.png", "b.png"])
+    write_depth(tmp_path / "depths" / "a.png", np.ones((HEIGHT, WIDTH)))
+    frames = [nerf_frame(rig, i, f"images/{name}") for i, name in enumerate(("a.png", "b.png"))]
+    frames[0]["depth_file_path"], frames[1]["depth_file_path"] = "depths/a.png", "depths/b.png"
+    meta = {"fl_x": FX, "frames": frames}
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=r"transforms.json: frame 1: depth file .*depths/b.png missing"):
+        load_scene(tmp_path)
+    del frames[1]["depth_file_path"]
+    meta["depth_unit_scale_factor"] = 0
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=r"transforms.json: frame 0: 'depth_unit_scale_factor' must be positive"):
+        load_scene(tmp_path)
 
 
 # --- LLFF poses_bounds.npy -----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import torch
 from protosaga_app.document import SceneDocument
 from protosaga_app.scene import ViewerScene
 from protosaga_core.editing import merge_labels
+from protosaga_core.lifting import render_label_maps
 from protosaga_core.ply import read_ply
 from protosaga_core.prototypes import ensemble_prototypes, read_consistent_mask, render_features, view_prototypes
 from protosaga_core.scene_dir import SceneDirError
@@ -87,11 +88,15 @@ def test_exporting_an_empty_selection_fails_and_leaves_no_file(document):
     assert list((document.scene.scene_dir.root / "exports").glob("*.ply")) == []
 
 
-def test_predict_view_labels_every_pixel_with_a_live_instance(document):
+def test_predict_view_renders_the_gaussian_labels_of_a_lifted_scene(document):
+    assert document.lifted  # the default labelling rule
     view = document.scene.training_views()[0]
     prediction = document.predict_view(view)
     assert prediction.shape == (view.height, view.width)
-    assert set(np.unique(prediction)) <= set(document.scene.prototypes.ids.tolist())
+    labels = torch.from_numpy(document.labels())
+    expected = render_label_maps(document.scene.gaussians, view.cameras, labels, torch.unique(labels[labels > 0]))[0]
+    np.testing.assert_array_equal(prediction, expected.numpy())
+    assert set(np.unique(prediction)) - {0} <= set(document.scene.prototypes.ids.tolist())
 
 
 def test_loading_names_what_is_missing(trained_scene, tmp_path):

@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,8 @@ def test_compute_prototypes_writes_prototypes_labels_and_instance_table(scene_di
     gaussians = scene_dir.read_gaussians()
     truth = gaussians.features.argmax(1)  # one-hot + small noise: the true instance
     labels = scene_dir.read_labels()
-    assert labels.shape == (len(gaussians),) and np.array_equal(labels, truth.numpy())
+    # Lifted from perfect consistent masks, the labels are the truth wherever the views decide them.
+    assert labels.shape == (len(gaussians),) and (labels == truth.numpy()).mean() > 0.98
     meta = scene_dir.read_meta()
     assert "prototypes" in meta.stages and meta.configs["prototypes"]["temperature"] == 10.0
     assert [row.id for row in meta.instances] == list(INSTANCES)
@@ -133,8 +135,28 @@ def test_compute_prototypes_writes_prototypes_labels_and_instance_table(scene_di
     assert meta.instances[0].name == "instance 1"
 
 
-def test_proto_segmentation_reaches_high_miou(scene_dir):
+def test_paper_rule_labels_each_gaussian_by_eq_19_on_its_feature(scene_dir, tmp_path):
+    paper = SceneDir(shutil.copytree(scene_dir.root, tmp_path / "paper"))
+    compute_prototypes(paper, PrototypesConfig(chunk_views=3, gaussian_labels="features"), progress=False)
+    truth = paper.read_gaussians().features.argmax(1)  # one-hot + small noise: the true instance
+    assert np.array_equal(paper.read_labels(), truth.numpy())
+    assert paper.read_meta().configs["prototypes"]["gaussian_labels"] == "features"
+
+
+def test_lifted_segmentation_renders_the_gaussian_labels(scene_dir):
     folder = segment(scene_dir, SegmentConfig(split="test"), progress=False)
+    assert folder == scene_dir.root / "segment" / "lifted" / "test"
+    views = scene_dir.load_dataset().split("test")
+    predictions = [load_label_map(folder / f"{v.name}.png") for v in views]
+    truths = [v.load_instances() for v in views]
+    assert all(p.shape == (HEIGHT, WIDTH) for p in predictions)
+    assert all(((p > 0) == (t > 0)).float().mean() > 0.97 for p, t in zip(predictions, truths))  # coverage as GT's
+    metrics = instance_metrics(truths, predictions)
+    assert metrics.miou > 0.9 and metrics.recall == 1.0 and metrics.precision == 1.0
+
+
+def test_proto_segmentation_reaches_high_miou(scene_dir):
+    folder = segment(scene_dir, SegmentConfig(split="test", method="proto"), progress=False)
     assert folder == scene_dir.root / "segment" / "proto" / "test"
     scene = scene_dir.load_dataset()
     views = scene.split("test")
@@ -169,7 +191,8 @@ def test_evaluate_writes_metrics_json(scene_dir, capsys):
     table = capsys.readouterr().out
     assert "id 0 not counted" in table and "segment proto (test)" in table and "association (train)" in table
     saved = json.loads((scene_dir.eval_dir / "metrics.json").read_text())
-    assert set(saved) == {"include_zero", "zero_mode", "num_test_views", "psnr", "ssim", "segmentation", "association"}
+    assert set(saved) == {"include_zero", "zero_mode", "num_test_views", "psnr", "ssim", "segmentation", "association", "objects_3d"}
+    assert saved["objects_3d"] is None  # this dataset has no GT depth
     assert saved["include_zero"] is False and saved["num_test_views"] == len(TEST_VIEWS)
     assert set(saved["segmentation"]) == {"proto", "kmeans"}
     assert set(saved["segmentation"]["proto"]) >= {"miou", "precision", "recall", "num_gt", "num_pred", "include_zero", "num_frames"}
@@ -183,7 +206,7 @@ def test_evaluate_writes_metrics_json(scene_dir, capsys):
     evaluate(scene_dir, EvalConfig(include_zero=True, json=True), progress=False)
     printed = json.loads(capsys.readouterr().out)
     assert printed["include_zero"] is True and "Gaga" in printed["zero_mode"]
-    assert set(printed["segmentation"]) == {"proto"}
+    assert set(printed["segmentation"]) == {"lifted", "proto"}
 
 
 def test_predictions_are_stale_when_missing_or_older_than_an_input(tmp_path):

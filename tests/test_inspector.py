@@ -30,7 +30,7 @@ def mask(raw: int, global_id: int, score: float = 0.0, matched: bool = False, ga
 
 def record(*views: tuple[str, list[MaskAssociation]], delta: float = DELTA) -> AssociationRecord:
     num_instances = max((m.global_id for _, masks in views for m in masks), default=0)
-    config = AssociateConfig(overlap_threshold=delta)
+    config = AssociateConfig(grouping="bank", overlap_threshold=delta)
     return AssociationRecord(config, num_instances, [ViewRecord(name, masks) for name, masks in views])
 
 
@@ -103,6 +103,15 @@ def test_weak_margin_reads_delta_from_the_record():
     weak = of_kind(find_suspects(rec, orthogonal([1])), "weak_match")
     assert len(weak) == 1 and weak[0].evidence == pytest.approx(0.5 + 0.5 * 0.4)
     assert of_kind(find_suspects(rec, orthogonal([1]), weak_margin=0.05), "weak_match") == []
+
+
+def test_consensus_weak_matches_are_groups_joined_at_the_most_lenient_threshold():
+    config = AssociateConfig(consensus_thresholds=(0.9, 0.8, 0.7, 0.6))
+    views = [("a", [mask(1, 1, 0.6, True), mask(2, 2, 0.9, True)]), ("b", [mask(1, 1, 0.6, True), mask(2, 2, 0.9, True)])]
+    rec = AssociationRecord(config, 2, [ViewRecord(name, masks) for name, masks in views])
+    weak = of_kind(find_suspects(rec, orthogonal([1, 2])), "weak_match")
+    assert [s.instances for s in weak] == [(1,), (1,)] and all(s.evidence == 1.0 for s in weak)
+    assert "consensus 0.600" in weak[0].description and "δ = 0.6" in weak[0].description
 
 
 def test_single_view_instances_are_flagged_and_two_view_ones_are_not():

@@ -1,4 +1,4 @@
-"""Server-rendered frames: per-pixel Eq. 19, the selection highlight, feature PCA, depth."""
+"""Server-rendered frames: rendered lifted labels or per-pixel Eq. 19, the selection highlight, feature PCA, depth."""
 
 import numpy as np
 import torch
@@ -6,6 +6,7 @@ import torch
 from protosaga_app.browser_camera import pose_from_camera, camera_from_pose
 from protosaga_app.live import COVERED_ALPHA, FAR_DEPTH, FeaturePca, render_frame, reselect_frame
 from protosaga_app.scene import ViewerScene
+from protosaga_core.lifting import render_label_maps
 from protosaga_core.prototypes import classify
 from protosaga_core.render import render
 
@@ -39,6 +40,17 @@ def test_segmentation_frame_is_eq_19_of_the_rendered_features(trained_scene_read
     pca_frame = render_frame(scene.gaussians, camera, "pca", scene.prototypes, pca)
     np.testing.assert_array_equal(pca_frame.labels, frame.labels)
     assert np.any(pca_frame.image != frame.image)
+
+
+def test_segmentation_frame_of_lifted_labels_is_the_rendered_labels(trained_scene_readonly):
+    scene = ViewerScene.load(trained_scene_readonly)
+    view = scene.training_views()[2]
+    labels = torch.from_numpy(scene.labels)
+    frame = render_frame(scene.gaussians, view.cameras, "segmentation", scene.prototypes, FeaturePca.fit(scene.gaussians.features), labels=labels)
+    rendered = render_label_maps(scene.gaussians, view.cameras, labels, torch.unique(labels[labels > 0]))[0].numpy()
+    covered = frame.depth < FAR_DEPTH
+    np.testing.assert_array_equal(frame.labels[covered], rendered[covered])
+    assert not frame.labels[~covered].any() and frame.labels.any()
 
 
 def test_frame_from_the_browser_pose_of_a_training_view_matches_the_view(trained_scene_readonly):

@@ -75,6 +75,53 @@ def test_synthesize_writes_a_loadable_dataset_with_ground_truth(demo):
     }
 
 
+def interior(labels: torch.Tensor) -> torch.Tensor:
+    """Pixels whose 3x3 neighbourhood has one label: away from silhouettes, where depth blends surfaces. [H, W]"""
+    padded = torch.nn.functional.pad(labels[None, None].float(), (1, 1, 1, 1), mode="replicate")
+    neighbours = torch.nn.functional.unfold(padded, 3)[0].reshape(9, *labels.shape)
+    return (neighbours == labels.float()).all(dim=0)
+
+
+def test_synthetic_depth_puts_room_pixels_on_the_room_planes(demo):
+    """Back-projected room pixels lie on the floor (top at z = 0) and the inner wall faces (1 cm inside +-2.5).
+
+    Expected depth is not the plane's exact depth on oblique surfaces: the room's flat splats (tangent sigma
+    0.75 / sqrt(220) = 5 cm, opacity 0.98) overlap, and front-to-back compositing favours those whose centres
+    are nearer the camera, so a pixel's depth leans a few cm toward the camera (exact facing a wall head-on).
+    """
+    planes = {1: (2, 0.0, 1.0), 2: (1, 2.49, -1.0), 3: (0, 2.49, -1.0), 4: (1, -2.49, 1.0), 5: (0, -2.49, 1.0)}
+    meta = json.loads((demo / "transforms_train.json").read_text())
+    assert meta["depth_unit_scale_factor"] == 0.001 and meta["frames"][0]["depth_file_path"].startswith("depths/")
+    offsets = []  # along each plane's normal into the room, i.e. toward the cameras
+    for view in load_scene(demo).views[::3]:
+        depth, labels = view.load_depth(), view.load_instances()
+        assert depth.shape == labels.shape and torch.equal(depth == 0, labels == 0)  # unknown exactly where no GT
+        v, u = torch.meshgrid(torch.arange(view.height) + 0.5, torch.arange(view.width) + 0.5, indexing="ij")
+        rays = torch.stack([u, v, torch.ones_like(u)], -1) @ torch.linalg.inv(view.K).T  # z = 1 [H, W, 3]
+        camera_to_world = torch.linalg.inv(view.viewmat)
+        world = (rays * depth[..., None]) @ camera_to_world[:3, :3].T + camera_to_world[:3, 3]
+        keep = interior(labels)
+        for instance_id, (axis, value, inward) in planes.items():
+            on = keep & (labels == instance_id)
+            offsets.append((world[on][:, axis] - value) * inward)
+    offsets = torch.cat(offsets)
+    assert len(offsets) > 10_000
+    low, median, high = torch.quantile(offsets, torch.tensor([0.01, 0.5, 0.99])).tolist()
+    assert low > -0.002 and median < 0.05 and high < 0.1, (low, median, high)  # never behind, within a splat
+
+
+def test_synthetic_depth_places_the_scene_gaussians_on_their_objects(demo):
+    # The generating Gaussians, assigned from the written GT maps, get back their own instance ids.
+    from protosaga_core.metrics3d import gaussian_gt_objects
+
+    rng = np.random.default_rng(3)
+    gaussians, ids = objects_to_gaussians(build_objects(rng, PRESETS["demo"]), PRESETS["demo"], rng)
+    assigned = gaussian_gt_objects(gaussians.means, load_scene(demo).views)
+    seen = assigned > 0
+    assert seen.float().mean() > 0.5  # the rest are hidden (undersides, backs) or outside every view
+    assert (assigned[seen] == ids[seen]).float().mean() > 0.98
+
+
 def test_synthesize_is_deterministic(demo, tmp_path):
     again = synthesize(tmp_path / "again", "demo", seed=3, progress=False)
     for name in ("frame_0000.png", "frame_0005.png"):

@@ -36,6 +36,8 @@ class PosedImage:
         file_downscale: the image file is already shrunk by this factor (a shipped `images_N/` folder).
         split: the split the layout itself states (NeRF's per-split json files), else None.
         instance_path: the ground-truth instance map, when the dataset has one.
+        depth_path: the ground-truth depth map (integer PNG of camera z-depth), when the dataset has one.
+        depth_scale: metres per stored depth unit.
     """
 
     name: str
@@ -48,6 +50,8 @@ class PosedImage:
     file_downscale: int = 1
     split: Split | None = None
     instance_path: Path | None = None
+    depth_path: Path | None = None
+    depth_scale: float = 1e-3
 
 
 @dataclass(frozen=True)
@@ -190,4 +194,6 @@ def to_view(image: PosedImage, split: Split, downscale: int, root: Path) -> View
         mask_path=mask_path if mask_path.is_file() else None,
         instance_path=image.instance_path,
         downscale=downscale,
+        depth_path=image.depth_path,
+        depth_scale=image.depth_scale,
     )

@@ -5,6 +5,10 @@ y and z camera axes to get OpenCV's (x right, y down, z forward) and invert. Int
 at the top level (`fl_x`, `fl_y`, `cx`, `cy`, `w`, `h`), or a field of view (`camera_angle_x`, optional
 `camera_angle_y`) with the size read from the image header. NeRF datasets ship no shrunk image folders, so a
 downscale is applied on load.
+
+Ground-truth depth follows nerfstudio: a frame's `depth_file_path` (relative to the transforms file's folder, like
+`file_path`) names an integer PNG of camera z-depth, 0 = unknown, in units of `depth_unit_scale_factor` metres
+(per frame or shared, default 1e-3: millimetres).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ SINGLE_FILE = "transforms.json"
 DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE")  # nerfstudio's names; OPENCV is fine without distortion
 GL_TO_CV = np.array([1.0, -1.0, -1.0])  # flips the camera's y and z axes
+DEFAULT_DEPTH_SCALE = 1e-3  # nerfstudio's default depth_unit_scale_factor: depths stored in millimetres
 
 
 def transform_files(root: Path) -> list[tuple[Path, Split | None]]:
@@ -109,6 +114,7 @@ def frame_image(path: Path, meta: dict[str, Any], frame: Any, index: int, split:
         width, height = int(number(camera, "w", where)), int(number(camera, "h", where))
     else:
         width, height = read_image_size(image_path, path)
+    depth_path, depth_scale = frame_depth(path, frame, camera, where)
     return PosedImage(
         name=image_path.stem,
         image_path=image_path,
@@ -118,7 +124,32 @@ def frame_image(path: Path, meta: dict[str, Any], frame: Any, index: int, split:
         height=height,
         source=path,
         split=split,
+        depth_path=depth_path,
+        depth_scale=depth_scale,
     )
+
+
+def frame_depth(
+    path: Path, frame: dict[str, Any], camera: dict[str, Any], where: str
+) -> tuple[Path | None, float]:
+    """The frame's depth file and metres per stored unit; (None, default) for a frame without depth.
+
+    Args:
+        path: the transforms file (depth paths are relative to its folder).
+        frame: the frame's own keys (a depth file belongs to one frame, never to the whole file).
+        camera: the file's shared keys overridden by the frame's own (the scale may be either).
+    """
+    if "depth_file_path" not in frame:
+        return None, DEFAULT_DEPTH_SCALE
+    depth_path = path.parent / str(frame["depth_file_path"])
+    if not depth_path.is_file():
+        raise DatasetError(f"{where}: depth file {depth_path} missing (depth_file_path {frame['depth_file_path']!r})")
+    if "depth_unit_scale_factor" not in camera:
+        return depth_path, DEFAULT_DEPTH_SCALE
+    scale = number(camera, "depth_unit_scale_factor", where)
+    if scale <= 0:
+        raise DatasetError(f"{where}: 'depth_unit_scale_factor' must be positive, got {scale}")
+    return depth_path, scale
 
 
 def check_pinhole(camera: dict[str, Any], where: str) -> None:

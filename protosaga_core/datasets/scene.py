@@ -31,6 +31,8 @@ class View:
         mask_path: the per-view SAM label map (uint16 PNG, 0 = no mask), when one exists.
         instance_path: the ground-truth instance map (uint16 PNG, 0 = none), when one exists.
         downscale: factor by which images and masks are shrunk when loaded.
+        depth_path: the ground-truth depth map (integer PNG of camera z-depth, 0 = unknown), when one exists.
+        depth_scale: metres per stored depth unit (1e-3: millimetres, nerfstudio's default).
     """
 
     name: str
@@ -43,6 +45,8 @@ class View:
     mask_path: Path | None = None
     instance_path: Path | None = None
     downscale: int = 1
+    depth_path: Path | None = None
+    depth_scale: float = 1e-3
 
     @property
     def cameras(self) -> Cameras:
@@ -64,6 +68,28 @@ class View:
     def load_instances(self) -> Tensor | None:
         """The ground-truth instance map, or None. [H, W] int64"""
         return None if self.instance_path is None else load_label_map(self.instance_path, self.width, self.height)
+
+    def load_depth(self) -> Tensor | None:
+        """The ground-truth camera z-depth in metres (0 = unknown), or None. [H, W] float32"""
+        if self.depth_path is None:
+            return None
+        return load_depth_map(self.depth_path, self.depth_scale, self.width, self.height)
+
+
+def load_depth_map(path: Path, scale: float, width: int, height: int) -> Tensor:
+    """An integer depth PNG times `scale`, resized to width x height. [H, W] float32
+
+    Nearest neighbour, because averaging depths across an object's silhouette invents surfaces in between.
+    """
+    with Image.open(path) as img:
+        if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
+            raise ValueError(
+                f"{path}: depth maps must be single-channel 16- or 32-bit integer PNGs, got mode {img.mode}"
+            )
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.Resampling.NEAREST)
+        stored = np.asarray(img).astype(np.float64)
+    return torch.from_numpy(stored * scale).float()
 
 
 @dataclass

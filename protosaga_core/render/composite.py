@@ -85,6 +85,8 @@ class CompositeChunks(torch.autograd.Function):
         weights, ratio, clamped, colors, basis, chunk_tiles, chunk_first, tile_alphas = ctx.saved_tensors
         grad_chunk = grad_colors.index_select(0, chunk_tiles)  # [M, P, K]
         grad_colors_in = torch.bmm(weights, grad_chunk)  # [M, B, K]
+        if not ctx.needs_input_grad[0]:  # frozen geometry (label lifting): the channels' gradient is all
+            return None, grad_colors_in, None, None, None, None, None
 
         # w_j (c_j . g): what each slot adds to the loss through its colour.
         weighted = torch.bmm(colors, grad_chunk.transpose(1, 2)).mul_(weights)  # [M, B, P]

@@ -1,0 +1,183 @@
+"""Per-Gaussian instance labels lifted from the consistent masks, and label maps rendered from them.
+
+The paper never says how a Gaussian gets a label for 3D editing (DESIGN §5). Eq. 19 on a Gaussian's own
+feature f_i scatters labels, because f_i is only constrained through the blends it takes part in.
+Lifting asks what each Gaussian *renders* instead: over all training views, every pixel p of a
+consistent mask votes for its label with the blending weight w_i(p) = α_i(p) Π_{j<i} (1 - α_j(p)) of
+every Gaussian i it is made of, and a Gaussian takes the instance with the largest total (FlashSplat's
+closed-form assignment, for all instances at once). A memory-bank fragment seen in one or two views
+collects few votes against the views that label the same Gaussians consistently, so fragments lose
+their Gaussians to the real objects.
+
+The votes are the transpose of rendering: rendering channels c gives Ĉ(p) = Σ_i w_i(p) c_i, so the
+gradient of Σ_p <g(p), Ĉ(p)> with respect to c_i is Σ_p w_i(p) g(p). One backward pass of the renderer
+with g = the one-hot consistent mask yields every Gaussian's votes for every label exactly, on either
+backend, without materialising the weights.
+
+2D then follows 3D: rendering the one-hot per-Gaussian labels and taking the argmax per pixel gives
+label maps that agree with what isolate, delete and export act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .cameras import Cameras
+from .gaussians import Gaussians
+from .render import render
+
+CHANNEL_CHUNK = 64
+"""Label channels rendered at once: bounds the per-intersection channel memory of scenes with hundreds
+of instances (the render is repeated per chunk of channels)."""
+COVERED_WEIGHT = 0.5
+"""A rendered label map labels a pixel where the labelled Gaussians' accumulated weight reaches this,
+the coverage rule the synthetic GT and the viewer use for opacity."""
+
+
+@dataclass(frozen=True)
+class LabelVotes:
+    """Every Gaussian's accumulated blending weight per label over the training views.
+
+    Attributes:
+        ids: the instance id of each instance column. [T] int64, sorted, > 0
+        weights: column 0 collects pixels no mask covers, column t + 1 instance ids[t]. [N, T + 1]
+    """
+
+    ids: Tensor
+    weights: Tensor
+
+    @property
+    def evidence(self) -> Tensor:
+        """Total weight on masked pixels, per Gaussian. [N]"""
+        return self.weights[:, 1:].sum(1)
+
+
+def compact_labels(label_maps: Tensor, ids: Tensor) -> Tensor:
+    """Instance ids to column indices: 0 stays 0, ids[t] becomes t + 1, ids not in `ids` become 0. [...]"""
+    ids = ids.to(label_maps.device)
+    if len(ids) == 0:
+        return torch.zeros_like(label_maps)
+    position = torch.searchsorted(ids, label_maps).clamp(max=len(ids) - 1)
+    return torch.where((label_maps > 0) & (ids[position] == label_maps), position + 1, torch.zeros_like(position))
+
+
+def transpose_render(gaussians: Gaussians, cameras: Cameras, targets: Tensor) -> Tensor:
+    """Σ over pixels of each Gaussian's blending weight times the target channels: the adjoint of rendering.
+
+    Args:
+        gaussians: geometry to splat (gradients are not taken through it).
+        cameras: C cameras.
+        targets: per-pixel channels g(p). [C, H, W, K]
+
+    Returns:
+        Σ_p w_i(p) g(p) for every Gaussian i, summed over the cameras. [N, K]
+    """
+    frozen = gaussians.detach()
+    result = []
+    for block in targets.split(CHANNEL_CHUNK, dim=-1):
+        channels = torch.zeros(len(frozen), block.shape[-1], device=frozen.device, requires_grad=True)
+        with torch.enable_grad():
+            rendered = render(frozen, cameras, rgb=False, extras=channels).extras
+            (grad,) = torch.autograd.grad((rendered * block.to(rendered)).sum(), channels)
+        result.append(grad)
+    return torch.cat(result, dim=-1)
+
+
+def lift_votes(gaussians: Gaussians, batches: Iterable[tuple[Cameras, Tensor]], ids: Tensor) -> LabelVotes:
+    """Accumulate the consistent masks' votes over views.
+
+    Args:
+        gaussians: on the device to render on.
+        batches: cameras of one image size with their consistent masks (global ids, 0 = none). [C, H, W]
+        ids: the instance ids to vote for, sorted. [T] int64
+
+    Returns:
+        The votes of every Gaussian.
+    """
+    ids = ids.to(torch.int64).cpu()
+    weights = torch.zeros(len(gaussians), len(ids) + 1, device=gaussians.device)
+    for cameras, masks in batches:
+        columns = compact_labels(masks.to(gaussians.device), ids.to(gaussians.device))
+        weights += transpose_render(gaussians, cameras.to(gaussians.device), F.one_hot(columns, len(ids) + 1).float())
+    return LabelVotes(ids, weights.cpu())
+
+
+def labels_from_votes(votes: LabelVotes, min_evidence: float) -> Tensor:
+    """Each Gaussian's instance with the largest vote, 0 where its masked evidence is below `min_evidence`. [N] int64
+
+    Pixels no mask covers (column 0) do not vote against an instance: SAM leaving a region out says
+    nothing about which object it belongs to.
+    """
+    if len(votes.ids) == 0:
+        return torch.zeros(votes.weights.shape[0], dtype=torch.int64)
+    best_weight, best = votes.weights[:, 1:].max(1)
+    return torch.where(best_weight >= min_evidence, votes.ids[best], torch.zeros_like(best))
+
+
+def fill_from_neighbours(means: Tensor, labels: Tensor, neighbours: int) -> Tensor:
+    """Unassigned Gaussians (0) take the majority label of their nearest assigned Gaussians. [N] int64
+
+    Gaussians no training view sees well (object interiors, undersides) would otherwise be left out of
+    every isolate and export; in 3D they belong with what surrounds them. Ties go to the smaller id.
+
+    Args:
+        means: Gaussian centres. [N, 3]
+        labels: lifted labels, 0 = unassigned. [N] int64
+        neighbours: how many assigned neighbours vote (0 leaves the labels as they are).
+    """
+    assigned = labels > 0
+    if neighbours <= 0 or assigned.all() or not assigned.any():
+        return labels
+    from scipy.spatial import cKDTree
+
+    source = means[assigned].detach().cpu().double().numpy()
+    query = means[~assigned].detach().cpu().double().numpy()
+    k = min(neighbours, len(source))
+    _, index = cKDTree(source).query(query, k=k)
+    neighbour_labels = labels[assigned][torch.from_numpy(index.reshape(len(query), k))]  # [U, k]
+    ids, compact = torch.unique(neighbour_labels, return_inverse=True)
+    counts = torch.zeros(len(query), len(ids), dtype=torch.int64).scatter_add_(1, compact, torch.ones_like(compact))
+    filled = labels.clone()
+    filled[~assigned] = ids[counts.argmax(1)]  # argmax takes the first maximum: the smaller id
+    return filled
+
+
+def one_hot_labels(labels: Tensor, ids: Tensor) -> Tensor:
+    """Per-Gaussian one-hot channels over `ids`; unassigned Gaussians (0) get none. [N] -> [N, T] float32"""
+    columns = compact_labels(labels, ids.to(device=labels.device, dtype=torch.int64))
+    return F.one_hot(columns, len(ids) + 1)[:, 1:].float()
+
+
+def labels_from_weights(weights: Tensor, ids: Tensor) -> Tensor:
+    """Rendered one-hot weights to ids: the instance with the largest weight, 0 where the labelled
+    Gaussians cover less than `COVERED_WEIGHT`. [..., T] -> [...] int64"""
+    if weights.shape[-1] == 0:
+        return torch.zeros(weights.shape[:-1], dtype=torch.int64, device=weights.device)
+    best_weight, best = weights.max(-1)
+    covered = (weights.sum(-1) >= COVERED_WEIGHT) & (best_weight > 0)
+    return torch.where(covered, ids.to(device=weights.device, dtype=torch.int64)[best], torch.zeros_like(best))
+
+
+def render_label_maps(gaussians: Gaussians, cameras: Cameras, labels: Tensor, ids: Tensor) -> Tensor:
+    """Label maps from per-Gaussian labels: at each pixel the instance with the largest rendered weight.
+
+    Args:
+        gaussians: on the device to render on.
+        cameras: C cameras.
+        labels: per-Gaussian instance ids, 0 = unassigned. [N] int64
+        ids: every instance id that may appear, sorted. [T] int64
+
+    Returns:
+        Instance ids, 0 where the labelled Gaussians cover less than `COVERED_WEIGHT`. [C, H, W] int64
+    """
+    one_hot = one_hot_labels(labels.to(gaussians.device), ids)
+    with torch.no_grad():
+        weights = [render(gaussians, cameras, rgb=False, extras=block).extras for block in one_hot.split(CHANNEL_CHUNK, dim=-1)]
+    if not weights:
+        return torch.zeros(cameras.num_cameras, cameras.height, cameras.width, dtype=torch.int64, device=gaussians.device)
+    return labels_from_weights(torch.cat(weights, dim=-1), ids)

@@ -48,6 +48,33 @@ class Info:
 
 
 @dataclass
+class Weights:
+    """Fetch pretrained SAM-family weights once into ~/.cache/protosaga/weights/, checking their sha256."""
+
+    name: tyro.conf.Positional[Literal["mobile_sam"]]
+    """which checkpoint: mobile_sam (MobileSAM, vit_t; Apache-2.0)"""
+    source: str | None = None
+    """a local copy (the .pt or the source archive holding it) or a URL; default: the package index"""
+
+    def run(self) -> None:
+        from .masks.weights import SOURCES, WeightsError, cached_weights, fetch_weights
+
+        source = SOURCES[self.name]
+        if self.source is None:
+            try:
+                present = cached_weights(source)
+            except WeightsError as damaged:
+                print(f"{damaged}; fetching it again", flush=True)
+                present = None
+            if present is not None:
+                print(f"{present}: sha256 {source.sha256} verified; already fetched")
+                return
+        print(f"fetching {source.filename} ({source.size:,} bytes, {source.license}) from {self.source or source.requirement}", flush=True)
+        path = fetch_weights(source, self.source)
+        print(f"{path}: sha256 {source.sha256} verified; protosaga masks and run now use MobileSAM (--model vit_t)")
+
+
+@dataclass
 class Render:
     """Render a PLY file to a PNG from a camera orbiting its centre (a quick look at any 3DGS file)."""
 
@@ -250,6 +277,7 @@ def command_type(preset: Preset):
         Annotated[Info, tyro.conf.subcommand("info")],
         Annotated[Render, tyro.conf.subcommand("render")],
         Annotated[MetricsCommand, tyro.conf.subcommand("metrics")],
+        Annotated[Weights, tyro.conf.subcommand("weights")],
         Annotated[Masks, tyro.conf.subcommand("masks")],
         Annotated[Synth, tyro.conf.subcommand("synth")],
         Annotated[Train, tyro.conf.subcommand("train", default=train_default)],

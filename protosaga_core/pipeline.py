@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tyro
 
 from .association import AssociateConfig, associate
+from .cache import cache_dir
 from .datasets import DatasetConfig
 from .evaluate import EvalConfig, EvalReport, evaluate
 from .masks import MasksConfig, generate_masks
@@ -69,12 +69,6 @@ def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool 
         compute_prototypes(scene_dir, config.prototypes, progress=progress)
     _stage("eval", "test-view rendering and segmentation")
     return evaluate(scene_dir, config.eval, progress=progress)
-
-
-def cache_dir() -> Path:
-    """Where the demo writes its scene: $XDG_CACHE_HOME/protosaga or ~/.cache/protosaga."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "protosaga"
 
 
 def demo_dataset() -> Path:

@@ -407,8 +407,8 @@ def test_generate_masks_simulated_and_its_errors(tmp_path):
     bare = make_scene(tmp_path / "bare", with_instances=False)
     with pytest.raises(ValueError, match="view a has none"):
         generate_masks(bare, MasksConfig(method="simulated"), progress=False)
-    with pytest.raises(ValueError, match="--method fallback"):
-        generate_masks(bare, MasksConfig(method="sam"), progress=False)
+    with pytest.raises(ValueError, match="needs --checkpoint PATH"):
+        generate_masks(bare, MasksConfig(method="sam", model="vit_h"), progress=False)
     assert not (tmp_path / "bare" / "masks").exists()
 
 
@@ -421,3 +421,19 @@ def test_generate_masks_sam_through_the_registry(tmp_path, monkeypatch, tiny_che
     for path in paths:
         labels = load_label_map(path)
         assert labels.shape == (48, 64)
+
+
+def test_mobile_sam_checkpoints_load_strictly_and_are_recognised(tmp_path):
+    """vit_t is MobileSAM's architecture (mobile_sam's registry); its checkpoints load through the same
+    weights_only, strict loader, and one given with another --model is named as a vit_t checkpoint."""
+    from protosaga_core.masks.sam import build_architecture, load_sam
+
+    built = build_architecture("vit_t")
+    path = tmp_path / "random_vit_t.pt"
+    torch.save(built.state_dict(), path)
+    loaded = load_sam(path, "vit_t")
+    assert type(loaded.image_encoder).__name__ == "TinyViT"
+    for name, tensor in built.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match="is it a vit_t checkpoint"):
+        load_sam(path, lambda: tiny_sam())

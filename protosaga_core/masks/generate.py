@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -16,8 +16,12 @@ from .fallback import FallbackMaskGenerator
 from .records import FlattenRule, MaskRecord, flatten
 from .sam import SamMaskGenerator, SamModel
 from .simulated import NOISE_LEVELS, NoiseName, simulate_sam_masks
+from .weights import MOBILE_SAM, cached_weights
 
-MaskMethod = Literal["sam", "fallback", "simulated"]
+MaskMethod = Literal["auto", "sam", "fallback", "simulated"]
+DEFAULT_POINTS_PER_SIDE: dict[str, int] = {"vit_h": 64, "vit_l": 64, "vit_b": 64, "vit_t": 32}
+"""SAM's prompt grid per model: Gaga's 64 for the ViTs (GPU work); 32 for MobileSAM on a CPU, where the
+mask decoder runs once per prompt and 64 per side costs four times as long."""
 
 LabelSource = Callable[[View], np.ndarray]
 """Makes one view's label map. [H, W] uint16"""
@@ -27,14 +31,15 @@ LabelSource = Callable[[View], np.ndarray]
 class MasksConfig:
     """Per-view 2D instance masks for the training views (paper Sec. 3.1)."""
 
-    method: MaskMethod = "fallback"
-    """`sam`: Segment Anything's automatic masks (needs --checkpoint); `fallback`: multi-scale
-    Felzenszwalb segments, no weights needed, much weaker; `simulated`: SAM-like errors applied to the
-    dataset's ground-truth instance maps (benchmarks only)."""
+    method: MaskMethod = "auto"
+    """`auto`: MobileSAM when its weights were fetched (`protosaga weights mobile_sam`), else the
+    fallback; `sam`: Segment Anything's automatic masks (--checkpoint, or the fetched MobileSAM weights
+    for --model vit_t); `fallback`: multi-scale Felzenszwalb segments, no weights needed, much weaker;
+    `simulated`: SAM-like errors applied to the dataset's ground-truth instance maps (benchmarks only)."""
     checkpoint: Path | None = None
-    """SAM checkpoint file (e.g. sam_vit_h_4b8939.pth), for --method sam."""
-    model: SamModel = "vit_h"
-    """SAM architecture of the checkpoint."""
+    """SAM checkpoint file (e.g. sam_vit_h_4b8939.pth), for --method sam; vit_t defaults to the fetched one."""
+    model: SamModel = "vit_t"
+    """SAM architecture of the checkpoint (vit_t = MobileSAM)."""
     rule: FlattenRule = "score"
     """who wins where proposals overlap: `score` highest predicted IoU (Gaga), `large` larger mask,
     `small` smaller mask (the two DEVA / Gaussian Grouping modes)."""
@@ -42,8 +47,8 @@ class MasksConfig:
     """error rates of --method simulated."""
     seed: int = 0
     """seed of --method simulated."""
-    points_per_side: int = 64
-    """SAM prompt grid resolution (Gaga: 64)."""
+    points_per_side: int | None = None
+    """SAM prompt grid resolution; default 64 for vit_h/l/b (Gaga), 32 for vit_t (CPU)."""
     pred_iou_thresh: float = 0.7
     """SAM keeps masks whose predicted IoU exceeds this (Gaga: 0.7)."""
 
@@ -57,8 +62,7 @@ def generate_masks(scene: Scene, config: MasksConfig | None = None, progress: bo
     Returns:
         the mask files of the training views, in view order.
     """
-    config = config or MasksConfig()
-    _check(config)
+    config = resolve(config or MasksConfig())
     views = scene.split("train")
     paths = [scene.root / "masks" / f"{view.name}.png" for view in views]
     pending = [(view, path) for view, path in zip(views, paths) if not path.exists()]
@@ -75,16 +79,33 @@ def generate_masks(scene: Scene, config: MasksConfig | None = None, progress: bo
     return paths
 
 
-def _check(config: MasksConfig) -> None:
-    """Configuration errors, raised before any model is loaded or file written."""
-    if config.method == "sam" and config.checkpoint is None:
-        raise ValueError(
-            "--method sam needs --checkpoint PATH (e.g. sam_vit_h_4b8939.pth); without one, use --method fallback"
-        )
-    if config.method not in ("sam", "fallback", "simulated"):
-        raise ValueError(f"unknown mask method {config.method!r}; choose sam, fallback or simulated")
+def resolve(config: MasksConfig) -> MasksConfig:
+    """The config with `auto`, the default checkpoint and the prompt grid decided; configuration errors
+    are raised here, before any model is loaded or file written."""
+    if config.method not in ("auto", "sam", "fallback", "simulated"):
+        raise ValueError(f"unknown mask method {config.method!r}; choose auto, sam, fallback or simulated")
     if config.noise not in NOISE_LEVELS:
         raise ValueError(f"unknown noise level {config.noise!r}; choose {', '.join(NOISE_LEVELS)}")
+    if config.method == "auto":
+        fetched = cached_weights(MOBILE_SAM)
+        if fetched is None:
+            print(
+                "protosaga masks: no SAM weights, using the Felzenszwalb fallback (much weaker object masks); "
+                "run `protosaga weights mobile_sam` once to use MobileSAM",
+                flush=True,
+            )
+            return replace(config, method="fallback")
+        config = replace(config, method="sam", model="vit_t", checkpoint=fetched)
+    if config.method == "sam" and config.checkpoint is None:
+        if config.model != "vit_t":
+            raise ValueError(f"--method sam --model {config.model} needs --checkpoint PATH (e.g. sam_vit_h_4b8939.pth)")
+        fetched = cached_weights(MOBILE_SAM)
+        if fetched is None:
+            raise ValueError("--model vit_t needs MobileSAM's weights: run `protosaga weights mobile_sam` once")
+        config = replace(config, checkpoint=fetched)
+    if config.points_per_side is None:
+        config = replace(config, points_per_side=DEFAULT_POINTS_PER_SIDE[config.model])
+    return config
 
 
 def build_source(config: MasksConfig, views: Sequence[View]) -> LabelSource:

@@ -11,6 +11,7 @@ segment-anything is an optional dependency (`pip install protosaga[sam]`): it is
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -24,10 +25,12 @@ from .records import MaskRecord
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
 
-SamModel = Literal["vit_h", "vit_l", "vit_b"]
+SamModel = Literal["vit_h", "vit_l", "vit_b", "vit_t"]
 
 # Width of `image_encoder.patch_embed.proj` per registry model: enough to name a mismatched checkpoint.
 _EMBED_DIMS: dict[int, SamModel] = {1280: "vit_h", 1024: "vit_l", 768: "vit_b"}
+_TINY_VIT_KEY = "image_encoder.patch_embed.seq.0.c.weight"
+"""A key only MobileSAM's TinyViT encoder has."""
 
 
 def _segment_anything() -> ModuleType:
@@ -40,6 +43,29 @@ def _segment_anything() -> ModuleType:
     return segment_anything
 
 
+def _mobile_sam() -> ModuleType:
+    try:
+        with warnings.catch_warnings():  # timm's deprecation notices about the imports mobile_sam uses
+            warnings.simplefilter("ignore")
+            import mobile_sam
+    except ImportError as error:
+        raise ImportError(
+            "--model vit_t needs MobileSAM's code: pip install 'protosaga[sam]' (mobilesam-mirror and timm)"
+        ) from error
+    return mobile_sam
+
+
+def build_architecture(model: SamModel) -> Sam:
+    """An untrained SAM of a registry architecture: vit_h / vit_l / vit_b from segment-anything, vit_t
+    (MobileSAM: a TinyViT encoder with SAM's prompt encoder and mask decoder) from mobile_sam."""
+    if model == "vit_t":
+        return _mobile_sam().sam_model_registry["vit_t"](checkpoint=None)
+    registry = _segment_anything().sam_model_registry
+    if model not in registry:
+        raise ValueError(f"unknown SAM model {model!r}; choose vit_h, vit_l, vit_b or vit_t")
+    return registry[model](checkpoint=None)
+
+
 def load_sam(checkpoint: Path, model: SamModel | Callable[[], Sam] = "vit_h") -> Sam:
     """Build a SAM architecture and load a checkpoint's weights into it, strictly.
 
@@ -48,7 +74,7 @@ def load_sam(checkpoint: Path, model: SamModel | Callable[[], Sam] = "vit_h") ->
 
     Args:
         checkpoint: a state-dict file such as `sam_vit_h_4b8939.pth`.
-        model: a registry name ("vit_h", "vit_l", "vit_b") or a function that builds the architecture.
+        model: a registry name ("vit_h", "vit_l", "vit_b", "vit_t") or a function that builds the architecture.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -61,13 +87,7 @@ def load_sam(checkpoint: Path, model: SamModel | Callable[[], Sam] = "vit_h") ->
             f"SAM checkpoint {checkpoint} ({name}) not found; download it from "
             "https://github.com/facebookresearch/segment-anything#model-checkpoints or use --method fallback"
         )
-    if isinstance(model, str):
-        registry = _segment_anything().sam_model_registry
-        if model not in registry:
-            raise ValueError(f"unknown SAM model {model!r}; choose vit_h, vit_l or vit_b")
-        sam = registry[model](checkpoint=None)
-    else:
-        sam = model()
+    sam = build_architecture(model) if isinstance(model, str) else model()
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -102,6 +122,8 @@ def _check_state(
     message = f"checkpoint {checkpoint} does not match {name}: {', '.join(problems)}"
     patch = found.get("image_encoder.patch_embed.proj.weight")
     guess = _EMBED_DIMS.get(int(patch.shape[0])) if patch is not None and patch.ndim == 4 else None
+    if _TINY_VIT_KEY in found:
+        guess = "vit_t"
     if guess is not None and guess != name:
         message += f" (is it a {guess} checkpoint? pass --model {guess})"
     raise ValueError(message)

@@ -1,4 +1,4 @@
-"""Mask quality floors and fallback speed: `python bench/masks.py [--quick] [--json PATH]`.
+"""Mask quality floors and mask speed: `python bench/masks.py [--quick] [--sam] [--json PATH]`.
 
 On `protosaga synth --preset bench` scenes (seeds 0, 1, 2), for each simulated-SAM noise level, scores the
 raw per-view masks of the training views against GT with Gaga's protocol (id 0 not counted):
@@ -6,7 +6,10 @@ raw per-view masks of the training views against GT with Gaga's protocol (id 0 n
   this is the "no association" floor that association must beat;
 - frame by frame (the protocol run on each view alone, averaged): how good the masks are apart from
   cross-view consistency, the ceiling association can reach from them.
-Then times the weight-free fallback generator (flattened, rule `score`) per image at the bench size.
+Then times the weight-free fallback generator (flattened, rule `score`) per image at the bench size, and
+with --sam MobileSAM's automatic masks (the fetched vit_t weights, segment-anything's generator, flattened)
+on a real photo (the statue scene) at 160x120, 320x240 and 640x480 for 16 and 32 points per side, with the
+growth of the process's peak memory.
 """
 
 from __future__ import annotations
@@ -87,11 +90,47 @@ def time_fallback(scene, count: int) -> SpeedRecord:
     return SpeedRecord("fallback", width, height, len(images), 1e3 * statistics.median(times))
 
 
+STATUE_PHOTO = Path(__file__).resolve().parents[2] / "shared" / "data" / "statue_colmap" / "images" / "DSC_5283.jpg"
+SAM_SIZES = ((160, 120), (320, 240), (640, 480))
+SAM_POINTS = (16, 32)
+
+
+def time_mobile_sam() -> list[SpeedRecord]:
+    """Seconds per photo for MobileSAM at each size and prompt grid (one run each: they take minutes)."""
+    import resource
+
+    from PIL import Image
+
+    from protosaga_core.masks.sam import SamMaskGenerator
+    from protosaga_core.masks.weights import MOBILE_SAM, cached_weights
+
+    weights = cached_weights(MOBILE_SAM)
+    if weights is None:
+        raise SystemExit("--sam needs the weights: protosaga weights mobile_sam")
+    with Image.open(STATUE_PHOTO) as photo:
+        photo = photo.convert("RGB")
+        images = {size: np.asarray(photo.resize(size, Image.Resampling.BOX)) for size in SAM_SIZES}
+    records = []
+    for points in SAM_POINTS:
+        generator = SamMaskGenerator(weights, "vit_t", points_per_side=points, device="cpu")
+        for (width, height), image in images.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            start = time.perf_counter()
+            masks = flatten(generator(image), rule="score", shape=image.shape[:2])
+            seconds = time.perf_counter() - start
+            growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+            records.append(SpeedRecord(f"mobile_sam {points}pps", width, height, 1, 1e3 * seconds))
+            print(f"mobile_sam {points:>2} points/side {width}x{height}: {seconds:6.1f} s, {int(masks.max())} masks, "
+                  f"peak RSS +{growth:.0f} MiB", flush=True)
+    return records
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one scene instead of three")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sam", action="store_true", help="also time MobileSAM (needs protosaga weights mobile_sam)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seeds = [0] if args.quick else [0, 1, 2]
@@ -107,8 +146,9 @@ def main() -> int:
             f"{r.cross_view_recall:>6.3f} | {r.per_frame_miou:>14.3f} {r.per_frame_precision:>6.3f} {r.per_frame_recall:>6.3f}"
         )
     print(f"fallback generator: {speed.ms_per_image:.0f} ms per {speed.width}x{speed.height} image (median of {speed.images})")
+    sam = time_mobile_sam() if args.sam else []
     if args.json:
-        payload = {"noise": [asdict(r) for r in noise_records], "speed": [asdict(speed)]}
+        payload = {"noise": [asdict(r) for r in noise_records], "speed": [asdict(speed)] + [asdict(r) for r in sam]}
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0

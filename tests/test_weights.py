@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from protosaga_core.cli import main
 from protosaga_core.masks import generate, weights
@@ -94,7 +95,8 @@ def test_auto_masks_fall_back_with_one_line_and_use_mobile_sam_once_fetched(tmp_
     fetched = tmp_path / "mobile_sam.pt"
     monkeypatch.setattr(generate, "cached_weights", lambda source: fetched)
     config = resolve(MasksConfig())
-    assert (config.method, config.model, config.checkpoint, config.points_per_side) == ("sam", "vit_t", fetched, 32)
+    expected_points = 32 if torch.cuda.is_available() else 16
+    assert (config.method, config.model, config.checkpoint, config.points_per_side) == ("sam", "vit_t", fetched, expected_points)
     assert resolve(MasksConfig(method="sam", model="vit_h", checkpoint=fetched)).points_per_side == 64
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from ..datasets.scene import Scene, View
@@ -19,9 +20,14 @@ from .simulated import NOISE_LEVELS, NoiseName, simulate_sam_masks
 from .weights import MOBILE_SAM, cached_weights
 
 MaskMethod = Literal["auto", "sam", "fallback", "simulated"]
-DEFAULT_POINTS_PER_SIDE: dict[str, int] = {"vit_h": 64, "vit_l": 64, "vit_b": 64, "vit_t": 32}
-"""SAM's prompt grid per model: Gaga's 64 for the ViTs (GPU work); 32 for MobileSAM on a CPU, where the
-mask decoder runs once per prompt and 64 per side costs four times as long."""
+def default_points_per_side(model: SamModel, cuda: bool) -> int:
+    """SAM's prompt grid: Gaga's 64 for the ViTs; for MobileSAM 32 on a GPU and 16 on a CPU, where the mask
+    decoder runs once per prompt over all image tokens: 32 per side take ~125 s a view on 2 cores, 16 take
+    ~35 s (bench/masks.py --sam), and the statue still comes out as one object."""
+    if model != "vit_t":
+        return 64
+    return 32 if cuda else 16
+
 
 LabelSource = Callable[[View], np.ndarray]
 """Makes one view's label map. [H, W] uint16"""
@@ -48,7 +54,7 @@ class MasksConfig:
     seed: int = 0
     """seed of --method simulated."""
     points_per_side: int | None = None
-    """SAM prompt grid resolution; default 64 for vit_h/l/b (Gaga), 32 for vit_t (CPU)."""
+    """SAM prompt grid resolution; default 64 for vit_h/l/b (Gaga), for vit_t 32 on a GPU and 16 on a CPU."""
     pred_iou_thresh: float = 0.7
     """SAM keeps masks whose predicted IoU exceeds this (Gaga: 0.7)."""
 
@@ -104,7 +110,7 @@ def resolve(config: MasksConfig) -> MasksConfig:
             raise ValueError("--model vit_t needs MobileSAM's weights: run `protosaga weights mobile_sam` once")
         config = replace(config, checkpoint=fetched)
     if config.points_per_side is None:
-        config = replace(config, points_per_side=DEFAULT_POINTS_PER_SIDE[config.model])
+        config = replace(config, points_per_side=default_points_per_side(config.model, torch.cuda.is_available()))
     return config
 
 

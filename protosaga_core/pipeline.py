@@ -12,6 +12,7 @@ from .cache import cache_dir
 from .datasets import DatasetConfig
 from .evaluate import EvalConfig, EvalReport, evaluate
 from .masks import MasksConfig, generate_masks
+from .masks.generate import resolve as resolve_masks
 from .prototypes import PrototypesConfig, compute_prototypes
 from .scene_dir import SceneDir
 from .train import PRESETS, TrainConfig, train
@@ -53,8 +54,10 @@ def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool 
     scene_dir = SceneDir(output)
     scene = dataset.load()
     if any(view.mask_path is None for view in scene.split("train")):
-        _stage("masks", f"{config.masks.method} masks for the training views")
-        generate_masks(scene, config.masks, progress=progress)
+        masks = resolve_masks(config.masks)  # `auto` decided here, so the line says what runs
+        detail = f"sam ({masks.model})" if masks.method == "sam" else masks.method
+        _stage("masks", f"{detail} masks for the training views")
+        generate_masks(scene, masks, progress=progress)
     if config.force or not scene_dir.is_done("train"):
         checkpoint = scene_dir.checkpoints_dir / "last.pt"
         resume = checkpoint.exists() and not config.force

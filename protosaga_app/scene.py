@@ -59,12 +59,7 @@ class ViewerScene:
                 f"{', '.join(meta.stages) or 'none'}); run protosaga run or protosaga prototypes first"
             )
         gaussians = scene_dir.read_gaussians()
-        labels = scene_dir.read_labels()
-        if labels.shape != (len(gaussians),) or (len(labels) and labels.min() < 0):
-            raise SceneDirError(
-                f"{scene_dir.labels_path}: expected {len(gaussians)} non-negative labels (one per Gaussian of "
-                f"{scene_dir.gaussians_path.name}), got shape {list(labels.shape)}"
-            )
+        labels = scene_dir.read_labels(len(gaussians))
         prototypes = Prototypes.load(scene_dir.prototypes_path)
         if len(prototypes) and prototypes.feature_dim != gaussians.feature_dim:
             raise SceneDirError(

@@ -30,7 +30,7 @@ from .metrics import InstanceMetrics, instance_metrics, psnr, ssim
 from .metrics3d import ObjectMetrics3D, gaussian_gt_objects, object_metrics_3d
 from .prototypes import DEFAULT_CHUNK_VIEWS, default_device, read_consistent_mask, view_batches
 from .render import render
-from .scene_dir import SceneDir, SceneDirError
+from .scene_dir import SceneDir
 from .segment import Method, SegmentConfig, cls_model_path, output_dir, predictions_current, segment
 
 
@@ -149,9 +149,7 @@ def gaussian_object_score(scene_dir: SceneDir, views: list[View]) -> ObjectMetri
     """The 3D object score of the scene's per-Gaussian labels against the GT objects their centres lie on
     in `views` (which need GT instance and depth maps), weighted by opacity."""
     gaussians = scene_dir.read_gaussians()
-    labels = torch.from_numpy(scene_dir.read_labels())
-    if labels.shape != (len(gaussians),):
-        raise SceneDirError(f"{scene_dir.labels_path}: {len(labels)} labels for {len(gaussians)} Gaussians; run protosaga prototypes again")
+    labels = torch.from_numpy(scene_dir.read_labels(len(gaussians)))
     truth = gaussian_gt_objects(gaussians.means.detach(), views)
     return object_metrics_3d(labels, truth, gaussians.activated_opacities.detach())
 

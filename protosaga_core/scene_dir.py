@@ -219,11 +219,18 @@ class SceneDir:
         atomic_write_bytes(self.classifiers_path, buffer.getvalue())
 
     # --- per-Gaussian labels -------------------------------------------------------------------------
-    def read_labels(self) -> np.ndarray:
-        """Per-Gaussian instance ids, 0 = unassigned. [N] int64"""
+    def read_labels(self, num_gaussians: int | None = None) -> np.ndarray:
+        """Per-Gaussian instance ids, 0 = unassigned, checked to be one per Gaussian when `num_gaussians`
+        is given. [N] int64"""
         if not self.labels_path.exists():
             raise SceneDirError(f"{self.labels_path}: missing; run protosaga prototypes first")
-        return np.load(self.labels_path, allow_pickle=False).astype(np.int64)
+        labels = np.load(self.labels_path, allow_pickle=False).astype(np.int64)
+        if num_gaussians is not None and (labels.shape != (num_gaussians,) or (len(labels) and labels.min() < 0)):
+            raise SceneDirError(
+                f"{self.labels_path}: expected {num_gaussians} non-negative labels (one per Gaussian of "
+                f"{self.gaussians_path.name}), got shape {list(labels.shape)}; run protosaga prototypes again"
+            )
+        return labels
 
     def write_labels(self, labels: np.ndarray) -> None:
         with atomic_open(self.labels_path) as handle:

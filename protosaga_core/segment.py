@@ -58,7 +58,7 @@ from .prototypes import (
 )
 from .lifting import render_label_maps
 from .render import render
-from .scene_dir import SceneDir, SceneDirError
+from .scene_dir import SceneDir
 
 Method = Literal["lifted", "proto", "cls", "kmeans"]
 METHODS: tuple[Method, ...] = ("lifted", "proto", "cls", "kmeans")
@@ -120,9 +120,7 @@ def segment(scene_dir: SceneDir, config: SegmentConfig = SegmentConfig(), progre
     out.mkdir(parents=True, exist_ok=True)
     desc = f"segment {config.split} ({config.method})"
     if config.method == "lifted":
-        labels = torch.from_numpy(scene_dir.read_labels())
-        if labels.shape != (len(gaussians),):
-            raise SceneDirError(f"{scene_dir.labels_path}: {len(labels)} labels for {len(gaussians)} Gaussians; run protosaga prototypes again")
+        labels = torch.from_numpy(scene_dir.read_labels(len(gaussians)))
         ids = torch.unique(labels[labels > 0])
         with tqdm(total=len(views), desc=desc, unit="view", disable=not progress) as bar:
             for batch in view_batches(views, config.chunk_views):

@@ -1,7 +1,11 @@
 """Segmentation quality in 2D and 3D, the paper's method against each option: `python bench/quality.py`.
 
-For each `protosaga synth --preset bench` scene (seeds 0, 1, 2 by default; simulated SAM masks at the
-`--noise` level, GT instance and depth maps), trains once with the cpu preset, then for every association
+For each `protosaga synth --preset bench` scene (seeds 0, 1, 2 by default; GT instance and depth maps),
+with `--masks simulated` SAM-like masks at the `--noise` level, or with `--masks sam` MobileSAM's automatic
+masks of the rendered training views (the CPU defaults of `protosaga masks`; cached under
+~/.cache/protosaga/bench/, keyed by the images' hash, so a rerun skips them), scores the raw masks
+against GT (no association: the floor; and frame by frame: the ceiling), trains once with the cpu preset,
+then for every association
 variant (the paper's memory bank with the depth / prob / both criteria, and view-consensus association)
 measures, with Gaga's protocol (id 0 not counted):
 - train-view association mIoU / precision / recall (paper Table 3 analog);
@@ -18,8 +22,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
+import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -27,12 +34,16 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import torch
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the protosaga command does (protosaga_core/cli.py)
+
+import torch  # noqa: E402
 
 from protosaga_core.association import AssociateConfig, associate
-from protosaga_core.datasets import DatasetConfig
+from protosaga_core.cache import cache_dir
+from protosaga_core.datasets import DatasetConfig, load_scene
 from protosaga_core.evaluate import EvalConfig, evaluate, gaussian_object_score
 from protosaga_core.labelmaps import load_label_map
+from protosaga_core.masks import MasksConfig, generate_masks
 from protosaga_core.metrics import instance_metrics
 from protosaga_core.prototypes import PrototypesConfig, compute_prototypes, read_consistent_mask
 from protosaga_core.segment import SegmentConfig, segment
@@ -57,6 +68,8 @@ BASELINES = ("cls", "kmeans")
 class SceneResult:
     seed: int
     psnr: float
+    raw_masks: dict[str, float] = field(default_factory=dict)  # no association, across views
+    raw_masks_per_frame: dict[str, float] = field(default_factory=dict)
     association: dict[str, dict[str, float]] = field(default_factory=dict)  # variant -> metrics
     segmentation: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # variant -> method -> metrics
     objects_3d: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # variant -> label rule -> metrics
@@ -72,9 +85,37 @@ def _segment_metrics(scene_dir, method: str, test_views, test_gt) -> dict[str, f
     return _metrics(instance_metrics(test_gt, [load_label_map(folder / f"{v.name}.png") for v in test_views]))
 
 
-def run_scene(root: Path, seed: int, noise: str, iterations: int | None, variants: list[str]) -> SceneResult:
+def use_sam_masks(data: Path) -> None:
+    """Replace the dataset's simulated masks by MobileSAM's, from the cache where it has them."""
+    views = load_scene(data).split("train")
+    digest = hashlib.sha256(b"".join(view.image_path.read_bytes() for view in views)).hexdigest()[:16]
+    cached = cache_dir() / "bench" / f"mobile_sam_{digest}"
+    shutil.rmtree(data / "masks")
+    if cached.is_dir():
+        shutil.copytree(cached, data / "masks")
+    generate_masks(load_scene(data), MasksConfig(method="sam", model="vit_t"), progress=True)
+    partial = cached.with_name(cached.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(data / "masks", partial)
+    shutil.rmtree(cached, ignore_errors=True)
+    partial.rename(cached)
+
+
+def _raw_masks(result: SceneResult, train_views, train_gt) -> None:
+    masks = [view.load_mask() for view in train_views]
+    result.raw_masks = _metrics(instance_metrics(train_gt, masks))
+    frames = [instance_metrics([gt], [mask]) for gt, mask in zip(train_gt, masks)]
+    result.raw_masks_per_frame = {k: statistics.fmean(getattr(f, k) for f in frames) for k in ("miou", "precision", "recall")}
+
+
+def run_scene(
+    root: Path, seed: int, masks: str, noise: str, iterations: int | None, variants: list[str]
+) -> SceneResult:
     start = time.perf_counter()
     dataset = DatasetConfig(synthesize(root / "data", "bench", seed, noise=noise, progress=False))
+    if masks == "sam":
+        use_sam_masks(dataset.root)
+        print(f"  seed {seed}: MobileSAM masks in {(time.perf_counter() - start) / 60:.1f} min", file=sys.stderr, flush=True)
     config = PRESETS["cpu"] if iterations is None else replace(PRESETS["cpu"], iterations=iterations)
     with contextlib.redirect_stderr(io.StringIO()):  # the training progress bar
         scene_dir = train(dataset, root / "scene", config)
@@ -87,6 +128,7 @@ def run_scene(root: Path, seed: int, noise: str, iterations: int | None, variant
     train_views, test_views = scene.split("train"), scene.split("test")
     train_gt = [v.load_instances() for v in train_views]
     test_gt = [v.load_instances() for v in test_views]
+    _raw_masks(result, train_views, train_gt)
     for name in variants:
         associate_config = ASSOCIATIONS[name]
         began = time.perf_counter()
@@ -114,7 +156,11 @@ def _row(name: str, values: list[dict[str, float]]) -> str:
 
 def print_tables(results: list[SceneResult], variants: list[str]) -> None:
     header = f"{'':>28} | " + " | ".join(f"seed {r.seed}: I     P     R  " for r in results) + " | mean: I     P     R"
-    print("Association: consistent masks on the training views (mIoU, precision, recall; id 0 not counted)")
+    print("Raw per-view masks against GT, train views: no association (across views) and frame by frame")
+    print(header)
+    print(_row("no association", [r.raw_masks for r in results]))
+    print(_row("frame by frame", [r.raw_masks_per_frame for r in results]))
+    print("\nAssociation: consistent masks on the training views (mIoU, precision, recall; id 0 not counted)")
     print(header)
     for name in variants:
         print(_row(name, [r.association[name] for r in results]))
@@ -138,6 +184,8 @@ def print_tables(results: list[SceneResult], variants: list[str]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--masks", default="simulated", choices=("simulated", "sam"),
+                        help="simulated SAM-like masks (--noise) or MobileSAM's (protosaga weights mobile_sam)")
     parser.add_argument("--noise", default="default", choices=("low", "default", "high"))
     parser.add_argument("--iterations", type=int, help="override the cpu preset's training iterations")
     parser.add_argument("--json", type=Path)
@@ -149,7 +197,7 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            results.append(run_scene(Path(tmp) / f"seed{seed}", seed, args.noise, args.iterations, args.associations))
+            results.append(run_scene(Path(tmp) / f"seed{seed}", seed, args.masks, args.noise, args.iterations, args.associations))
             print(f"seed {seed} done in {results[-1].minutes['total']:.1f} min", file=sys.stderr, flush=True)
     print_tables(results, args.associations)
     if args.json:

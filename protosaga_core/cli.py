@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-import torch
-import tyro
+# PyTorch's CPU allocator asks for transparent huge pages for buffers of 2 MB and more when this is set
+# before its first allocation: SAM's mask decoder and the rasterizer allocate large temporaries per batch
+# and spend much of their time faulting in fresh 4 kB pages otherwise (bench/masks.py --sam).
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import torch  # noqa: E402
+import tyro  # noqa: E402
 
 from .datasets import DatasetConfig
 from .masks import MasksConfig, generate_masks
@@ -18,7 +24,7 @@ from .evaluate import EvalConfig, evaluate
 from .metrics import MetricsCommand
 from .pipeline import RunConfig, run, run_demo
 from .prototypes import PrototypesConfig, compute_prototypes
-from .scene_dir import SceneDir, SceneDirError
+from .scene_dir import SceneDir
 from .segment import SegmentConfig, segment
 from .train import PRESETS as TRAIN_PRESETS
 from .train import Preset, TrainConfig, train

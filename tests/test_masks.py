@@ -27,6 +27,7 @@ from protosaga_core.masks import (
     load_sam,
     simulate_sam_masks,
 )
+from protosaga_core.masks.sam_decoder import predict_points
 
 # ---------------------------------------------------------------------------------------------- flatten
 
@@ -116,7 +117,7 @@ def test_mask_record_from_sam_dict():
 # ------------------------------------------------------------------------------------------------- SAM
 
 
-def tiny_sam(embed_dim: int = 32) -> Sam:
+def tiny_sam(embed_dim: int = 32, decoder_depth: int = 1) -> Sam:
     """A randomly initialised SAM on 64×64 inputs (4×4 embeddings) that runs in well under a second."""
     image_size, patch = 64, 16
     return Sam(
@@ -130,7 +131,7 @@ def tiny_sam(embed_dim: int = 32) -> Sam:
             mask_in_chans=4,
         ),
         mask_decoder=MaskDecoder(
-            transformer_dim=32, transformer=TwoWayTransformer(depth=1, embedding_dim=32, mlp_dim=64, num_heads=2),
+            transformer_dim=32, transformer=TwoWayTransformer(depth=decoder_depth, embedding_dim=32, mlp_dim=64, num_heads=2),
             num_multimask_outputs=3, iou_head_depth=2, iou_head_hidden_dim=32,
         ),
         pixel_mean=[123.675, 116.28, 103.53],
@@ -185,6 +186,28 @@ def test_sam_generator_loads_checkpoint_and_flattens_records(tiny_checkpoint):
     assert len(owners) == len(present)
     with pytest.raises(ValueError, match="RGB uint8"):
         generator(image.astype(np.float32) / 255.0)
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_point_decoder_computes_upstreams_masks(multimask):
+    # Random weights (two transformer blocks, so both the shared first block and the per-prompt ones run)
+    # and a wide image, so only the top of the square input is upscaled; prompts of one and two points.
+    torch.manual_seed(1)
+    sam = tiny_sam(decoder_depth=2).eval()
+    predictor = segment_anything.SamPredictor(sam)
+    image = np.random.default_rng(0).integers(0, 256, (18, 48, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        predictor.set_image(image)
+        for count in (1, 2):
+            coords = torch.rand(5, count, 2) * torch.tensor([64.0, 24.0])
+            labels = torch.randint(0, 2, (5, count))
+            expected = predictor.predict_torch(coords, labels, multimask_output=multimask, return_logits=True)
+            masks, iou, low_res = predict_points(predictor, coords, labels, multimask, return_logits=True)
+            torch.testing.assert_close(masks, expected[0], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(iou, expected[1], atol=1e-5, rtol=1e-5)
+            # the image is the top 24 of the 64x64 input: 2 of the 4 token rows, upscaled x4, are read
+            assert low_res.shape[-2:] == (8, 16)
+            torch.testing.assert_close(low_res, expected[2][..., :8, :], atol=1e-4, rtol=1e-4)
 
 
 def test_sam_checkpoint_errors_name_the_file_and_model(tmp_path, tiny_checkpoint):

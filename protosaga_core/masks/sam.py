@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 from .records import MaskRecord
+from .sam_decoder import predict_points
 
 if TYPE_CHECKING:
+    from segment_anything import SamPredictor
     from segment_anything.modeling import Sam
 
 SamModel = Literal["vit_h", "vit_l", "vit_b", "vit_t"]
@@ -129,6 +131,19 @@ def _check_state(
     raise ValueError(message)
 
 
+def _point_predictor(sam: Sam) -> SamPredictor:
+    """segment-anything's predictor with point prompts decoded by `sam_decoder.predict_points`: the
+    same masks, several times faster for the automatic generator's hundreds of prompts per image."""
+
+    class PointPredictor(_segment_anything().SamPredictor):
+        def predict_torch(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True, return_logits=False):
+            if point_coords is None or boxes is not None or mask_input is not None:
+                return super().predict_torch(point_coords, point_labels, boxes, mask_input, multimask_output, return_logits)
+            return predict_points(self, point_coords, point_labels, multimask_output, return_logits)
+
+    return PointPredictor(sam)
+
+
 class SamMaskGenerator:
     """SAM's automatic mask generator with Gaga's defaults, returning `MaskRecord`s.
 
@@ -138,7 +153,8 @@ class SamMaskGenerator:
         points_per_side: prompt grid resolution (Gaga: 64; SAM's default is 32).
         pred_iou_thresh: keep masks whose predicted IoU exceeds this (Gaga: 0.7; SAM: 0.88).
         stability_score_thresh: keep masks at least this stable (SAM's and Gaga's 0.95).
-        points_per_batch: prompts decoded at once (memory only).
+        points_per_batch: prompts decoded at once: memory and speed only; by default 64 on a GPU, 16 on a
+            CPU, where smaller temporaries are ~30 % faster than 64 (fewer fresh pages per batch).
         device: where SAM runs; CUDA when available, else CPU.
     """
 
@@ -149,7 +165,7 @@ class SamMaskGenerator:
         points_per_side: int = 64,
         pred_iou_thresh: float = 0.7,
         stability_score_thresh: float = 0.95,
-        points_per_batch: int = 64,
+        points_per_batch: int | None = None,
         device: str | torch.device | None = None,
     ) -> None:
         sam = load_sam(checkpoint, model)
@@ -162,7 +178,7 @@ class SamMaskGenerator:
         points_per_side: int = 64,
         pred_iou_thresh: float = 0.7,
         stability_score_thresh: float = 0.95,
-        points_per_batch: int = 64,
+        points_per_batch: int | None = None,
         device: str | torch.device | None = None,
     ) -> SamMaskGenerator:
         """Wrap an already-built (and loaded) SAM module."""
@@ -176,20 +192,24 @@ class SamMaskGenerator:
         points_per_side: int,
         pred_iou_thresh: float,
         stability_score_thresh: float,
-        points_per_batch: int,
+        points_per_batch: int | None,
         device: str | torch.device | None,
     ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if points_per_batch is None:
+            points_per_batch = 64 if self.device.type == "cuda" else 16
+        sam = sam.to(self.device).eval()
         self.automatic = _segment_anything().SamAutomaticMaskGenerator(
-            sam.to(self.device).eval(),
+            sam,
             points_per_side=points_per_side,
             points_per_batch=points_per_batch,
             pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_score_thresh,
             output_mode="binary_mask",
         )
+        self.automatic.predictor = _point_predictor(sam)
 
     def __call__(self, image: np.ndarray) -> list[MaskRecord]:
         """Mask proposals for one RGB image. image: [H, W, 3] uint8, RGB channel order"""

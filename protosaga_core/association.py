@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, replace_dir, staging_dir
 from .cameras import NEAR_PLANE, project_to_pixels  # noqa: F401 (NEAR_PLANE: named in the docstring above)
 from .consensus import ConsensusSettings, cluster_masks, mask_membership
 from .datasets.scene import View
@@ -552,9 +552,12 @@ def associate(scene_dir: SceneDir, config: AssociateConfig, progress: bool = Tru
     """The associate stage: consistent masks for every training view of a trained scene.
 
     Writes `association/<view>.png` (uint16) per training view and `association/association.json`, then
-    marks the stage done. Each label map is written as soon as its view is done, so memory holds one.
+    marks the stage done. Each label map is written as soon as its view is done, so memory holds one; they
+    go to a staging folder that replaces `association/` only when all are written, so an interrupted run
+    leaves the previous association (and the scene's state) as they were.
     """
-    scene_dir.invalidate_from("associate")  # later stages' outputs no longer match
+    scene_dir.sweep()
+    staging = staging_dir(scene_dir.association_dir)
     gaussians = scene_dir.read_gaussians().to(default_device())
     classifiers = scene_dir.read_classifiers()
     views = training_views(scene_dir, classifiers)
@@ -565,12 +568,14 @@ def associate(scene_dir: SceneDir, config: AssociateConfig, progress: bool = Tru
         results = (associator.add_view(association_view(view, classifiers)) for view in views)
     records = []
     for view, result in zip(tqdm(views, desc="associate", unit="view", disable=not progress), results):
-        save_label_map(scene_dir.association_dir / f"{view.name}.png", result.label_map)
+        save_label_map(staging / f"{view.name}.png", result.label_map)
         records.append(ViewRecord(view.name, result.masks))
     if config.grouping == "bank":
         num_instances = associator.bank.size
     record = AssociationRecord(config, num_instances, records)
-    atomic_write_bytes(scene_dir.association_json, (json.dumps(record.to_json_dict(), indent=1) + "\n").encode())
+    staged_json = staging / scene_dir.association_json.name
+    atomic_write_bytes(staged_json, (json.dumps(record.to_json_dict(), indent=1) + "\n").encode())
+    replace_dir(staging, scene_dir.association_dir)
     scene_dir.mark_done("associate", config)
     return record
 

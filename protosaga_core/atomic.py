@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -34,3 +36,58 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path) as handle:
         handle.write(data)
+
+
+STALE_AFTER_S = 300.0
+"""A temporary file of `atomic_open` untouched this long has no writer left: writes stream continuously."""
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, now: float | None = None) -> list[Path]:
+    """Delete the temporaries that `atomic_open` left in `folder` when its process was killed (kill -9,
+    power loss) mid-write; younger ones may belong to a live writer and are kept. Returns the removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now = time.time() if now is None else now
+    removed = []
+    for path in folder.glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file() and now - path.stat().st_mtime > STALE_AFTER_S:
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def replace_dir(staged: Path, target: Path) -> None:
+    """Put the completely written folder `staged` in place of `target` (which may not exist).
+
+    Two renames with the old folder parked beside `target` in between; `recover_dir` undoes a crash
+    between them, so readers find either the old folder or the new one, never a mix of their files.
+    """
+    parked = _parked(target)
+    if parked.exists():
+        shutil.rmtree(parked)
+    if target.exists():
+        os.replace(target, parked)
+    os.replace(staged, target)
+    shutil.rmtree(parked, ignore_errors=True)
+
+
+def recover_dir(target: Path) -> None:
+    """Finish or undo a `replace_dir` that a crash interrupted, and drop an abandoned staging folder."""
+    parked = _parked(target)
+    if parked.exists():
+        if target.exists():
+            shutil.rmtree(parked, ignore_errors=True)
+        else:
+            os.replace(parked, target)
+    shutil.rmtree(staging_dir(target), ignore_errors=True)
+
+
+def staging_dir(target: Path) -> Path:
+    """Where a new version of the folder `target` is written before `replace_dir` puts it in place."""
+    return target.with_name(f".{target.name}.partial")
+
+
+def _parked(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")

@@ -22,6 +22,7 @@ from .association import AssociateConfig, associate
 from .editing import ExportConfig
 from .evaluate import EvalConfig, evaluate
 from .metrics import MetricsCommand
+from .outputs import check_output_dir, check_output_file
 from .pipeline import RunConfig, run, run_demo
 from .prototypes import PrototypesConfig, compute_prototypes
 from .scene_dir import SceneDir
@@ -80,6 +81,10 @@ class Weights:
         print(f"{path}: sha256 {source.sha256} verified; protosaga masks and run now use MobileSAM (--model vit_t)")
 
 
+MAX_RENDER_SIDE = 4096
+"""The CPU rasterizer holds several float buffers per pixel: 4096² is a few GiB, 100,000² would not fit."""
+
+
 @dataclass
 class Render:
     """Render a PLY file to a PNG from a camera orbiting its centre (a quick look at any 3DGS file)."""
@@ -98,11 +103,17 @@ class Render:
     """camera distance in units of the scene's robust radius"""
     up: tuple[float, float, float] = (0.0, -1.0, 0.0)
     """world up (COLMAP and INRIA scenes usually have -y up)"""
+    overwrite: bool = False
+    """replace an existing --output file"""
 
     def run(self) -> None:
         from .orbit import orbit_camera, save_png
         from .ply import read_ply
         from .render import render
+
+        if not (1 <= self.width <= MAX_RENDER_SIDE and 1 <= self.height <= MAX_RENDER_SIDE):
+            raise ValueError(f"--width and --height must be 1..{MAX_RENDER_SIDE}, got {self.width}x{self.height}")
+        check_output_file(self.output, self.overwrite)
 
         gaussians = read_ply(self.path).gaussians
         cameras = orbit_camera(
@@ -136,10 +147,13 @@ class Synth:
     seed: int = 0
     noise: Literal["low", "default", "high"] = "default"
     """noise level of the simulated SAM masks written for the training views"""
+    overwrite: bool = False
+    """write into an output folder that already holds files"""
 
     def run(self) -> None:
         from .synthetic import synthesize
 
+        check_output_dir(self.output, self.overwrite)
         synthesize(self.output, self.preset, self.seed, self.noise)
         print(f"wrote {self.output} (preset {self.preset}, seed {self.seed})")
 
@@ -160,9 +174,11 @@ class Train:
     """defaults to start from (default: cpu without CUDA, paper with it)"""
     resume: bool = False
     """continue from SCENE/checkpoints/last.pt, bit for bit"""
+    overwrite: bool = False
+    """train from scratch into a folder that already holds a scene (its files are replaced)"""
 
     def run(self) -> None:
-        scene_dir = train(self.dataset, self.output, self.config, resume=self.resume)
+        scene_dir = train(self.dataset, self.output, self.config, resume=self.resume, overwrite=self.overwrite)
         print(f"trained {scene_dir.root}: {len(scene_dir.read_gaussians()):,} Gaussians")
 
 
@@ -297,18 +313,36 @@ def command_type(preset: Preset):
     ]
 
 
+RESUME_HINTS = {
+    "train": "the checkpoint is saved: run the same command with --resume to continue",
+    "run": "run the same command again: finished stages and the training checkpoint are reused",
+    "demo": "run the same command again: finished stages and the training checkpoint are reused",
+    "masks": "run the same command again: the views already done are kept",
+}
+"""What to do after Ctrl-C, per command; the others change nothing until their outputs are complete."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = tyro.cli(command_type(_preset_in(argv)), args=argv, prog="protosaga")
+    name = next((arg for arg in argv if not arg.startswith("-")), "")
     try:
         command.run()
-    except (FileNotFoundError, PermissionError, ValueError, ImportError) as error:
-        print(f"protosaga: error: {error}", file=sys.stderr)
+    except (OSError, ValueError, ImportError) as error:
+        print(f"protosaga {name}: {error_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
-        print(f"\nprotosaga: {interrupt or 'interrupted'}; continue with --resume", file=sys.stderr)
+        hint = RESUME_HINTS.get(name, "the scene and its files are as they were before the command")
+        print(f"\nprotosaga {name}: {str(interrupt) or 'interrupted'}; {hint}", file=sys.stderr)
         return 130
     return 0
+
+
+def error_message(error: Exception) -> str:
+    """One line naming the file and the problem (OSError's own text puts the errno first)."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
 
 
 if __name__ == "__main__":

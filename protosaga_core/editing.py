@@ -21,6 +21,7 @@ import torch
 import tyro
 
 from .gaussians import Gaussians
+from .outputs import check_output_file
 from .ply import write_ply
 from .scene_dir import SceneDir
 
@@ -70,10 +71,14 @@ class ExportConfig:
     """the PLY to write; default: a new generated name under SCENE/exports/"""
     with_instance_ids: bool = False
     """add an integer `instance` column (other viewers ignore it)"""
+    overwrite: bool = False
+    """replace an existing --output file"""
 
     def run(self) -> Path:
         """Write the PLY, print what was written and return its path."""
         scene_dir = SceneDir(self.scene)
+        if self.output is not None:
+            check_output_file(self.output, self.overwrite, scene_dir.root, free=(EXPORTS_DIR,))
         gaussians = scene_dir.read_gaussians()
         selection = set(self.instances) or None
         # A whole-scene export without the id column needs no labels, so it works before `prototypes`.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import tyro
 
@@ -14,7 +15,7 @@ from .evaluate import EvalConfig, EvalReport, evaluate
 from .masks import MasksConfig, generate_masks
 from .masks.generate import resolve as resolve_masks
 from .prototypes import PrototypesConfig, compute_prototypes
-from .scene_dir import SceneDir
+from .scene_dir import SceneDir, config_record
 from .train import PRESETS, TrainConfig, train
 
 DEMO_DATASET = Path(__file__).resolve().parents[1] / "assets" / "demo"
@@ -31,7 +32,7 @@ class RunConfig:
     prototypes: PrototypesConfig = field(default_factory=PrototypesConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     force: bool = False
-    """rerun every stage even when its outputs exist"""
+    """rerun every stage even when it finished earlier with the same flags (the scene is remade)"""
     paper: bool = False
     """the paper's exact method: memory-bank association (Eq. 9-16), per-Gaussian labels by Eq. 19 on
     each f_i, segmentation by Eq. 19; overrides the three settings it names"""
@@ -49,29 +50,83 @@ class RunConfig:
 
 
 def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool = True) -> EvalReport:
-    """masks (if missing) -> train -> associate -> prototypes -> eval, into the scene directory `output`."""
+    """masks (if missing) -> train -> associate -> prototypes -> eval, into the scene directory `output`.
+
+    A stage finished earlier is reused only when scene.json records the same flags for it (and the scene
+    was made from this dataset); otherwise it runs again, and so does every later stage. Each decision is
+    printed.
+    """
     config = config.resolved()
     scene_dir = SceneDir(output)
     scene = dataset.load()
+    if scene_dir.meta_path.exists():
+        check_same_dataset(scene_dir, dataset, config.force)
+        scene_dir.sweep()
     if any(view.mask_path is None for view in scene.split("train")):
         masks = resolve_masks(config.masks)  # `auto` decided here, so the line says what runs
         detail = f"sam ({masks.model})" if masks.method == "sam" else masks.method
         _stage("masks", f"{detail} masks for the training views")
         generate_masks(scene, masks, progress=progress)
-    if config.force or not scene_dir.is_done("train"):
+    else:
+        _stage("masks", f"every training view has a mask in {scene.root / 'masks'}; reused (delete them to make new ones)")
+    rerun = stage_decision(scene_dir, "train", config.train, config.force)
+    if rerun is None:
+        _stage("train", "done earlier with these flags; reused")
+    else:
         checkpoint = scene_dir.checkpoints_dir / "last.pt"
-        resume = checkpoint.exists() and not config.force
-        _stage("train", "resuming from the last checkpoint" if resume else f"{config.train.iterations} iterations")
-        train(dataset, output, config.train, resume=resume)
-    if config.force or not scene_dir.is_done("associate"):
+        resume = rerun == NOT_DONE and checkpoint.exists()
+        _stage("train", "resuming from the last checkpoint" if resume else f"{rerun}: {config.train.iterations} iterations")
+        train(dataset, output, config.train, resume=resume, overwrite=rerun != NOT_DONE)
+    rerun = stage_decision(scene_dir, "associate", config.associate, config.force)
+    if rerun is None:
+        _stage("associate", "done earlier with these flags; reused")
+    else:
         how = "view consensus" if config.associate.grouping == "consensus" else f"memory bank, criterion {config.associate.criterion}"
-        _stage("associate", how)
+        _stage("associate", f"{rerun}: {how}")
         associate(scene_dir, config.associate, progress=progress)
-    if config.force or not scene_dir.is_done("prototypes"):
-        _stage("prototypes", f"per-view prototypes, their ensemble and {config.prototypes.gaussian_labels} per-Gaussian labels")
+    rerun = stage_decision(scene_dir, "prototypes", config.prototypes, config.force)
+    if rerun is None:
+        _stage("prototypes", "done earlier with these flags; reused")
+    else:
+        _stage("prototypes", f"{rerun}: per-view prototypes, their ensemble and {config.prototypes.gaussian_labels} per-Gaussian labels")
         compute_prototypes(scene_dir, config.prototypes, progress=progress)
     _stage("eval", "test-view rendering and segmentation")
     return evaluate(scene_dir, config.eval, progress=progress)
+
+
+NOT_DONE = "not done yet"
+
+
+def stage_decision(scene_dir: SceneDir, stage: str, config: Any, force: bool) -> str | None:
+    """Why `stage` must run, or None when its finished outputs were made with the same config."""
+    if force:
+        return "--force"
+    if not scene_dir.is_done(stage):
+        return NOT_DONE
+    recorded = scene_dir.read_meta().configs.get(stage)
+    changes = config_changes(recorded, config_record(config))
+    return f"flags changed since it ran ({changes})" if changes else None
+
+
+def config_changes(old: Any, new: Any, prefix: str = "") -> str:
+    """The first few differences between two recorded configs, as `name old -> new`; "" when equal."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        parts = [config_changes(old.get(k), new.get(k), f"{prefix}{k}.") for k in sorted(set(old) | set(new))]
+        parts = [p for p in parts if p]
+        return ", ".join(parts[:3]) + (", ..." if len(parts) > 3 else "")
+    return "" if old == new else f"{prefix.rstrip('.')} {old} -> {new}"
+
+
+def check_same_dataset(scene_dir: SceneDir, dataset: DatasetConfig, force: bool) -> None:
+    """A scene is continued only from the dataset it was made from (with --force it is remade)."""
+    meta = scene_dir.read_meta()
+    given = Path(dataset.root).resolve()
+    if force or Path(meta.dataset) == given and meta.split_rule == dataset.split:
+        return
+    raise ValueError(
+        f"{scene_dir.root}: was made from {meta.dataset} (split {meta.split_rule}), not {given} (split "
+        f"{dataset.split}); choose a new -o folder, or add --force to remake every stage from {given}"
+    )
 
 
 def demo_dataset() -> Path:

@@ -172,11 +172,13 @@ def read_ply(path: str | os.PathLike) -> PlyContents:
         ([N] int64) or None.
 
     Raises:
-        PlyFormatError: unparsable or truncated file, no `vertex` element, missing or mistyped
+        PlyFormatError: unparsable or truncated file, no `vertex` element or no vertices, missing or mistyped
             property, an f_rest count matching no SH degree 0..3, or NaN/inf values.
         OSError: the file cannot be opened.
     """
     vertex = _vertex_element(path, _read_plydata(path))
+    if vertex.count == 0:
+        raise PlyFormatError(path, "holds no Gaussians (element vertex 0)")
     properties = {prop.name: prop for prop in vertex.properties}
     groups = property_groups(_sh_degree(path, properties), _count_indexed(path, properties, "feat_"))
     del groups[NORMALS]

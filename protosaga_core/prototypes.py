@@ -371,19 +371,19 @@ def compute_prototypes(scene_dir: SceneDir, config: PrototypesConfig = Prototype
     """
     if config.gaussian_labels not in ("lifted", "features"):
         raise ValueError(f"unknown gaussian_labels rule {config.gaussian_labels!r}; expected 'lifted' or 'features'")
-    scene_dir.invalidate_from("prototypes")  # eval results of older prototypes no longer hold
+    scene_dir.sweep()
     gaussians = scene_dir.read_gaussians().to(default_device())
     scene = scene_dir.load_dataset()
     per_view = collect_view_prototypes(scene_dir, gaussians, scene, config.chunk_views, progress)
     prototypes = ensemble_prototypes([p[0] for p in per_view], [p[1] for p in per_view])
-    prototypes.save(scene_dir.prototypes_path)
     if config.gaussian_labels == "lifted":
         labels = lifted_gaussian_labels(scene_dir, gaussians, scene, prototypes.ids, config, progress)
     else:
         labels = gaussian_labels(gaussians.features.detach(), prototypes, config.temperature).cpu()
+    # everything computed before the first write: an interrupt leaves the old outputs and state
+    prototypes.save(scene_dir.prototypes_path)
     scene_dir.write_labels(labels.numpy())
     meta = scene_dir.read_meta()
     meta.instances = instance_table(prototypes, labels)
-    scene_dir.write_meta(meta)
-    scene_dir.mark_done("prototypes", config)
+    scene_dir.mark_done("prototypes", config, meta)
     return prototypes

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .atomic import atomic_open, atomic_write_bytes
+from .atomic import atomic_open, atomic_write_bytes, recover_dir, remove_stale_temporaries
 from .datasets.scene import Scene
 from .gaussians import Gaussians
 from .ply import read_ply, write_ply
@@ -154,20 +154,27 @@ class SceneDir:
     def write_meta(self, meta: SceneMeta) -> None:
         atomic_write_bytes(self.meta_path, (json.dumps(asdict(meta), indent=1) + "\n").encode())
 
-    def mark_done(self, stage: str, config: Any) -> None:
-        """Record a finished stage and its config (a dataclass) in scene.json."""
-        meta = self.read_meta()
-        if stage not in meta.stages:
-            meta.stages.append(stage)
-        meta.configs[stage] = _jsonable(asdict(config))
+    def mark_done(self, stage: str, config: Any, meta: SceneMeta | None = None) -> None:
+        """Record a finished stage and its config (a dataclass) in scene.json, in one write, and forget
+        the later stages, whose outputs were made from the stage's old outputs.
+
+        Stages call this once their outputs are completely written and never reset their state before:
+        a scene interrupted mid-stage keeps the state and files it had. `meta`: scene.json's new
+        contents, when the stage changes more of it than its state.
+        """
+        meta = meta or self.read_meta()
+        later = STAGES[STAGES.index(stage) + 1 :]
+        meta.stages = [s for s in meta.stages if s not in later and s != stage] + [stage]
+        meta.configs = {k: v for k, v in meta.configs.items() if k not in later}
+        meta.configs[stage] = config_record(config)
         self.write_meta(meta)
 
-    def invalidate_from(self, stage: str) -> None:
-        """Forget `stage` and every later stage (their outputs no longer match)."""
-        meta = self.read_meta()
-        later = STAGES[STAGES.index(stage):]
-        meta.stages = [s for s in meta.stages if s not in later]
-        self.write_meta(meta)
+    def sweep(self) -> None:
+        """Clean up after a killed process: temporaries of atomic writes whose writer is gone, and a
+        folder swap (association/) cut between its two renames."""
+        recover_dir(self.association_dir)
+        for folder in (self.root, self.checkpoints_dir, self.association_dir, self.eval_dir):
+            remove_stale_temporaries(folder)
 
     def is_done(self, stage: str) -> bool:
         return self.meta_path.exists() and stage in self.read_meta().stages
@@ -250,6 +257,11 @@ def read_versioned_json(path: Path, file_format: str, version: int, missing_hint
     if raw.get("version") != version:
         raise SceneDirError(f"{path}: version {raw.get('version')} is not the supported {version}")
     return raw
+
+
+def config_record(config: Any) -> Any:
+    """A stage's config (a dataclass) as the plain JSON value scene.json records and compares."""
+    return _jsonable(asdict(config))
 
 
 def _jsonable(value: Any) -> Any:

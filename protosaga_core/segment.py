@@ -33,9 +33,10 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+import tyro
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
@@ -44,6 +45,7 @@ from .atomic import atomic_open
 from .datasets.scene import Scene, Split
 from .gaussians import Gaussians
 from .labelmaps import save_label_map
+from .outputs import check_output_dir
 from .prototypes import (
     CLASSIFY_CHUNK,
     DEFAULT_CHUNK_VIEWS,
@@ -78,8 +80,10 @@ class SegmentConfig:
 
     split: Split = "test"
     """which views to segment"""
-    output: Path | None = None
+    output: Annotated[Path | None, tyro.conf.arg(aliases=("-o",))] = None
     """folder for the <stem>.png label maps; default SCENE/segment/<method>/<split>/"""
+    overwrite: bool = False
+    """write into an --output folder that already holds files"""
     method: Method = DEFAULT_METHOD
     """lifted: render the per-Gaussian labels; proto: Eq. 19 with the ensemble prototypes (the paper);
     cls, kmeans: the paper's Table 4 baselines"""
@@ -115,8 +119,10 @@ def segment(scene_dir: SceneDir, config: SegmentConfig = SegmentConfig(), progre
     views = scene.split(config.split)
     if not views:
         raise ValueError(f"{scene.root}: the dataset has no {config.split} views")
-    gaussians = scene_dir.read_gaussians().to(default_device())
     out = output_dir(scene_dir, config)
+    if config.output is not None:
+        check_output_dir(out, config.overwrite, scene_dir.root, free=("segment", "exports"))
+    gaussians = scene_dir.read_gaussians().to(default_device())
     out.mkdir(parents=True, exist_ok=True)
     desc = f"segment {config.split} ({config.method})"
     if config.method == "lifted":

@@ -11,6 +11,7 @@ classifiers, random generators), so `resume` continues bit for bit.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import signal
@@ -228,8 +229,20 @@ def _strategy(config: TrainConfig) -> DefaultStrategy:
     )
 
 
-def save_checkpoint(path: Path, state: TrainState) -> None:
+def scene_fingerprint(views: list[TrainingView], width: int) -> str:
+    """What a checkpoint was trained on: the training views' names and sizes, their masks (classifier
+    rows and per-pixel targets) and the feature width; a checkpoint resumes only the same."""
+    digest = hashlib.sha256(f"features {width}".encode())
+    for sample in views:
+        digest.update(f"{sample.view.name} {sample.view.width}x{sample.view.height} {len(sample.labels)}".encode())
+        digest.update(sample.labels.numpy().tobytes())
+        digest.update(sample.target.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: Path, state: TrainState, fingerprint: str) -> None:
     payload = {
+        "fingerprint": fingerprint,
         "iteration": state.iteration,
         "params": {name: p.detach() for name, p in state.params.items()},
         "optimizers": {name: opt.state_dict() for name, opt in state.optimizers.items()},
@@ -244,11 +257,17 @@ def save_checkpoint(path: Path, state: TrainState) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path, config: TrainConfig, extent: float) -> TrainState:
+def load_checkpoint(path: Path, config: TrainConfig, extent: float, fingerprint: str) -> TrainState:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file raises many different types
         raise ValueError(f"{path}: not a readable checkpoint ({error})") from error
+    if not isinstance(payload, dict) or payload.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"{path}: this checkpoint was written for other training views or masks (or by an older "
+            "protosaga), so it cannot resume this dataset; train into a new -o folder, or add --overwrite "
+            "instead of --resume to start this scene again from scratch"
+        )
     params = torch.nn.ParameterDict({n: torch.nn.Parameter(t) for n, t in payload["params"].items()})
     optimizers = _optimizers(params, config, extent)
     for name, optimizer in optimizers.items():
@@ -312,7 +331,9 @@ class _DeferredInterrupt:
         self.requested = True
 
 
-def train_loop(state: TrainState, views: list[TrainingView], config: TrainConfig, extent: float, checkpoint: Path) -> TrainState:
+def train_loop(
+    state: TrainState, views: list[TrainingView], config: TrainConfig, extent: float, checkpoint: Path, fingerprint: str
+) -> TrainState:
     """Run iterations `state.iteration .. config.iterations`, checkpointing periodically and on Ctrl-C.
 
     Raises:
@@ -341,37 +362,86 @@ def train_loop(state: TrainState, views: list[TrainingView], config: TrainConfig
                 psnr = -10 * math.log10(max(mse, 1e-10))
                 bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.2f}", gaussians=len(state.params["means"]))
             if interrupt.requested:
-                save_checkpoint(checkpoint, state)
+                save_checkpoint(checkpoint, state, fingerprint)
                 bar.close()
                 raise KeyboardInterrupt(f"interrupted after iteration {state.iteration}; checkpoint {checkpoint}")
             if config.checkpoint_every and state.iteration % config.checkpoint_every == 0:
-                save_checkpoint(checkpoint, state)
+                save_checkpoint(checkpoint, state, fingerprint)
     bar.close()
-    save_checkpoint(checkpoint, state)
+    save_checkpoint(checkpoint, state, fingerprint)
     return state
 
 
-def train(dataset: DatasetConfig, output: Path, config: TrainConfig, resume: bool = False) -> SceneDir:
-    """Train on a dataset into the scene directory `output` (DESIGN §7)."""
+def check_config(config: TrainConfig) -> None:
+    """Refuse settings that would write an untrained or broken scene, before any work."""
+    problems = [
+        f"--iterations must be at least 1, got {config.iterations}" if config.iterations < 1 else "",
+        f"--feature-dim must be at least 1, got {config.feature_dim}" if config.feature_dim < 1 else "",
+        f"--sh-degree must be 0..3, got {config.sh_degree}" if not 0 <= config.sh_degree <= 3 else "",
+        f"--max-width must be at least 16, got {config.max_width}" if config.max_width is not None and config.max_width < 16 else "",
+        f"--checkpoint-every must be 0 (off) or positive, got {config.checkpoint_every}" if config.checkpoint_every < 0 else "",
+    ]
+    problems = [p for p in problems if p]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def check_output(scene_dir: SceneDir, resume: bool, overwrite: bool) -> None:
+    """`train` writes a new scene only where there is none, continues one only when told (--resume), and
+    replaces one only when told (--overwrite)."""
+    root = scene_dir.root
+    if resume and overwrite:
+        raise ValueError("--resume continues the scene's training and --overwrite starts it again: choose one")
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root}: exists and is not a folder; -o names the scene folder to write")
+    checkpoint = scene_dir.checkpoints_dir / "last.pt"
+    if resume:
+        if not checkpoint.exists():
+            raise FileNotFoundError(f"{checkpoint}: no checkpoint to resume from")
+        return
+    if overwrite or not root.exists() or not any(root.iterdir()):
+        return
+    if scene_dir.meta_path.exists() or checkpoint.exists():
+        state = "a trained scene" if scene_dir.is_done("train") else "an interrupted training (checkpoints/last.pt)"
+        raise ValueError(
+            f"{root}: already holds {state}; add --resume to continue its training, or --overwrite to train "
+            "it again from scratch (its files are replaced), or choose a new -o folder"
+        )
+    raise ValueError(f"{root}: exists and holds other files; choose a new or empty -o folder (or --overwrite)")
+
+
+def train(
+    dataset: DatasetConfig, output: Path, config: TrainConfig, resume: bool = False, overwrite: bool = False
+) -> SceneDir:
+    """Train on a dataset into the scene directory `output` (DESIGN §7).
+
+    Args:
+        resume: continue from `output/checkpoints/last.pt` (written for the same views and masks).
+        overwrite: train from scratch even where `output` already holds a scene; its stages are reset
+            when the new training finishes.
+    """
+    check_config(config)
     scene_dir = SceneDir(output)
+    check_output(scene_dir, resume, overwrite)
     probe = dataset.load()
     widest = max(v.width * v.downscale for v in probe.views)
     downscale = max(dataset.downscale, math.ceil(widest / config.max_width)) if config.max_width else dataset.downscale
     dataset = replace(dataset, downscale=downscale)
     scene = dataset.load() if downscale != probe.views[0].downscale else probe
     views = prepare_views(scene, config.unlabeled_as_class)
+    fingerprint = scene_fingerprint(views, config.feature_dim)
     extent = scene_extent(scene)
     checkpoint = scene_dir.checkpoints_dir / "last.pt"
+    scene_dir.sweep()
     if resume:
-        if not checkpoint.exists():
-            raise FileNotFoundError(f"{checkpoint}: no checkpoint to resume from")
-        state = load_checkpoint(checkpoint, config, extent)
+        state = load_checkpoint(checkpoint, config, extent, fingerprint)
     else:
+        checkpoint.unlink(missing_ok=True)  # --overwrite: a later --resume must not find the old run
         torch.manual_seed(config.seed)
         gaussians = initial_gaussians(scene, config, torch.Generator().manual_seed(config.seed))
         state = new_state(gaussians, views, config, extent)
     scene_dir.root.mkdir(parents=True, exist_ok=True)
-    state = train_loop(state, views, config, extent, checkpoint)
+    state = train_loop(state, views, config, extent, checkpoint, fingerprint)
 
     scene_dir.write_gaussians(Gaussians.from_tensors(state.params).detach())
     scene_dir.write_classifiers(
@@ -384,6 +454,5 @@ def train(dataset: DatasetConfig, output: Path, config: TrainConfig, resume: boo
         split_rule=dataset.split,
         train_views=[v.view.name for v in views],
     )
-    scene_dir.write_meta(meta)
-    scene_dir.mark_done("train", config)
+    scene_dir.mark_done("train", config, meta)
     return scene_dir

@@ -2,6 +2,7 @@
 
 The server binds 127.0.0.1 unless told otherwise: a segmentation editor that writes files under the
 scene directory must not be reachable from the network by default (viser's own default is 0.0.0.0).
+Its websocket also refuses pages from other sites open in the same browser (see origins.py).
 """
 
 from __future__ import annotations
@@ -12,17 +13,17 @@ import time
 import webbrowser
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TextIO
 
 import torch
 import tyro
-import viser
 
 from protosaga_core.scene_dir import SceneDirError
 
 from .document import SceneDocument
 from .live import RenderMode
 from .live_view import LiveSettings
+from .origins import AllowedOrigin, network_warning, parse_allowed_origin, start_viser_server
 from .scene import ViewerScene
 from .server import ViewerApp, ViewerOptions
 
@@ -37,6 +38,8 @@ class ViewerConfig:
     """address to listen on; 0.0.0.0 makes the viewer reachable from other machines"""
     port: int = 8080
     """port to listen on (the next free one is used if it is taken)"""
+    allow_origin: Annotated[tuple[str, ...], tyro.conf.UseAppendAction, tyro.conf.arg(metavar="HOST[:PORT]")] = ()
+    """also accept browser pages from this host (any port unless given), e.g. an SSH tunnel; other sites are refused"""
     mode: RenderMode = "rgb"
     """render mode at start: rgb, instances, segmentation (per pixel, on the server) or pca"""
     max_splats: int | None = 1_000_000
@@ -49,6 +52,10 @@ class ViewerConfig:
     """where frames are rendered: auto (cuda if available), cpu or cuda"""
     open_browser: bool = True
     """open the viewer in the default browser where there is a display"""
+
+    def allowed_origins(self) -> tuple[AllowedOrigin, ...]:
+        """The parsed --allow-origin values (ValueError naming the first malformed one)."""
+        return tuple(parse_allowed_origin(text) for text in self.allow_origin)
 
     def live_settings(self, device: torch.device) -> LiveSettings:
         on_gpu = device.type == "cuda"
@@ -67,17 +74,29 @@ def resolve_device(name: str) -> torch.device:
 
 def serve(config: ViewerConfig) -> ViewerApp:
     """Load the scene and start the server (returns at once; the server runs on its own threads)."""
+    allowed = config.allowed_origins()
     scene = ViewerScene.load(config.scene)
     device = resolve_device(config.device)
     document = SceneDocument(scene, device)
     options = ViewerOptions(config.max_splats, config.live_settings(device), config.mode)
-    server = viser.ViserServer(host=config.host, port=config.port, label="ProtoSaGa", verbose=False)
+    server = start_viser_server(config.host, config.port, allowed, label="ProtoSaGa")
     return ViewerApp(server, document, options)
 
 
 def url_of(app: ViewerApp) -> str:
+    """The address to open: a wildcard bind is reached through 127.0.0.1; IPv6 hosts need brackets."""
     host = app.server.get_host()
-    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{app.server.get_port()}"
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{f'[{host}]' if ':' in host else host}:{app.server.get_port()}"
+
+
+def warn_if_exposed(host: str, port: int, allowed: tuple[AllowedOrigin, ...], file: TextIO | None = None) -> bool:
+    """Print the warning for a viewer listening beyond this machine (to stderr unless `file` is given);
+    whether there was one."""
+    warning = network_warning(host, port, allowed)
+    if warning is not None:
+        print(warning, file=file if file is not None else sys.stderr, flush=True)
+    return warning is not None
 
 
 def serve_forever(config: ViewerConfig) -> int:
@@ -88,6 +107,7 @@ def serve_forever(config: ViewerConfig) -> int:
         print(f"protosaga-view: error: {error}", file=sys.stderr)
         return 2
     url = url_of(app)
+    warn_if_exposed(config.host, app.server.get_port(), config.allowed_origins())
     scene = app.document.scene
     print(
         f"protosaga-view: {scene.scene_dir.root} ({len(scene.gaussians):,} Gaussians, {len(scene.instances)} instances)\n"

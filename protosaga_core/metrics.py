@@ -25,6 +25,7 @@ from __future__ import annotations
 import json as _json  # aliased: MetricsCommand has a field named `json`
 import math
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from .labelmaps import load_label_map
+from .labelmaps import image_size, read_label_map
 
 __all__ = [
     "psnr",
@@ -50,6 +51,9 @@ __all__ = [
     "mean_iou_matrix",
     "match_instances",
     "instance_metrics",
+    "FolderFrames",
+    "pair_folders",
+    "size_mismatches",
     "evaluate_folders",
     "resize_nearest",
     "mask_boundary",
@@ -245,7 +249,7 @@ def resize_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
     """Nearest-neighbour resize of [h, w] labels to [height, width], pixel-centre aligned.
 
     Output pixel x samples input pixel floor((x + 0.5) * w / width) (clamped), the convention of PIL's
-    NEAREST resize (used by ``labelmaps.load_label_map``) and of torch's "nearest-exact"; done by
+    NEAREST resize (used by ``labelmaps.read_map_for_view``) and of torch's "nearest-exact"; done by
     integer indexing so any integer dtype and id survive exactly.
     """
     h, w = labels.shape
@@ -361,37 +365,105 @@ def instance_metrics(
     return match_instances(mean_iou_matrix(frames, include_zero))
 
 
-def _read_label_png(path: Path) -> np.ndarray:
-    return load_label_map(path).numpy()
+@dataclass(frozen=True)
+class FolderFrames:
+    """The label maps of a GT folder and a prediction folder, paired by stem.
+
+    Attributes:
+        pairs: (GT file, prediction file) of every GT frame that has a prediction, sorted by name.
+        missing: GT files without a prediction, sorted.
+        orphans: prediction files without a GT file, sorted.
+    """
+
+    pairs: list[tuple[Path, Path]]
+    missing: list[Path]
+    orphans: list[Path]
+
+
+def pair_folders(gt_dir: Path, pred_dir: Path) -> FolderFrames:
+    """Pair `gt_dir/<stem>.png` with `pred_dir/<stem>.png` by file name; nothing is read."""
+    gt_files = {path.name: path for path in sorted(gt_dir.glob("*.png"))}
+    pred_files = {path.name: path for path in sorted(pred_dir.glob("*.png"))}
+    return FolderFrames(
+        pairs=[(gt, pred_files[name]) for name, gt in gt_files.items() if name in pred_files],
+        missing=[gt for name, gt in gt_files.items() if name not in pred_files],
+        orphans=[pred for name, pred in pred_files.items() if name not in gt_files],
+    )
+
+
+def size_mismatches(pairs: Sequence[tuple[Path, Path]]) -> list[str]:
+    """One line per prediction whose size differs from its GT's, read from the PNG headers only.
+
+    Raises:
+        ValueError: a file that is not a readable PNG, naming it.
+    """
+    lines = []
+    for gt, pred in pairs:
+        (gt_w, gt_h), (pred_w, pred_h) = image_size(gt, "GT label map"), image_size(pred, "prediction")
+        if (gt_w, gt_h) != (pred_w, pred_h):
+            lines.append(f"{pred}: {pred_w}x{pred_h} prediction for a {gt_w}x{gt_h} GT label map ({gt})")
+    return lines
+
+
+def _names(paths: Sequence[Path], limit: int = 5) -> str:
+    """'a.png, b.png, ... (+3 more)'"""
+    shown = ", ".join(path.name for path in paths[:limit])
+    return shown + (f", ... (+{len(paths) - limit} more)" if len(paths) > limit else "")
 
 
 def evaluate_folders(
-    gt_dir: str | os.PathLike, pred_dir: str | os.PathLike, include_zero: bool = False
+    gt_dir: str | os.PathLike,
+    pred_dir: str | os.PathLike,
+    include_zero: bool = False,
+    allow_missing: bool = False,
 ) -> InstanceMetrics:
     """Gaga's instance metrics between two folders of ``<stem>.png`` label maps (uint8/uint16 PNGs).
 
-    The predicted files define the frames; each needs a GT file with the same stem (extra GT files are
-    ignored). A prediction of another size is resized to the GT size by nearest neighbour. Frames are
-    read one at a time, so memory holds only the per-frame overlap matrices.
+    The GT files define the frames: each needs a prediction with the same name and the same size (predictions
+    are never resized). Scoring only the frames that happen to have predictions would inflate the result, so a
+    missing prediction is an error unless ``allow_missing``, which scores the predicted frames and prints (to
+    stderr) how many of the GT frames that is. Everything is checked from the file names and PNG headers
+    before any pixels are read; frames are then read one at a time, so memory holds only the per-frame
+    overlap matrices.
 
     Raises:
         FileNotFoundError: a folder does not exist, or a prediction has no GT file (both paths named).
-        ValueError: the prediction folder holds no PNG files.
+        ValueError: a folder holds no PNG files; GT frames without a prediction (how many, which), unless
+            ``allow_missing``; predictions of another size than their GT (files and sizes); a file that is
+            not a readable PNG or is truncated (named).
     """
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     for folder, what in ((gt_dir, "GT"), (pred_dir, "prediction")):
         if not folder.is_dir():
             raise FileNotFoundError(f"{what} folder {folder} does not exist")
-    pred_files = sorted(pred_dir.glob("*.png"))
-    if not pred_files:
+    frames = pair_folders(gt_dir, pred_dir)
+    if not frames.pairs and not frames.orphans:
         raise ValueError(f"prediction folder {pred_dir} holds no .png label maps")
-    # Check every pairing before reading any image, so a missing file fails fast.
-    gt_files = [gt_dir / f"{p.stem}.png" for p in pred_files]
-    for pred_file, gt_file in zip(pred_files, gt_files):
-        if not gt_file.is_file():
-            raise FileNotFoundError(f"no GT label map {gt_file} for prediction {pred_file}")
-    frames = (frame_overlap(_read_label_png(g), _read_label_png(p)) for g, p in zip(gt_files, pred_files))
-    return match_instances(mean_iou_matrix(frames, include_zero))
+    if frames.orphans:
+        orphan, count = frames.orphans[0], len(frames.orphans)
+        others = f" ({count} predictions have no GT: {_names(frames.orphans)})" if count > 1 else ""
+        raise FileNotFoundError(f"no GT label map {gt_dir / orphan.name} for prediction {orphan}{others}")
+    total = len(frames.pairs) + len(frames.missing)
+    if frames.missing and not allow_missing:
+        raise ValueError(
+            f"{len(frames.missing)} of {total} GT frames in {gt_dir} have no prediction in {pred_dir}: "
+            f"{_names(frames.missing)}; scoring only the {len(frames.pairs)} predicted frames would overstate "
+            "the metrics: predict every GT frame, or pass --allow-missing to score those frames only"
+        )
+    mismatched = size_mismatches(frames.pairs)
+    if mismatched:
+        count = f"; {len(mismatched)} of {len(frames.pairs)} predictions have another size" if len(mismatched) > 1 else ""
+        raise ValueError(f"{mismatched[0]}; predictions must have their GT's size (they are not resized){count}")
+    if frames.missing:
+        print(
+            f"protosaga metrics: warning: scored {len(frames.pairs)} of {total} GT frames; "
+            f"{len(frames.missing)} have no prediction in {pred_dir} ({_names(frames.missing)}) and were skipped "
+            "(--allow-missing)",
+            file=sys.stderr,
+            flush=True,
+        )
+    overlaps = (frame_overlap(read_label_map(gt), read_label_map(pred)) for gt, pred in frames.pairs)
+    return match_instances(mean_iou_matrix(overlaps, include_zero))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -463,7 +535,7 @@ def boundary_iou(
 
 
 # --------------------------------------------------------------------------------------------------
-# CLI: `protosaga metrics --gt DIR --pred DIR [--include-zero] [--json]`
+# CLI: `protosaga metrics --gt DIR --pred DIR [--include-zero] [--json] [--allow-missing]`
 # --------------------------------------------------------------------------------------------------
 
 
@@ -471,7 +543,8 @@ def boundary_iou(
 class MetricsCommand:
     """Instance-segmentation metrics (Gaga's protocol) between a folder of GT and a folder of predicted label maps.
 
-    Frames are the predicted <stem>.png files; each needs a GT file with the same stem. By default id 0
+    Frames are the GT <stem>.png files; each needs a predicted file with the same name and size (a missing
+    frame is an error unless --allow-missing; predictions are never resized). By default id 0
     is NOT counted (removed from the GT and predicted ids, its pixels still counted as misses);
     pass --include-zero to count it as an ordinary id, which is what Gaga's published numbers do.
     The report always says which mode was used.
@@ -480,14 +553,17 @@ class MetricsCommand:
     gt: Path
     """folder of GT label maps (<stem>.png, uint8/uint16)"""
     pred: Path
-    """folder of predicted label maps (<stem>.png, uint8/uint16); these define the frames"""
+    """folder of predicted label maps (<stem>.png, uint8/uint16), one per GT map, of its size"""
     include_zero: bool = False
     """count id 0 as an ordinary id (Gaga's setting); off by default"""
     json: bool = False
     """print exactly one JSON object instead of the table"""
+    allow_missing: bool = False
+    """score only the GT frames that have a prediction (a warning says how many of all) instead of failing;
+    predictions of another size are still refused"""
 
     def run(self) -> None:
-        result = evaluate_folders(self.gt, self.pred, include_zero=self.include_zero)
+        result = evaluate_folders(self.gt, self.pred, include_zero=self.include_zero, allow_missing=self.allow_missing)
         if self.json:
             print(_json.dumps(result.to_json_dict()))
             return

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from protosaga_core.labelmaps import load_label_map, save_label_map
+from protosaga_core.labelmaps import save_label_map
 from protosaga_core.metrics import (
     InstanceMetrics,
     MetricsCommand,
@@ -148,11 +148,12 @@ def test_prediction_of_another_size_is_resized_by_nearest_neighbour():
     "src,dst", [((7, 5), (13, 11)), ((20, 30), (9, 14)), ((6, 9), (4, 6)), ((5, 5), (15, 10))]
 )
 def test_resize_nearest_matches_pil(tmp_path, src, dst):
-    # The folder path and the array path share resize_nearest; check it against PIL's NEAREST
-    # (what labelmaps.load_label_map uses) so both agree with the rest of the project.
+    # The in-memory metrics resize with resize_nearest; check it against PIL's NEAREST (what
+    # labelmaps.read_map_for_view uses for full-resolution maps) so both agree with the rest of the project.
     labels = np.random.default_rng(0).integers(0, 65536, size=src)
     save_label_map(tmp_path / "x.png", labels)
-    expected = load_label_map(tmp_path / "x.png", width=dst[1], height=dst[0]).numpy()
+    with Image.open(tmp_path / "x.png") as img:
+        expected = np.asarray(img.resize((dst[1], dst[0]), Image.Resampling.NEAREST)).astype(np.int64)
     np.testing.assert_array_equal(resize_nearest(labels, *dst), expected)
 
 
@@ -179,10 +180,8 @@ def write_scene(tmp_path):
     pred_dir.mkdir()
     save_label_map(gt_dir / "000.png", A([[1000, 1000, 65535, 65535]]))
     save_label_map(gt_dir / "001.png", A([[1000, 1000, 1000, 1000]]))
-    save_label_map(gt_dir / "002.png", A([[1, 2, 3, 4]]))  # no prediction: ignored
     save_label_map(pred_dir / "000.png", A([[1000, 1000, 300, 300]]))
-    # predicted at twice the size: resized back to 1x4 by nearest neighbour
-    save_label_map(pred_dir / "001.png", np.repeat(np.repeat(A([[1000, 1000, 300, 300]]), 2, 0), 2, 1))
+    save_label_map(pred_dir / "001.png", A([[1000, 1000, 300, 300]]))
     return gt_dir, pred_dir
 
 

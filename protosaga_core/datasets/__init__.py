@@ -1,7 +1,8 @@
 """Read posed-image datasets (COLMAP, NeRF transforms.json, LLFF, Gaga's Replica) into one `Scene`.
 
 Conventions of the result (DESIGN.md §2): OpenCV cameras, world-to-camera viewmat [4, 4], K [3, 3] in pixels at
-the downscaled size, views sorted by name, `masks/<name>.png` attached when it exists.
+the downscaled size, views sorted by name, `masks/<name>.png` attached when it exists. A view's masks, GT instance
+and depth maps must have its size or its original image's (they are never stretched: see `labelmaps`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class DatasetConfig:
     format: DatasetFormat = "auto"
     """Layout; "auto" detects it (replica, colmap, nerf, llff, in that order)."""
     downscale: int = 1
-    """Shrink images by this factor (uses a shipped images_N/ folder when there is one)."""
+    """Shrink images by this factor (from the shipped images_N/ folder with the largest N not above it)."""
     split: SplitRule = "auto"
     """Train/test rule: split files, then train_/test_ name prefixes, then every 8th view held out."""
 

@@ -20,7 +20,8 @@ UNDISTORT_HINT = (
 
 
 def read_colmap(root: Path, downscale: int = 1) -> RawScene:
-    """Registered images of `root/sparse/0` with their SfM points; `images_<downscale>/` is used when present."""
+    """Registered images of `root/sparse/0` with their SfM points, read from the shipped image folder that fits
+    (`images_<downscale>/`, else the largest shipped factor below it; see `common.image_folder`)."""
     sparse = root / "sparse" / "0"
     reconstruction = read_reconstruction(sparse)
     folder, file_downscale = image_folder(root, downscale)

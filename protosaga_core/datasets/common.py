@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from ..labelmaps import image_size
 from .scene import Split, View
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
@@ -33,7 +33,8 @@ class PosedImage:
         viewmat: world-to-camera, OpenCV axes. [4, 4] float64
         width, height: the size the camera was calibrated at.
         source: the file the camera came from, named in error messages.
-        file_downscale: the image file is already shrunk by this factor (a shipped `images_N/` folder).
+        file_downscale: the image file is already shrunk by this factor (a shipped `images_N/` folder); a
+            larger downscale shrinks it the rest of the way on load.
         split: the split the layout itself states (NeRF's per-split json files), else None.
         instance_path: the ground-truth instance map, when the dataset has one.
         depth_path: the ground-truth depth map (integer PNG of camera z-depth), when the dataset has one.
@@ -96,12 +97,34 @@ def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 
 
+def shipped_image_folders(root: Path) -> dict[int, Path]:
+    """The image folders of `root` by the factor their images are shrunk by: `images/` 1, `images_N/` N."""
+    folders = {1: root / "images"} if (root / "images").is_dir() else {}
+    for path in root.glob("images_*"):
+        factor = path.name.removeprefix("images_")
+        if path.is_dir() and factor.isdigit() and int(factor) > 1:
+            folders[int(factor)] = path
+    return dict(sorted(folders.items()))
+
+
 def image_folder(root: Path, downscale: int) -> tuple[Path, int]:
-    """`images_<d>/` with the factor it is shrunk by when the dataset ships one, else `images/` and 1."""
-    shrunk = root / f"images_{downscale}"
-    if downscale > 1 and shrunk.is_dir():
-        return shrunk, downscale
-    return root / "images", 1
+    """The shipped image folder with the largest factor not above `downscale`, and that factor.
+
+    `images_<downscale>/` when the dataset ships it; otherwise the closest finer folder, whose images are shrunk
+    the rest of the way on load (a training --max-width may ask for a factor no dataset ships).
+
+    Raises:
+        DatasetError: no shipped folder is fine enough, listing the folders there are.
+    """
+    folders = shipped_image_folders(root)
+    usable = [factor for factor in folders if factor <= downscale]
+    if not usable:
+        found = ", ".join(f"{path.name}/" for path in folders.values()) or "none"
+        raise DatasetError(
+            f"{root}: no image folder to load downscale {downscale} from: needs images/ or images_N/ with "
+            f"N <= {downscale} (images are only shrunk, never enlarged); found: {found}"
+        )
+    return folders[max(usable)], max(usable)
 
 
 def find_image(folder: Path, relative: str) -> Path:
@@ -122,13 +145,12 @@ def find_image(folder: Path, relative: str) -> Path:
 
 def read_image_size(path: Path, source: Path) -> tuple[int, int]:
     """(width, height) from the image header only; the pixels are not decoded."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: image file missing (listed in {source})")
     try:
-        with Image.open(path) as img:
-            return img.size
-    except OSError as err:
-        raise DatasetError(f"{path}: cannot read the image header ({err})") from err
+        return image_size(path)
+    except FileNotFoundError as err:
+        raise DatasetError(f"{path}: image file missing (listed in {source})") from err
+    except ValueError as err:
+        raise DatasetError(str(err)) from err
 
 
 def check_camera(image: PosedImage) -> None:
@@ -151,8 +173,9 @@ def check_camera(image: PosedImage) -> None:
 def view_size(image: PosedImage, downscale: int) -> tuple[int, int]:
     """The view's (width, height) after checking the file on disk against the camera.
 
-    Images shrunk on load get (width // d, height // d); a shipped `images_N/` file keeps its own size, which
-    may differ from the camera size / N by the rounding of whatever tool shrank it.
+    Images shrunk on load get (width // d, height // d) of the camera size, also when they are shrunk from a
+    shipped `images_N/` file with N < d; a file of `images_<d>/` keeps its own size, which may differ from the
+    camera size / d by the rounding of whatever tool shrank it.
     """
     file_w, file_h = read_image_size(image.image_path, image.source)
     factor = image.file_downscale
@@ -162,7 +185,6 @@ def view_size(image: PosedImage, downscale: int) -> tuple[int, int]:
                 f"{image.image_path}: image is {file_w}x{file_h} but its camera in {image.source} "
                 f"is {image.width}x{image.height}"
             )
-        width, height = image.width // downscale, image.height // downscale
     else:
         expect_w, expect_h = image.width / factor, image.height / factor
         if abs(file_w - expect_w) >= 1 or abs(file_h - expect_h) >= 1:
@@ -170,7 +192,9 @@ def view_size(image: PosedImage, downscale: int) -> tuple[int, int]:
                 f"{image.image_path}: image is {file_w}x{file_h} but its camera in {image.source} is "
                 f"{image.width}x{image.height}, i.e. about {expect_w:.1f}x{expect_h:.1f} shrunk by {factor}"
             )
-        width, height = file_w, file_h
+    width, height = file_w, file_h
+    if downscale != factor:  # shrunk on load, from `images/` or from a finer shipped folder than asked
+        width, height = image.width // downscale, image.height // downscale
     if width < 1 or height < 1:
         raise DatasetError(f"{image.image_path}: downscale {downscale} leaves no pixels of {file_w}x{file_h}")
     return width, height
@@ -196,4 +220,6 @@ def to_view(image: PosedImage, split: Split, downscale: int, root: Path) -> View
         downscale=downscale,
         depth_path=image.depth_path,
         depth_scale=image.depth_scale,
+        full_width=image.width,
+        full_height=image.height,
     )

@@ -1,4 +1,4 @@
-"""LLFF layout: `poses_bounds.npy` with images in `images/` (and shrunk copies in `images_N/`).
+"""LLFF layout: `poses_bounds.npy` with images in `images/` and/or shrunk copies in `images_N/`.
 
 Each row of poses_bounds.npy is a flattened 3x5 matrix [R | t | hwf] followed by near/far bounds. R's columns
 are the camera axes in world coordinates in LLFF's order (down, right, backwards), t is the camera centre and
@@ -19,12 +19,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def read_llff(root: Path, downscale: int = 1) -> RawScene:
-    """The cameras of `root/poses_bounds.npy` with the sorted files of `images_<downscale>/`, else `images/`."""
+    """The cameras of `root/poses_bounds.npy` with the sorted files of the shipped image folder that fits.
+
+    That is `images_<downscale>/`, else the folder of the largest shipped factor below it (`images/` is 1), whose
+    images are shrunk the rest of the way on load: an LLFF scene that ships only `images_8/` loads at 8 and at
+    any larger factor a training --max-width asks for.
+    """
     path = root / "poses_bounds.npy"
     poses = read_poses(path)
     folder, file_downscale = image_folder(root, downscale)
-    if not folder.is_dir():
-        raise DatasetError(f"{folder}: image folder missing (the images of {path})")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) != len(poses):
         raise DatasetError(f"{path}: {len(poses)} poses but {len(files)} images in {folder}")

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..cameras import Cameras
-from ..labelmaps import load_label_map
+from ..labelmaps import DEPTH_MODES, LABEL_MODES, decoded_image, read_map_for_view
 
 Split = Literal["train", "test"]
 
@@ -33,6 +33,9 @@ class View:
         downscale: factor by which images and masks are shrunk when loaded.
         depth_path: the ground-truth depth map (integer PNG of camera z-depth, 0 = unknown), when one exists.
         depth_scale: metres per stored depth unit (1e-3: millimetres, nerfstudio's default).
+        full_width, full_height: the size of the original image the view was shrunk from (its camera's
+            calibrated size); None: the view's own size. Maps of that size (or of it shrunk evenly to no less
+            than the view) are brought to the view's size on load; other sizes are refused.
     """
 
     name: str
@@ -47,6 +50,18 @@ class View:
     downscale: int = 1
     depth_path: Path | None = None
     depth_scale: float = 1e-3
+    full_width: int | None = None
+    full_height: int | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) after downscaling."""
+        return self.width, self.height
+
+    @property
+    def full_size(self) -> tuple[int, int]:
+        """(width, height) of the original image the view was shrunk from; the view's own when not known."""
+        return (self.full_width or self.width, self.full_height or self.height)
 
     @property
     def cameras(self) -> Cameras:
@@ -54,42 +69,52 @@ class View:
         return Cameras(self.viewmat[None], self.K[None], self.width, self.height)
 
     def load_image(self) -> Tensor:
-        """RGB in [0, 1]. [H, W, 3] float32"""
-        with Image.open(self.image_path) as img:
-            img = img.convert("RGB")
-            if img.size != (self.width, self.height):
-                img = img.resize((self.width, self.height), Image.Resampling.BOX)
-            return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
+        """RGB in [0, 1]. [H, W, 3] float32
+
+        Raises:
+            ValueError: naming the file, when it cannot be decoded (not an image, truncated).
+        """
+        with decoded_image(self.image_path, "image") as img:
+            rgb = img.convert("RGB")
+            if rgb.size != self.size:
+                rgb = rgb.resize(self.size, Image.Resampling.BOX)
+            return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
 
     def load_mask(self) -> Tensor | None:
         """The SAM label map, or None. [H, W] int64"""
-        return None if self.mask_path is None else load_label_map(self.mask_path, self.width, self.height)
+        if self.mask_path is None:
+            return None
+        return self._load_labels(self.mask_path, "label map")
 
     def load_instances(self) -> Tensor | None:
         """The ground-truth instance map, or None. [H, W] int64"""
-        return None if self.instance_path is None else load_label_map(self.instance_path, self.width, self.height)
+        if self.instance_path is None:
+            return None
+        return self._load_labels(self.instance_path, "instance map")
 
     def load_depth(self) -> Tensor | None:
         """The ground-truth camera z-depth in metres (0 = unknown), or None. [H, W] float32"""
         if self.depth_path is None:
             return None
-        return load_depth_map(self.depth_path, self.depth_scale, self.width, self.height)
+        return load_depth_map(self.depth_path, self.depth_scale, self.size, self.full_size, self.image_path)
+
+    def _load_labels(self, path: Path, kind: str) -> Tensor:
+        """A label map of this view at its size (see `read_map_for_view` for the sizes accepted). [H, W] int64"""
+        labels = read_map_for_view(path, kind, LABEL_MODES, self.size, self.full_size, self.image_path)
+        return torch.from_numpy(labels.astype(np.int64))
 
 
-def load_depth_map(path: Path, scale: float, width: int, height: int) -> Tensor:
-    """An integer depth PNG times `scale`, resized to width x height. [H, W] float32
+def load_depth_map(
+    path: Path, scale: float, view: tuple[int, int], full: tuple[int, int], image_path: Path | None = None
+) -> Tensor:
+    """An integer depth PNG times `scale`, at the view's (width, height). [H, W] float32
 
     Nearest neighbour, because averaging depths across an object's silhouette invents surfaces in between.
+    Depth sensors are often coarser than the camera, so an evenly shrunk map smaller than the view is accepted
+    too; another aspect ratio is refused (see `labelmaps.map_size_problem`).
     """
-    with Image.open(path) as img:
-        if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
-            raise ValueError(
-                f"{path}: depth maps must be single-channel 16- or 32-bit integer PNGs, got mode {img.mode}"
-            )
-        if img.size != (width, height):
-            img = img.resize((width, height), Image.Resampling.NEAREST)
-        stored = np.asarray(img).astype(np.float64)
-    return torch.from_numpy(stored * scale).float()
+    stored = read_map_for_view(path, "depth map", DEPTH_MODES, view, full, image_path, coarser=True)
+    return torch.from_numpy(stored.astype(np.float64) * scale).float()
 
 
 @dataclass

@@ -4,7 +4,8 @@ Gaga (`mask/get_raw_mask.py`, `mask/config.json`) runs `SamAutomaticMaskGenerato
 points_per_side=64, points_per_batch=64 and pred_iou_thresh=0.7, leaving every other SAM default
 (stability_score_thresh=0.95, box_nms_thresh=0.7, no crops, no small-region removal); its extra
 confidence threshold of 0.5 on the predicted IoU is implied by 0.7. Gaga reads images with `cv2.imread`
-and feeds them as BGR; SAM expects RGB, which is what this module takes.
+and feeds them as BGR; SAM expects RGB, which is what this module takes. The generator is upstream's; its
+point prompts are decoded by `sam_decoder.predict_points` (the same masks, several times faster on a CPU).
 
 segment-anything is an optional dependency (`pip install protosaga[sam]`): it is imported on use.
 """

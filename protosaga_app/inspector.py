@@ -1,4 +1,5 @@
-"""The association inspector's computations (no GUI): one training view's panels and ranked suspects.
+"""The association inspector's computations (no GUI): one training view's panels, ranked suspects, and
+how the suspects are listed (short entries, pages).
 
 Association (paper Sec. 3.2) makes every hard decision per mask and never revisits it, so its errors are
 of two kinds: a split (one object gets two consistent ids) and a merge (one id covers two objects). Each
@@ -9,8 +10,10 @@ suspect kind below is evidence for one of them:
   again. When a later view's filtered set G picks different Gaussians (other depths, other semantics),
   γ(t, e) of Eq. 12 stays below δ and the object starts a second entry: the single-view one is then a
   fragment of a split. Objects really seen once exist too (at the border of the capture), so the larger
-  the instance (its Gaussians |G| in that view) the more suspicious: a large object is seen from many
-  views. Only flagged when the record has at least two views.
+  the instance the more suspicious: a large object is seen from many views. Its size is its Gaussians in
+  the per-Gaussian labels (labels.npy after merges), the count the instance table shows: the record's |G|
+  (the Gaussians the filters kept for one mask) would be a second, smaller number for the same instance.
+  Only flagged when the record has at least two views.
 - `similar_prototypes`: two instances whose prototypes v(t) (Eq. 17-18) have cosine ≥ a threshold. The
   features were trained with raw SAM masks only (Eq. 5-8), so near-parallel prototypes mean the features
   do not tell the two apart: Eq. 19's argmax between them is noise, and most likely association gave one
@@ -36,7 +39,7 @@ merged_raw_masks, 1 - 1 / (count - 1) (2 masks give 0, 3 give 1/2, many approach
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -58,6 +61,7 @@ RAW_HASH_MULTIPLIER = 40503
 RAW_HASH_MODULUS = 65521
 """A prime: multiplying by a non-multiple of it permutes the residues, so raw ids below it get distinct
 scrambled ids (uint16 labels above it may share a colour with a small one)."""
+Layout = Literal["row", "column"]
 
 
 # --- the view panels ---------------------------------------------------------------------------------
@@ -85,6 +89,19 @@ def colorize(labels: np.ndarray, color_of: Callable[[int], Color]) -> np.ndarray
     ids, inverse = np.unique(labels, return_inverse=True)
     table = np.array([color_of(int(i)) for i in ids], dtype=np.uint8).reshape(-1, 3)
     return table[inverse.reshape(labels.shape)]
+
+
+def resize_to_width(image: np.ndarray, width: int) -> np.ndarray:
+    """`image` at `width` columns and the same aspect ratio, each pixel the nearest source pixel, so an
+    id's colour stays exact (no blended colours that belong to no id). [H, W, C] -> [h, width, C]"""
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    source_height, source_width = image.shape[:2]
+    height = max(1, round(source_height * width / source_width))
+    # Pixel centres: an integer upscale repeats every pixel equally often, a downscale samples evenly.
+    rows = ((np.arange(height) + 0.5) * source_height / height).astype(np.int64)
+    columns = ((np.arange(width) + 0.5) * source_width / width).astype(np.int64)
+    return image[rows[:, None], columns]
 
 
 @dataclass(frozen=True)
@@ -126,22 +143,34 @@ class ViewPanels:
         associated = int(np.count_nonzero(self.associated > 0))
         return int(np.count_nonzero(self.disagreement)) / associated if associated else 0.0
 
-    def mosaic(self, gap: int = 4) -> np.ndarray:
-        """image | raw mask | associated | prediction | disagreement, white gaps. [H, 5W + 4 gap, 3] uint8"""
-        if gap < 0:
-            raise ValueError(f"gap must be non-negative, got {gap}")
+    def tiles(self) -> tuple[np.ndarray, ...]:
+        """image, raw mask, associated, prediction, disagreement in colour. 5 x [H, W, 3] uint8"""
         darkened = self.image // DARKEN_DIVISOR
         darkened[self.disagreement] = DISAGREEMENT_COLOR
-        panels = (
+        return (
             self.image,
             colorize(self.raw_mask, raw_color),
             colorize(self.associated, consistent_color),
             colorize(self.prediction, consistent_color),
             darkened,
         )
-        separator = np.full((self.image.shape[0], gap, 3), GAP_COLOR, dtype=np.uint8)
-        pieces = [piece for panel in panels for piece in (separator, panel)][1:]
-        return np.concatenate(pieces, axis=1)
+
+    def mosaic(self, layout: Layout = "row", width: int | None = None, gap: int = 4) -> np.ndarray:
+        """The five tiles in a row (left to right) or a column (top to bottom), white gaps between them.
+
+        Args:
+            layout: "row" gives [h, 5 w + 4 gap, 3], "column" [5 h + 4 gap, w, 3] uint8.
+            width: each tile's width w (nearest-pixel resizing, aspect kept); None: the view's own W.
+            gap: separator thickness in pixels.
+        """
+        if gap < 0:
+            raise ValueError(f"gap must be non-negative, got {gap}")
+        tiles = self.tiles() if width is None else tuple(resize_to_width(t, width) for t in self.tiles())
+        height, tile_width = tiles[0].shape[:2]
+        axis = 1 if layout == "row" else 0
+        separator = np.full((height, gap, 3) if axis else (gap, tile_width, 3), GAP_COLOR, dtype=np.uint8)
+        pieces = [piece for tile in tiles for piece in (separator, tile)][1:]
+        return np.concatenate(pieces, axis=axis)
 
 
 # --- suspects ----------------------------------------------------------------------------------------
@@ -182,7 +211,7 @@ class _MaskTable:
     Attributes:
         view_names: the views in memory-bank order. [V]
         view: the row's view index. [M] int64
-        raw, global_id, num_gaussians: as in MaskAssociation. [M] int64
+        raw, global_id: as in MaskAssociation. [M] int64
         score: γ of Eq. 12. [M] float64
         matched: whether the mask joined an existing entry. [M] bool
     """
@@ -193,51 +222,41 @@ class _MaskTable:
     global_id: np.ndarray
     score: np.ndarray
     matched: np.ndarray
-    num_gaussians: np.ndarray
 
     @classmethod
     def of(cls, record: AssociationRecord) -> "_MaskTable":
-        rows = [
-            (k, m.raw, m.global_id, m.score, m.matched, m.num_gaussians)
-            for k, view in enumerate(record.views)
-            for m in view.masks
-        ]
-        columns = list(zip(*rows)) if rows else [()] * 6
-        ints = [np.array(c, dtype=np.int64) for c in columns]
+        rows = [(k, m.raw, m.global_id, m.score, m.matched) for k, view in enumerate(record.views) for m in view.masks]
+        columns = list(zip(*rows)) if rows else [()] * 5
+        ints = [np.array(c, dtype=np.int64) for c in columns[:3]]
         return cls(
             tuple(v.name for v in record.views),
-            ints[0],
-            ints[1],
-            ints[2],
+            *ints,
             np.array(columns[3], dtype=np.float64),
             np.array(columns[4], dtype=bool),
-            ints[5],
         )
 
-    def instance_views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def instance_views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every (view, instance > 0) pair that masks map to.
 
         Returns:
-            view index [P] int64, instance id [P] int64, masks mapped there [P] int64, their Gaussians [P] int64;
-            sorted by view, then id.
+            view index [P] int64, instance id [P] int64, masks mapped there [P] int64; sorted by view, then id.
         """
         kept = self.global_id > 0
-        pairs, inverse, counts = np.unique(
-            np.stack([self.view[kept], self.global_id[kept]], axis=1), axis=0, return_inverse=True, return_counts=True
-        )
-        gaussians = np.bincount(inverse.reshape(-1), weights=self.num_gaussians[kept], minlength=len(pairs))
-        return pairs[:, 0], pairs[:, 1], counts, gaussians.astype(np.int64)
+        pairs, counts = np.unique(np.stack([self.view[kept], self.global_id[kept]], axis=1), axis=0, return_counts=True)
+        return pairs[:, 0], pairs[:, 1], counts
 
 
-def single_view_suspects(table: _MaskTable) -> list[Suspect]:
-    """Instances that masks of exactly one view map to, stronger the larger they are (size rank)."""
+def single_view_suspects(table: _MaskTable, gaussians: Mapping[int, int]) -> list[Suspect]:
+    """Instances that masks of exactly one view map to, stronger the larger they are (size rank).
+
+    Args:
+        gaussians: Gaussians per instance id in the per-Gaussian labels; ids missing from it count 0.
+    """
     if len(table.view_names) < 2:
         return []
-    views, ids, _, gaussians = table.instance_views()
+    views, ids, _ = table.instance_views()
     instances, first, num_views = np.unique(ids, return_index=True, return_counts=True)
-    # The largest per view, not the sum: views see the same Gaussians again, summing would count them twice.
-    size = np.zeros(len(instances), dtype=np.int64)
-    np.maximum.at(size, np.searchsorted(instances, ids), gaussians)
+    size = np.array([gaussians.get(int(i), 0) for i in instances], dtype=np.int64)
     # The size rank: how many instances are strictly smaller, over how many others there are.
     rank = np.searchsorted(np.sort(size), size, side="left") / max(len(instances) - 1, 1)
     suspects = []
@@ -248,8 +267,8 @@ def single_view_suspects(table: _MaskTable) -> list[Suspect]:
             (instance,),
             (view,),
             _evidence(float(rank[row])),
-            f"instance {instance} appears in only 1 of {len(table.view_names)} training views ({view}, "
-            f"{int(size[row])} Gaussians): possibly a fragment of an object split across views",
+            f"instance {instance} ({int(size[row]):,} Gaussians) appears in only 1 of {len(table.view_names)} "
+            f"training views ({view}): possibly a fragment of an object split across views",
         ))
     return suspects
 
@@ -277,7 +296,7 @@ def similar_prototype_pairs(prototypes: Prototypes, threshold: float) -> list[tu
 
 def similar_prototype_suspects(table: _MaskTable, prototypes: Prototypes, threshold: float) -> list[Suspect]:
     """Instance pairs with near-parallel prototypes; views holding both come first, then either's."""
-    views, ids, _, _ = table.instance_views()
+    views, ids, _ = table.instance_views()
     suspects = []
     for i, j, cosine in similar_prototype_pairs(prototypes, threshold):
         has_i, has_j = set(views[ids == i].tolist()), set(views[ids == j].tolist())
@@ -315,7 +334,7 @@ def weak_match_suspects(table: _MaskTable, delta: float, margin: float, score_na
 
 def merged_raw_mask_suspects(table: _MaskTable) -> list[Suspect]:
     """(view, instance) pairs that ≥ 2 raw masks of the view map to, stronger the more masks."""
-    views, ids, counts, _ = table.instance_views()
+    views, ids, counts = table.instance_views()
     suspects = []
     for row in np.flatnonzero(counts >= 2):
         view, instance, count = int(views[row]), int(ids[row]), int(counts[row])
@@ -341,9 +360,9 @@ def _weak_match_threshold(config: AssociateConfig) -> tuple[float, str]:
 def find_suspects(
     record: AssociationRecord,
     prototypes: Prototypes,
+    gaussians: Mapping[int, int],
     similarity_threshold: float = 0.9,
     weak_margin: float = 0.1,
-    limit: int | None = None,
 ) -> list[Suspect]:
     """Every suspected association error, most evidence first (ties: kind, then instances, then views).
 
@@ -351,23 +370,97 @@ def find_suspects(
         record: association.json; δ is `record.config.overlap_threshold` for the memory bank, the most
             lenient consensus threshold for consensus association.
         prototypes: the instance prototypes (Eq. 18).
+        gaussians: Gaussians per instance id in the per-Gaussian labels after merges (the viewer's
+            `SceneDocument.instance_counts`, which its instance table shows; scene.json's table before any
+            edit); ids missing from it count 0.
         similarity_threshold: the prototype cosine from which a pair is suspect, in (0, 1].
         weak_margin: matches with δ ≤ γ < δ + weak_margin are suspect; positive.
-        limit: keep only the first `limit` suspects (None: all).
     """
     if not 0.0 < similarity_threshold <= 1.0:
         raise ValueError(f"similarity_threshold must lie in (0, 1], got {similarity_threshold}")
     if weak_margin <= 0.0:
         raise ValueError(f"weak_margin must be positive, got {weak_margin}")
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be non-negative or None, got {limit}")
     table = _MaskTable.of(record)
     delta, score_name = _weak_match_threshold(record.config)
     suspects = [
-        *single_view_suspects(table),
+        *single_view_suspects(table, gaussians),
         *similar_prototype_suspects(table, prototypes, similarity_threshold),
         *weak_match_suspects(table, delta, weak_margin, score_name),
         *merged_raw_mask_suspects(table),
     ]
     suspects.sort(key=lambda s: (-s.evidence, KIND_ORDER.index(s.kind), s.instances, s.views))
-    return suspects[:limit]
+    return suspects
+
+
+# --- listing -----------------------------------------------------------------------------------------
+
+PAGE_SIZE = 10
+"""Suspects per page of the inspector's list: a dropdown of ten entries opens without scrolling."""
+ALL_KINDS = "all kinds"
+KIND_NAMES: dict[SuspectKind, str] = {
+    "similar_prototypes": "similar prototypes",
+    "weak_match": "weak match",
+    "merged_raw_masks": "merged masks",
+    "single_view": "single view",
+}
+"""Short names: a dropdown cuts an entry off at the panel's width (viser's panel is ~300-400 px)."""
+
+
+def suspect_label(rank: int, suspect: Suspect) -> str:
+    """A short, unique dropdown entry: rank (1-based), kind, instances and first view, e.g.
+    "3. single view: 12 (frame_0004)"; the description says the rest where it can wrap."""
+    where = f" ({suspect.views[0]})" if suspect.views else ""
+    return f"{rank}. {KIND_NAMES[suspect.kind]}: {', '.join(map(str, suspect.instances))}{where}"
+
+
+def suspects_of_kind(suspects: Sequence[Suspect], kind_name: str) -> list[Suspect]:
+    """The suspects whose kind's short name is `kind_name` (all of them for ALL_KINDS), order kept."""
+    return [s for s in suspects if kind_name in (ALL_KINDS, KIND_NAMES[s.kind])]
+
+
+def page_names(total: int, size: int = PAGE_SIZE) -> tuple[str, ...]:
+    """The pages of a list of `total` entries by their ranks: "1-10", "11-20", "21-23"; "none" when empty
+    (a dropdown needs one entry)."""
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    return tuple(f"{start + 1}-{min(start + size, total)}" for start in range(0, total, size)) or ("none",)
+
+
+@dataclass(frozen=True)
+class SuspectPage:
+    """One page of a ranked suspect list.
+
+    Attributes:
+        suspects: the page's suspects, best first.
+        start: the list rank (0-based) of the first one.
+        total: suspects in the whole list.
+        kind_name: what the list holds: ALL_KINDS or one of KIND_NAMES' values.
+    """
+
+    suspects: tuple[Suspect, ...]
+    start: int
+    total: int
+    kind_name: str = ALL_KINDS
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The page's dropdown entries, numbered by rank in the whole list."""
+        return tuple(suspect_label(self.start + k + 1, s) for k, s in enumerate(self.suspects))
+
+    @property
+    def caption(self) -> str:
+        """"23 suspects, showing 11-20" (or "6 single view suspects, ..."): the list is never cut silently."""
+        noun = "suspects" if self.kind_name == ALL_KINDS else f"{self.kind_name} suspects"
+        if not self.suspects:
+            return f"no {noun}"
+        return f"{self.total} {noun}, showing {self.start + 1}-{self.start + len(self.suspects)}"
+
+
+def suspect_page(
+    suspects: Sequence[Suspect], index: int, size: int = PAGE_SIZE, kind_name: str = ALL_KINDS
+) -> SuspectPage:
+    """Page `index` (0-based) of `size` suspects; an index past the end gives the last page."""
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    start = min(max(index, 0), max(len(suspects) - 1, 0) // size) * size
+    return SuspectPage(tuple(suspects[start : start + size]), start, len(suspects), kind_name)

@@ -9,6 +9,9 @@ feature over the union of the two consistent masks, then averaged over the views
 `merge_view_prototypes`). The per-view prototypes are rendered once, on the first merge. The
 per-Gaussian labels of a merge are relabelled (`merge_labels`) rather than re-classified, so a merge
 moves exactly the Gaussians of the absorbed instance and nothing else.
+
+The edits are saved to SCENE/edits.json after every change and replayed when the scene is opened again
+(edit_log.py); exports carry a record of the edits they include beside them.
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ import torch
 from torch import Tensor
 
 from protosaga_core.datasets.scene import View
-from protosaga_core.editing import export_instances, safe_export_name
+from protosaga_core.editing import (
+    EDITS_FILE,
+    ExportSource,
+    LabelsFingerprint,
+    export_with_record,
+    record_path,
+    safe_export_name,
+)
 from protosaga_core.gaussians import Gaussians
 from protosaga_core.lifting import render_label_maps
 from protosaga_core.prototypes import (
@@ -35,6 +45,7 @@ from protosaga_core.prototypes import (
 )
 from protosaga_core.render import render
 
+from .edit_log import EditLog, export_edits
 from .scene import ViewerScene
 from .selection import EditModel, EditState
 
@@ -56,10 +67,12 @@ class VisibleGaussians:
 
 @dataclass(frozen=True)
 class Export:
-    """A written export: the file under SCENE/exports/ and how many Gaussians it holds."""
+    """A written export: the file under SCENE/exports/, how many Gaussians it holds, and its record
+    (the JSON beside it: the edits it includes and its instances)."""
 
     path: Path
     count: int
+    record: Path
 
 
 class SceneDocument:
@@ -68,7 +81,6 @@ class SceneDocument:
     def __init__(self, scene: ViewerScene, device: torch.device | None = None) -> None:
         self.scene = scene
         self.device = device or default_device()
-        self.model = EditModel([row.id for row in scene.instances] or np.unique(scene.labels[scene.labels > 0]).tolist())
         self.show_unassigned = True
         self._gaussians = scene.gaussians.detach().to(self.device)
         self._lock = threading.RLock()
@@ -76,6 +88,13 @@ class SceneDocument:
         self._visible_cache: tuple[tuple, VisibleGaussians] | None = None
         self._prototypes_cache: dict[tuple, Prototypes] = {(): scene.prototypes}
         self._view_prototypes: list[tuple[Tensor, Tensor, Tensor]] | None = None
+        instances = [row.id for row in scene.instances] or np.unique(scene.labels[scene.labels > 0]).tolist()
+        self.edit_log = EditLog(scene.scene_dir.root / EDITS_FILE, LabelsFingerprint.of(scene.labels))
+        # The saved merges' prototypes are computed here, so that a log whose merges cannot be
+        # recomputed (the dataset moved) is set aside at once instead of failing the first frame.
+        initial = self.edit_log.replay(frozenset(instances), self.prototypes)
+        self.model = EditModel(instances, initial=initial)
+        self.model.subscribe(self.edit_log.save)
 
     # --- derived data --------------------------------------------------------------------------------
     def labels(self, state: EditState | None = None) -> np.ndarray:
@@ -152,7 +171,8 @@ class SceneDocument:
 
     # --- export --------------------------------------------------------------------------------------
     def export(self, selection_only: bool, with_instance_ids: bool = False) -> Export:
-        """Write the selection (or the whole edited scene: every Gaussian not deleted) under SCENE/exports/.
+        """Write the selection (or the whole edited scene: every Gaussian not deleted) under SCENE/exports/,
+        with its record beside it (`ExportRecord`: the edits it includes, its instances).
 
         The file name is generated (`safe_export_name`), never taken from the browser.
         """
@@ -164,12 +184,14 @@ class SceneDocument:
         else:
             ids = None
             keep = state.kept(self.scene.labels)
+        names = {row.id: row.name for row in self.scene.instances}
+        source = ExportSource(self.scene.scene_dir.root.resolve(), self.edit_log.labels, names, export_edits(state, selection_only))
         path = safe_export_name(self.scene.scene_dir, ids)
         try:
             gaussians = self.scene.gaussians.select(torch.from_numpy(keep))
-            count = export_instances(gaussians, labels[keep], ids, path, with_instance_ids)
+            record = export_with_record(gaussians, labels[keep], ids, path, source, with_instance_ids)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return Export(path, count)
+        return Export(path, record.gaussians, record_path(path))
 

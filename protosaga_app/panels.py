@@ -1,4 +1,4 @@
-"""The viewer's GUI panels: render mode, edit buttons, export, and the instance list.
+"""The viewer's GUI panels: render mode, edit buttons, export, saved edits, and the instance list.
 
 Built once on the server's shared GUI, so every tab shows the same widgets and values; `Gui.refresh`
 redraws what depends on the edit state after every edit.
@@ -7,6 +7,7 @@ redraws what depends on the edit state after every edit.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ import viser
 from protosaga_core.editing import ExportError
 from protosaga_core.prototypes import instance_color
 
+from .edit_log import EditLog, describe
 from .inspector_panel import InspectorPanel
 from .live import RenderMode
 from .selection import Action, EditState
@@ -51,6 +53,8 @@ class Gui:
     pick: viser.GuiDropdownHandle
     name: viser.GuiTextHandle
     inspector: InspectorPanel
+    edits: viser.GuiMarkdownHandle
+    discard: viser.GuiButtonHandle
 
     def refresh(self, state: EditState) -> None:
         """Redraw what depends on the edit state."""
@@ -59,6 +63,8 @@ class Gui:
         self.selection.content = _selection_text(self.app, state)
         self.undo.disabled = not model.can_undo()
         self.redo.disabled = not model.can_redo()
+        self.edits.content = _edits_text(document.edit_log, state)
+        self.discard.disabled = state.edits_only() == EditState()
         self.instance_table.content = _instance_table(self.app, state)
         live = sorted(model.live_instances(state))
         self.pick.options = (NO_SELECTION, *(_label(self.app, i) for i in live))
@@ -90,6 +96,12 @@ def build(app: "ViewerApp") -> Gui:
             for label, selection_only in (("Export selection", True), ("Export edited scene", False)):
                 button = gui.add_button(label)
                 button.on_click(lambda event, only=selection_only: _export(app, event.client, only, with_ids.value))
+        with gui.add_folder("Saved edits"):
+            edits = gui.add_markdown("")
+            discard = gui.add_button(
+                "Discard edits", hint="Back to the computed labels: no merge, deletion or hiding (Undo brings them back)"
+            )
+            discard.on_click(lambda _: app.run_action("discard_edits"))
     with tabs.add_tab("Instances"):
         pick = gui.add_dropdown("Select", (NO_SELECTION,), initial_value=NO_SELECTION)
         pick.on_update(lambda event: _pick_from_list(app, event.client, pick.value))
@@ -98,7 +110,7 @@ def build(app: "ViewerApp") -> Gui:
         table = gui.add_html("")
     with tabs.add_tab("Inspector"):
         inspector = InspectorPanel.build(app)
-    return Gui(app, selection, buttons["undo"], buttons["redo"], table, pick, name, inspector)
+    return Gui(app, selection, buttons["undo"], buttons["redo"], table, pick, name, inspector, edits, discard)
 
 
 def _mode_label(mode: RenderMode) -> str:
@@ -119,9 +131,10 @@ def _selection_text(app: "ViewerApp", state: EditState) -> str:
     if not state.selected:
         return "**Selection:** nothing (click an object)"
     counts = app.document.instance_counts(state)
-    names = ", ".join(_label(app, i) for i in sorted(state.selected)[:6]) + (" ..." if len(state.selected) > 6 else "")
+    # names on their own line, at most three: the panel is ~300 px wide and cuts longer lines off
+    names = ", ".join(_label(app, i) for i in sorted(state.selected)[:3]) + (" ..." if len(state.selected) > 3 else "")
     total = sum(counts.get(i, 0) for i in state.selected)
-    return f"**Selection:** {len(state.selected)} instance(s), {total:,} Gaussians: {names}"
+    return f"**Selection:** {len(state.selected)} instance(s) · {total:,} Gaussians  \n{names}"
 
 
 def _instance_table(app: "ViewerApp", state: EditState) -> str:
@@ -139,14 +152,34 @@ def _instance_table(app: "ViewerApp", state: EditState) -> str:
         rows.append(
             f'<tr style="font-weight:{weight};opacity:{opacity}" data-instance="{instance_id}">'
             f'<td><span style="display:inline-block;width:0.9em;height:0.9em;background:rgb({r},{g},{b})"></span></td>'
-            f"<td>{instance_id}</td><td>{html.escape(_name(app, instance_id))}</td>"
-            f'<td style="text-align:right">{counts.get(instance_id, 0):,}</td>'
-            f'<td style="text-align:right">{views.get(instance_id, 0)}</td></tr>'
+            f'<td>{instance_id}</td><td style="overflow-wrap:anywhere">{html.escape(_name(app, instance_id))}</td>'
+            f'<td style="text-align:right;white-space:nowrap">{counts.get(instance_id, 0):,}</td>'
+            f'<td style="text-align:right;white-space:nowrap">{views.get(instance_id, 0)}</td></tr>'
         )
+    # fixed layout with narrow number columns: the panel's width, not the longest name, sets the columns
     return (
-        '<table style="width:100%;font-size:0.8em;border-collapse:collapse">'
-        "<tr><th></th><th>id</th><th>name</th><th>#Gaussians</th><th>#views</th></tr>" + "".join(rows) + "</table>"
+        '<table style="width:100%;font-size:0.8em;border-collapse:collapse;table-layout:fixed">'
+        '<tr><th style="width:1.2em"></th><th style="width:2.2em">id</th><th>name</th>'
+        '<th style="width:5.5em;text-align:right">Gaussians</th><th style="width:3em;text-align:right">views</th></tr>'
+        + "".join(rows) + "</table>"
     )
+
+
+def _edits_text(log: EditLog, state: EditState) -> str:
+    """The edits the scene holds, whether they are saved, and what went wrong with the file if anything."""
+    if state.edits_only() == EditState():
+        lines = ["**Edits:** none (the computed labels)"]
+    elif log.writable and log.save_error is None:
+        lines = [f"**Edits:** {describe(state)}; saved in `{log.path.name}`, restored when the scene opens again"]
+    else:
+        lines = [f"**Edits:** {describe(state)}; not saved"]
+    lines += [f"⚠ {_markdown_text(problem)}" for problem in (log.notice, log.save_error) if problem]
+    return "\n\n".join(lines)
+
+
+def _markdown_text(text: str) -> str:
+    """`text` shown as it is: file names hold `_` and `*`, which markdown would take for emphasis."""
+    return re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", text)
 
 
 def _show_unassigned(app: "ViewerApp", show: bool) -> None:
@@ -182,5 +215,7 @@ def _export(app: "ViewerApp", client: viser.ClientHandle | None, selection_only:
         return
     client.send_file_download(export.path.name, export.path.read_bytes(), save_immediately=True)
     client.add_notification(
-        "Exported", f"{export.count:,} Gaussians to {export.path} (also downloaded)", auto_close_seconds=8.0
+        "Exported",
+        f"{export.count:,} Gaussians to {export.path} (also downloaded); what it holds: {export.record.name}",
+        auto_close_seconds=8.0,
     )

@@ -13,6 +13,9 @@ Decisions:
 - Delete is a soft delete (a set of ids), so undo restores it; an export of the edited scene keeps every
   Gaussian whose label, after merges, is not deleted (`EditState.kept`).
 - Listeners run while the lock is held, so every tab receives the states in the order they happened.
+- The edits of a state (all of it but the selection) are saved to the scene (edit_log.py) and restored as
+  the model's `initial` state; *discard edits* returns to the computed labels as one more undoable edit,
+  so a mistaken discard is one Ctrl+Z away.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from protosaga_core.editing import merge_labels
 logger = logging.getLogger(__name__)
 
 Action = Literal[
-    "delete", "hide", "isolate", "show_all", "clear_selection", "invert_selection", "undo", "redo"
+    "delete", "hide", "isolate", "show_all", "clear_selection", "invert_selection", "discard_edits", "undo", "redo"
 ]
 ACTIONS: tuple[str, ...] = get_args(Action)
 DEFAULT_HISTORY_LIMIT = 1000
@@ -64,6 +67,14 @@ class EditState:
         """Which Gaussians the edited scene still holds (unassigned ones included). [N] -> [N] bool"""
         return ~np.isin(self.effective_labels(labels), np.fromiter(self.deleted, dtype=np.int64))
 
+    def live(self, instances: frozenset[int]) -> frozenset[int]:
+        """The instances among `instances` that exist in this state: not absorbed by a merge, not deleted."""
+        return instances - {absorb for _, absorb in self.merged} - self.deleted
+
+    def edits_only(self) -> "EditState":
+        """This state without its selection: what is saved to the scene, and what discarding clears."""
+        return replace(self, selected=frozenset())
+
 
 Listener = Callable[[EditState], None]
 
@@ -74,12 +85,14 @@ class EditModel:
 
     Args:
         instance_ids: the scene's instances (e.g. the ids of its instance table); 0 is never one.
+        initial: the state to start from (the scene's saved edits), with nothing to undo before it.
     """
 
     instance_ids: Iterable[int]
     history_limit: int = DEFAULT_HISTORY_LIMIT
+    initial: EditState = EditState()
     _instances: frozenset[int] = field(init=False)
-    _state: EditState = field(init=False, default_factory=EditState)
+    _state: EditState = field(init=False)
     _undo: list[EditState] = field(init=False, default_factory=list)
     _redo: list[EditState] = field(init=False, default_factory=list)
     _listeners: list[Listener] = field(init=False, default_factory=list)
@@ -90,6 +103,7 @@ class EditModel:
         if self.history_limit < 1:
             raise ValueError(f"history_limit must be at least 1, got {self.history_limit}")
         self._instances = frozenset(int(i) for i in self.instance_ids if int(i) > 0)
+        self._state = self.initial
 
     # --- reading -------------------------------------------------------------------------------------
     @property
@@ -105,9 +119,7 @@ class EditModel:
     def live_instances(self, state: EditState | None = None) -> frozenset[int]:
         """Instances that exist in `state` (default: the current one): not absorbed by a merge, not deleted."""
         with self._lock:
-            state = state or self._state
-            absorbed = {absorb for _, absorb in state.merged}
-            return self._instances - absorbed - state.deleted
+            return (state or self._state).live(self._instances)
 
     def visible_instances(self, state: EditState | None = None) -> frozenset[int]:
         """Instances drawn in `state` (default: the current one): live and not hidden."""
@@ -193,6 +205,7 @@ class EditModel:
         Raises:
             ValueError: either id is not a live instance, or both are the same.
         """
+        keep, absorb = int(keep), int(absorb)  # plain ints, like every id of the state: it is saved as JSON
         with self._lock:
             live = self.live_instances()
             if keep == absorb or keep not in live or absorb not in live:
@@ -203,6 +216,12 @@ class EditModel:
                 hidden=state.hidden - {absorb},
                 merged=(*state.merged, (keep, absorb)),
             )
+
+    def discard_edits(self) -> None:
+        """Return to the computed labels: no merge, deletion or hiding (undoable); the selection stays,
+        as every instance exists again."""
+        with self._lock:
+            self._commit(hidden=frozenset(), deleted=frozenset(), merged=())
 
     # --- history -------------------------------------------------------------------------------------
     def undo(self) -> None:
@@ -268,6 +287,7 @@ def apply_action(model: EditModel, action: Action) -> None:
         "show_all": model.show_all,
         "clear_selection": model.clear_selection,
         "invert_selection": model.invert_selection,
+        "discard_edits": model.discard_edits,
         "undo": model.undo,
         "redo": model.redo,
     }

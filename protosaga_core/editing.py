@@ -4,34 +4,208 @@
 `export_instances`; the viewer's merge and the model behind its undo stack use `merge_labels`.
 
 Exports are plain INRIA PLYs (DESIGN §7: they open in SuperSplat and the INRIA viewer); the only extra
-column ever written is `instance`, and only on request.
+column ever written is `instance`, and only on request. Beside each PLY lies its record (same stem,
+`.json`, `ExportRecord`): the instances it holds and the viewer's edits it includes, so a file found later
+still says what it is. The viewer saves its edits as `Edit`s in SCENE/edits.json, tied to the labels they
+were made on by a `LabelsFingerprint`; this command exports the computed labels and applies none of them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import tyro
 
+from .atomic import atomic_write_bytes
 from .gaussians import Gaussians
 from .outputs import check_output_file
 from .ply import write_ply
-from .scene_dir import SceneDir
+from .scene_dir import SceneDir, SceneDirError
 
 EXPORTS_DIR = "exports"
+EDITS_FILE = "edits.json"
+"""The viewer's saved edits, in the scene directory (protosaga_app/edit_log.py)."""
 MAX_IDS_IN_NAME = 8
 """Ids spelled out in a generated file name; more are summarised, so names stay far below NAME_MAX."""
+RECORD_FORMAT = "protosaga-export"
+RECORD_VERSION = 1
 
 
 class ExportError(ValueError):
     """An export that cannot be done as asked (unknown ids, nothing selected)."""
+
+
+EditOp = Literal["merge", "delete", "hide"]
+
+
+@dataclass(frozen=True)
+class LabelsFingerprint:
+    """Which per-Gaussian labels instance ids refer to: an edit or export made on one labelling means
+    nothing on another (running `protosaga prototypes` again may renumber or regroup every instance).
+
+    Attributes:
+        gaussians: N, the number of labels.
+        sha256: hex digest of the labels as little-endian int64 (independent of the .npy header and dtype).
+    """
+
+    gaussians: int
+    sha256: str
+
+    @classmethod
+    def of(cls, labels: np.ndarray) -> "LabelsFingerprint":
+        """The fingerprint of labels [N] (integers)."""
+        data = np.ascontiguousarray(labels, dtype="<i8")
+        return cls(len(data), hashlib.sha256(data.tobytes()).hexdigest())
+
+    @classmethod
+    def from_json(cls, raw: Any) -> "LabelsFingerprint":
+        """The inverse of `dataclasses.asdict`; raises ValueError saying what is malformed."""
+        if not isinstance(raw, dict) or not _is_count(raw.get("gaussians")) or not isinstance(raw.get("sha256"), str):
+            raise ValueError(f'"labels" must be {{"gaussians": count, "sha256": hex digest}}, got {_short(raw)}')
+        return cls(raw["gaussians"], raw["sha256"])
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One edit made in the viewer, as its saved edits and export records list it.
+
+    Attributes:
+        op: "merge": the Gaussians of instance ids[1] join instance ids[0], and ids[1] ceases to exist;
+            "delete" / "hide": the instances `ids` are deleted / hidden.
+        ids: instance ids (> 0): (keep, absorb) for a merge.
+    """
+
+    op: EditOp
+    ids: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        if self.op == "merge":
+            return {"op": "merge", "keep": self.ids[0], "absorb": self.ids[1]}
+        return {"op": self.op, "ids": list(self.ids)}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> "Edit":
+        """The inverse of `to_json`; raises ValueError saying what is malformed."""
+        op = raw.get("op") if isinstance(raw, dict) else None
+        ids: tuple[Any, ...] = ()
+        if op == "merge" and set(raw) == {"op", "keep", "absorb"}:
+            ids = (raw["keep"], raw["absorb"])
+        elif op in ("delete", "hide") and set(raw) == {"op", "ids"} and isinstance(raw["ids"], list):
+            ids = tuple(raw["ids"])
+        if not ids or not all(_is_count(i) and i > 0 for i in ids) or len(set(ids)) != len(ids):
+            raise ValueError(
+                f'malformed edit {_short(raw)}: expected {{"op": "merge", "keep": id, "absorb": another id}} or '
+                f'{{"op": "delete" or "hide", "ids": [distinct ids]}}, ids being positive integers'
+            )
+        return cls(op, ids)
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    """Where an export comes from, as its record tells it.
+
+    Attributes:
+        scene: the trained scene directory (absolute, so that the record still finds it elsewhere).
+        labels: its computed per-Gaussian labels; None where it has none yet (before `protosaga prototypes`).
+        names: instance names by id (the instance table of scene.json).
+        edits: the viewer's edits in the labels handed to the export: merges and, for a whole-scene
+            export, deletions (hiding changes no export); () for none.
+    """
+
+    scene: Path
+    labels: LabelsFingerprint | None
+    names: Mapping[int, str]
+    edits: tuple[Edit, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExportedInstance:
+    """An instance in an export: its id (after the export's merges), name and number of Gaussians."""
+
+    id: int
+    name: str
+    gaussians: int
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """What an exported PLY holds, written beside it as JSON (same stem, `record_path`).
+
+    Attributes:
+        ply: the PLY's file name.
+        scene: the trained scene it was exported from.
+        gaussians: Gaussians in the PLY.
+        with_instance_ids: whether the PLY has the `instance` column.
+        edits: the viewer's edits it includes (see `ExportSource.edits`); () for none.
+        labels: the computed labels the ids refer to; None where the scene had none.
+        instances: the instances in the PLY, by id; None without labels.
+        unassigned: Gaussians of no instance in the PLY; None without labels.
+    """
+
+    ply: str
+    scene: str
+    gaussians: int
+    with_instance_ids: bool
+    edits: tuple[Edit, ...]
+    labels: LabelsFingerprint | None
+    instances: tuple[ExportedInstance, ...] | None
+    unassigned: int | None
+
+    @classmethod
+    def of(cls, ply: Path, source: ExportSource, count: int, exported: np.ndarray | None, with_instance_ids: bool) -> "ExportRecord":
+        """The record of `count` Gaussians written to `ply`, whose labels were `exported` ([count] or None)."""
+        instances = unassigned = None
+        if exported is not None:
+            ids, counts = np.unique(exported, return_counts=True)
+            instances = tuple(
+                ExportedInstance(int(i), source.names.get(int(i)) or f"instance {int(i)}", int(c))
+                for i, c in zip(ids, counts) if i > 0
+            )
+            unassigned = int(counts[ids == 0].sum())
+        return cls(Path(ply).name, str(source.scene), count, with_instance_ids, tuple(source.edits), source.labels, instances, unassigned)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": RECORD_FORMAT, "version": RECORD_VERSION, **asdict(self), "edits": [e.to_json() for e in self.edits]}
+
+
+def record_path(ply: str | os.PathLike) -> Path:
+    """Where the record of the export `ply` lies: beside it, with the same stem and `.json`."""
+    return Path(ply).with_suffix(".json")
+
+
+def export_with_record(
+    gaussians: Gaussians,
+    labels: np.ndarray | None,
+    instance_ids: set[int] | None,
+    path: str | os.PathLike,
+    source: ExportSource,
+    with_instance_ids: bool = False,
+) -> ExportRecord:
+    """`export_instances`, then its record beside the PLY (both atomic); returns the record.
+
+    Args: as `export_instances`; `labels` are the ones the export uses (after `source.edits`).
+
+    Raises:
+        ExportError: as `export_instances`; nothing is written then.
+    """
+    count = export_instances(gaussians, labels, instance_ids, path, with_instance_ids)
+    exported = None if labels is None else labels if instance_ids is None else labels[np.isin(labels, sorted(instance_ids))]
+    record = ExportRecord.of(Path(path), source, count, exported, with_instance_ids)
+    try:
+        atomic_write_bytes(record_path(path), (json.dumps(record.to_json(), indent=1) + "\n").encode())
+    except BaseException:
+        Path(path).unlink(missing_ok=True)  # a PLY without its record would pass for a complete export
+        raise
+    return record
 
 
 def parse_instance_ids(args: list[str]) -> tuple[int, ...]:
@@ -61,39 +235,68 @@ InstanceIds = Annotated[
 
 @dataclass
 class ExportConfig:
-    """Export instances (or the whole scene) as a plain INRIA PLY that opens in SuperSplat."""
+    """Export instances (or the whole scene) as a plain INRIA PLY that opens in SuperSplat, with a record of
+    what it holds beside it (same name, .json)."""
 
     scene: tyro.conf.Positional[Path]
     """the trained scene directory"""
     instances: InstanceIds = ()
     """instance ids to export, e.g. 3,7; none: every Gaussian of the scene"""
     output: Annotated[Path | None, tyro.conf.arg(aliases=("-o",))] = None
-    """the PLY to write; default: a new generated name under SCENE/exports/"""
+    """the PLY to write (its record goes beside it, .json); default: a new generated name under SCENE/exports/"""
     with_instance_ids: bool = False
     """add an integer `instance` column (other viewers ignore it)"""
     overwrite: bool = False
-    """replace an existing --output file"""
+    """replace an existing --output file and its record"""
 
     def run(self) -> Path:
-        """Write the PLY, print what was written and return its path."""
+        """Write the PLY and its record, print what was written and return the PLY's path."""
         scene_dir = SceneDir(self.scene)
         if self.output is not None:
-            check_output_file(self.output, self.overwrite, scene_dir.root, free=(EXPORTS_DIR,))
+            if self.output.suffix.lower() == ".json":
+                raise ValueError(f"{self.output}: give the PLY another suffix; its record is written beside it as .json")
+            for path in (self.output, record_path(self.output)):
+                check_output_file(path, self.overwrite, scene_dir.root, free=(EXPORTS_DIR,))
         gaussians = scene_dir.read_gaussians()
         selection = set(self.instances) or None
-        # A whole-scene export without the id column needs no labels, so it works before `prototypes`.
-        labels = scene_dir.read_labels() if selection is not None or self.with_instance_ids else None
+        if selection is not None or self.with_instance_ids:
+            labels = scene_dir.read_labels()
+        else:  # a whole-scene export needs no labels, so it works before `prototypes`; they name its instances
+            labels = _current_labels(scene_dir, len(gaussians))
+        fingerprint = None if labels is None else LabelsFingerprint.of(labels)
+        source = ExportSource(scene_dir.root.resolve(), fingerprint, _instance_names(scene_dir))
         path = self.output if self.output is not None else safe_export_name(scene_dir, selection)
         try:
-            count = export_instances(gaussians, labels, selection, path, self.with_instance_ids)
+            record = export_with_record(gaussians, labels, selection, path, source, self.with_instance_ids)
         except BaseException:
             if self.output is None:  # drop the name safe_export_name reserved
                 path.unlink(missing_ok=True)
             raise
         what = "the whole scene" if selection is None else f"instances {', '.join(map(str, sorted(selection)))}"
         columns = "INRIA columns + instance" if self.with_instance_ids else "plain INRIA columns"
-        print(f"wrote {path}: {count:,} Gaussians of {what} ({columns})")
+        print(f"wrote {path}: {record.gaussians:,} Gaussians of {what} ({columns}); its record: {record_path(path).name}")
+        if (scene_dir.root / EDITS_FILE).exists():
+            print(
+                f"note: the viewer's saved edits ({scene_dir.root / EDITS_FILE}) are not applied: this exports the "
+                "computed labels; export from protosaga-view to include them"
+            )
         return path
+
+
+def _current_labels(scene_dir: SceneDir, num_gaussians: int) -> np.ndarray | None:
+    """labels.npy where it labels these Gaussians, else None (not computed yet, or left from an old training)."""
+    try:
+        return scene_dir.read_labels(num_gaussians)
+    except (OSError, ValueError):  # SceneDirError included
+        return None
+
+
+def _instance_names(scene_dir: SceneDir) -> dict[int, str]:
+    """Instance names from scene.json, for the record; a scene whose table cannot be read still exports."""
+    try:
+        return {row.id: row.name for row in scene_dir.read_meta().instances}
+    except (OSError, SceneDirError):
+        return {}
 
 
 def export_instances(
@@ -153,8 +356,9 @@ def safe_export_name(scene_dir: SceneDir | str | os.PathLike, instance_ids: Iter
     """A new file under SCENE/exports/, named only from integers and the time; never from user text.
 
     e.g. `instances_3_7_20261124-104512.ply`, or `scene_20261124-104512.ply` for the whole scene; a
-    `_2`, `_3`, ... suffix keeps it unique. The file is created empty (O_EXCL) to reserve the name, so
-    two exports in the same second (two browser tabs) never get the same one; the export replaces it.
+    `_2`, `_3`, ... suffix keeps it unique, and free for the export's record (`record_path`) too. The file
+    is created empty (O_EXCL) to reserve the name, so two exports in the same second (two browser tabs)
+    never get the same one; the export replaces it.
 
     Raises:
         ValueError: an id that is not a non-negative integer (e.g. "../x").
@@ -174,6 +378,8 @@ def safe_export_name(scene_dir: SceneDir | str | os.PathLike, instance_ids: Iter
     while True:
         path = folder / (f"{stem}.ply" if counter == 1 else f"{stem}_{counter}.ply")
         try:
+            if record_path(path).exists():  # the export's record must not replace another file either
+                raise FileExistsError(record_path(path))
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
             return path
         except FileExistsError:
@@ -187,6 +393,17 @@ def _as_id(value: object) -> int:
     if value < 0:
         raise ValueError(f"instance ids must be non-negative, got {value}")
     return int(value)
+
+
+def _is_count(value: object) -> bool:
+    """A non-negative JSON integer (JSON's true/false are not counts)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _short(value: object) -> str:
+    """A value from a malformed file, cut short for an error message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def merge_labels(labels: np.ndarray, keep: int, absorb: int) -> np.ndarray:

@@ -1,0 +1,249 @@
+"""The viewer's saved edits: SCENE/edits.json, kept equal to the edit model's state and replayed on opening.
+
+Every change of the edits (merge, delete, hide, isolate, show all, discard, and their undo and redo)
+rewrites the file atomically, so after a restart, a crash or a killed viewer the scene opens with the
+edits as they were at the last change. The selection is not saved: it is not an edit, and clicks should
+not write files. A state without edits has no file, so a scene nobody edited stays as it was.
+
+The file is versioned JSON, like scene.json:
+
+    {"format": "protosaga-edits", "version": 1,
+     "labels": {"gaussians": 6123, "sha256": "9f2c..."},
+     "edits": [{"op": "merge", "keep": 3, "absorb": 7}, {"op": "delete", "ids": [4]}, {"op": "hide", "ids": [9, 12]}]}
+
+`edits` spells the state as steps that rebuild it from the computed labels: the merges in the order they
+were made, then the deleted instances, then the hidden ones (`edits_of`); `replay` applies them by the
+edit model's rules and refuses a step those rules forbid. `labels` is the fingerprint of the labels the
+ids refer to (labels.npy): when `protosaga prototypes` runs again and changes them, or the scene is
+trained again, old ids may mean other objects, so the edits are not applied.
+
+A file that cannot be replayed (unreadable, malformed, made for other labels, naming unknown instances,
+or holding merges whose prototypes cannot be recomputed because the dataset is gone) must neither stop
+the viewer nor be lost: it is set aside (renamed to `edits.set-aside-<time>.json`) with a warning, and
+the viewer starts from the computed labels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+
+from protosaga_core.atomic import atomic_write_bytes
+from protosaga_core.editing import Edit, EditOp, LabelsFingerprint
+from protosaga_core.scene_dir import SceneDirError, read_versioned_json
+
+from .selection import EditState
+
+logger = logging.getLogger(__name__)
+
+EDITS_FORMAT = "protosaga-edits"
+EDITS_VERSION = 1
+
+
+# --- the state as edits, and back --------------------------------------------------------------------
+def edits_of(state: EditState) -> tuple[Edit, ...]:
+    """The edits that rebuild `state` (its selection aside) from the computed labels, in `replay`'s order."""
+    merges = tuple(Edit("merge", pair) for pair in state.merged)
+    sets = tuple(Edit(op, tuple(sorted(ids))) for op, ids in (("delete", state.deleted), ("hide", state.hidden)) if ids)
+    return merges + sets
+
+
+def export_edits(state: EditState, selection_only: bool) -> tuple[Edit, ...]:
+    """The edits an export at `state` includes: the merges (they decide which Gaussians an id covers) and,
+    for the whole scene, the deletions; hiding changes no export, deleting none of selected instances."""
+    return edits_of(EditState(deleted=frozenset() if selection_only else state.deleted, merged=state.merged))
+
+
+def replay(edits: Iterable[Edit], instances: frozenset[int]) -> EditState:
+    """The state that `edits` make from the computed labels of a scene whose instances are `instances`.
+
+    Raises:
+        ValueError: an edit names an instance the scene lacks, or one that the edit model would not let
+            it name at that step (merged away or deleted; a deletion also needs it not hidden).
+    """
+    state = EditState()
+    for number, edit in enumerate(edits, 1):
+        ids = frozenset(edit.ids)
+        unknown = ids - instances
+        unavailable = ids - _available(state, instances, edit.op) - unknown
+        where = f"edit {number} ({json.dumps(edit.to_json())})"
+        if unknown:
+            raise ValueError(f"{where}: the scene has no instance {_ids(unknown)}")
+        if unavailable:
+            raise ValueError(f"{where}: instance {_ids(unavailable)} is merged away, deleted or hidden by then")
+        state = _apply(state, edit)
+    return state
+
+
+def _available(state: EditState, instances: frozenset[int], op: EditOp) -> frozenset[int]:
+    """The instances the edit model lets `op` name at `state`: existing ones; for a deletion visible ones
+    too, since the model deletes the selection and only visible instances can be selected."""
+    live = state.live(instances)
+    return live - state.hidden if op == "delete" else live
+
+
+def _apply(state: EditState, edit: Edit) -> EditState:
+    """One edit, with the edit model's effect (a merge unhides the absorbed instance along with it)."""
+    ids = frozenset(edit.ids)
+    if edit.op == "merge":
+        keep, absorb = edit.ids
+        return replace(state, hidden=state.hidden - {absorb}, merged=(*state.merged, (keep, absorb)))
+    if edit.op == "delete":
+        return replace(state, deleted=state.deleted | ids)
+    return replace(state, hidden=state.hidden | ids)
+
+
+def describe(state: EditState) -> str:
+    """The edits of `state` in a few words, e.g. "2 merges, 1 deleted, 3 hidden"; "none" without any."""
+    parts = [f"{len(state.merged)} merge{'' if len(state.merged) == 1 else 's'}"] if state.merged else []
+    parts += [f"{len(ids)} {what}" for what, ids in (("deleted", state.deleted), ("hidden", state.hidden)) if ids]
+    return ", ".join(parts) or "none"
+
+
+def _ids(ids: Iterable[int]) -> str:
+    return ", ".join(map(str, sorted(ids)))
+
+
+# --- the file ----------------------------------------------------------------------------------------
+def encode_edit_log(labels: LabelsFingerprint, edits: Iterable[Edit]) -> bytes:
+    """The file's contents: the edits and the fingerprint of the labels they were made on."""
+    raw = {"format": EDITS_FORMAT, "version": EDITS_VERSION, "labels": asdict(labels), "edits": [e.to_json() for e in edits]}
+    return (json.dumps(raw, indent=1) + "\n").encode()
+
+
+def read_edit_log(path: Path, labels: LabelsFingerprint, instances: frozenset[int]) -> EditState:
+    """The state saved in `path`, checked against the scene it is opened with (its labels and instances).
+
+    Raises:
+        SceneDirError naming the file: unreadable or malformed, made for other labels, or edits that the
+            scene's instances cannot take.
+    """
+    try:
+        raw = read_versioned_json(path, EDITS_FORMAT, EDITS_VERSION, "expected the viewer's saved edits")
+    except OSError as error:
+        raise SceneDirError(f"{path}: unreadable ({error})") from error
+    try:
+        saved = LabelsFingerprint.from_json(raw.get("labels"))
+        if not isinstance(raw.get("edits"), list):
+            raise ValueError(f'"edits" must be a list of edits, got {type(raw.get("edits")).__name__}')
+        edits = [Edit.from_json(edit) for edit in raw["edits"]]
+        _check_labels(saved, labels)
+        return replay(edits, instances)
+    except ValueError as error:
+        raise SceneDirError(f"{path}: {error}") from error
+
+
+def _check_labels(saved: LabelsFingerprint, current: LabelsFingerprint) -> None:
+    """Refuse edits made on other labels: their ids may name other objects now."""
+    if saved.gaussians != current.gaussians:
+        raise ValueError(
+            f"saved for a scene of {saved.gaussians:,} Gaussians, but this one has {current.gaussians:,} (trained again since?)"
+        )
+    if saved.sha256 != current.sha256:
+        raise ValueError(
+            "saved for other per-Gaussian labels: labels.npy has changed since (protosaga prototypes ran again?), "
+            "so its instance ids may name other objects now"
+        )
+
+
+def set_aside(path: Path, now: datetime | None = None) -> Path:
+    """Rename `path` to a new name beside it, `<stem>.set-aside-<time>[_<n>]<suffix>`, never over another file."""
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    counter = 1
+    while True:
+        aside = path.with_name(f"{path.stem}.set-aside-{stamp}{'' if counter == 1 else f'_{counter}'}{path.suffix}")
+        try:
+            os.close(os.open(aside, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # reserve the name
+        except FileExistsError:
+            counter += 1
+            continue
+        try:
+            os.replace(path, aside)
+        except BaseException:
+            aside.unlink(missing_ok=True)
+            raise
+        return aside
+
+
+@dataclass
+class EditLog:
+    """SCENE/edits.json for one viewer session: `replay` it once, then `save` after every change.
+
+    Attributes:
+        path: the file.
+        labels: the fingerprint of the scene's computed labels, written into the file.
+        notice: what happened to the file when it was opened (set aside, and why); None if nothing.
+        save_error: why the last save failed; None once one succeeds.
+        writable: False where a file that could not be replayed could not be set aside either: saving
+            would replace it, so nothing is saved this session.
+    """
+
+    path: Path
+    labels: LabelsFingerprint
+    notice: str | None = None
+    save_error: str | None = None
+    writable: bool = True
+    _saved: EditState = field(default=EditState(), init=False)  # what the file holds: no selection, ever
+
+    def replay(self, instances: frozenset[int], prepare: Callable[[EditState], object]) -> EditState:
+        """The saved state for the edit model to start from; EditState() where there is none, or where it
+        cannot be replayed (the file is then set aside, with a warning).
+
+        Args:
+            instances: the scene's instances.
+            prepare: computes what the state needs before it is drawn (prototypes after its merges);
+                raises OSError or ValueError where it cannot.
+        """
+        if not self.path.exists():
+            return EditState()
+        try:
+            state = self._load(instances, prepare)
+        except SceneDirError as error:
+            self._set_aside(str(error))
+            return EditState()
+        self._saved = state
+        return state
+
+    def save(self, state: EditState) -> None:
+        """Make the file hold the edits of `state`; none: no file. An EditModel listener, so it runs under
+        the model's lock in the order of the changes. A failed write is warned about, kept in `save_error`
+        and retried at the next change."""
+        edits = state.edits_only()
+        if not self.writable or edits == self._saved:
+            return
+        try:
+            if edits == EditState():
+                self.path.unlink(missing_ok=True)
+            else:
+                atomic_write_bytes(self.path, encode_edit_log(self.labels, edits_of(edits)))
+        except OSError as error:
+            self.save_error = f"{self.path}: edits not saved ({error})"
+            logger.warning("%s", self.save_error)
+            return
+        self._saved = edits
+        self.save_error = None
+
+    def _load(self, instances: frozenset[int], prepare: Callable[[EditState], object]) -> EditState:
+        state = read_edit_log(self.path, self.labels, instances)
+        try:
+            prepare(state)
+        except (OSError, ValueError) as error:
+            raise SceneDirError(f"{self.path}: its merges cannot be replayed ({error})") from error
+        return state
+
+    def _set_aside(self, reason: str) -> None:
+        try:
+            aside = set_aside(self.path)
+            self.notice = f"{reason}; set aside as {aside.name}, and the viewer starts from the computed labels"
+        except OSError as error:
+            self.writable = False
+            self.notice = (
+                f"{reason}; it cannot be set aside ({error}), so the viewer starts from the computed labels "
+                "and saves no edits this session (that would replace the file)"
+            )
+        logger.warning("%s", self.notice)

@@ -4,11 +4,19 @@ Everything the user does goes through the document's one `EditModel` (buttons, h
 alike); the model notifies `ViewerApp._on_edit`, which updates the shared scene nodes and GUI, so every
 tab shows one state. Each tab also has a `LiveView` that renders its camera on the server in the
 segmentation and PCA modes.
+
+Geometry sent to the browser is finite by construction: splats that are not (`splats.drawable`) stay on
+the server, cameras with unusable poses or intrinsics get no frustum, and scene sizes are taken from finite
+centres only. (The `computeBoundingSphere(): Computed radius is NaN` every tab logs does not come from this
+data, and finite splats alone trigger it: viser 1.1.1's splat mesh gives three.js a two-component `position`
+attribute, whose missing z reads as NaN when three.js bounds the mesh for frustum culling. A NaN sphere
+never culls, so every splat is still drawn; the fix belongs in viser's client.)
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass, replace
 
@@ -16,31 +24,60 @@ import numpy as np
 import viser
 import viser.transforms as vtf
 
+from protosaga_core.datasets.scene import View
 from protosaga_core.prototypes import instance_color
 
 from . import panels
-from .browser_camera import camera_from_pose, pose_from_camera
+from .browser_camera import BrowserPose, camera_from_pose, frustum_scale, is_drawable_pose, pose_from_camera
 from .document import SceneDocument
 from .live import SERVER_MODES, FeaturePca, RenderMode
 from .live_view import LiveSettings, LiveView, client_pose
 from .picking import pick_along_ray, pick_instance, pick_rectangle
 from .selection import Action, EditState, apply_action
-from .splats import SplatArrays, browser_subset, highlighted, instance_groups, splat_arrays
+from .splats import SplatArrays, browser_subset, drawable, highlighted, instance_groups, splat_arrays
 
 logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 96
 """Longer side of a frustum's thumbnail: enough to recognise the view, small enough for hundreds."""
-FRUSTUM_SIZE = 0.03
-"""Largest frustum depth as a share of the scene's extent, so frustums look alike in metres or in SfM
-units; frustums are also kept below half the spacing of neighbouring cameras, so that from one training
-camera the next one's thumbnail is a small picture, not a wall in front of the scene."""
-OVERVIEW_RISE = 0.6
-"""The start camera rises this share of the scene's extent above the first training camera (along its
-up axis) and looks down at the centre: the ring of training cameras stays below the line of sight."""
-NEAR_PLANE = 1.5 * FRUSTUM_SIZE
-"""The browser's near plane (same units): beyond a frustum's image plane, so a camera standing in a
-training camera sees the scene, not that camera's own thumbnail filling the view."""
+FRUSTUM_DEPTH = 0.03
+"""Largest frustum depth (apex to image plane, as drawn) as a share of the scene's extent, so frustums
+look alike in metres or in SfM units; frustums are also kept below half the spacing of neighbouring
+cameras, so that from one training camera the next one's thumbnail is a small picture, not a wall in
+front of the scene."""
+FRUSTUM_LINE = 0.025
+"""Frustum line thickness as a share of its depth."""
+BEHIND_FRUSTUM = 1.2
+"""A jump to a training view stands this many frustum depths behind the camera's apex, on its axis, with
+its orientation and field of view: outside its frustum, seeing what it saw."""
+NEAR_MARGIN = 1.05
+"""The browser's near plane is this much beyond the image plane of a frustum seen from BEHIND_FRUSTUM:
+the tab that jumped clips the frustum it stands behind (whose photo would otherwise cover the middle of
+its view) and sees the scene."""
+OPAQUE = 0.5
+"""Gaussians at least this opaque are what the start view frames (faint floaters are not objects)."""
+COVISIBLE = 0.5
+"""The start view frames the opaque Gaussians seen by at least this share of the cameras that see the
+best-seen one: what the capture looks at, not the walls behind it or a distant background."""
+FRAMING_SAMPLES = 20_000
+"""At most this many opaque centres (evenly strided) decide the framing: percentiles need no more."""
+FRAMING_CAMERAS = 64
+"""At most this many training cameras (evenly strided) vote on what the capture looks at."""
+FRAME_PERCENTILES = (2.0, 98.0)
+"""The framed box spans these percentiles of the opaque centres along each axis: a few far splats do not
+shrink the objects to a dot."""
+FRAME_FILL = 0.9
+"""Share of the free part of the canvas (half-angle) the framed objects' sphere fills."""
+OVERVIEW_ELEVATION = math.radians(60.0)
+"""The start view looks down at the objects from this far above the horizon: steep enough to see over
+the near wall of a room (splats of walls hide what is behind them from either side), still in
+perspective."""
+CONTROL_PANEL_PX = 340
+"""Width viser's control panel covers at the right of the canvas: 20 em ('medium') of 16 px, plus margin."""
+TYPICAL_CANVAS = (1280, 800)
+"""The canvas (width, height) the start view is framed for; a wider canvas only shows more around it."""
+DEFAULT_FOV = math.radians(55.0)
+"""Vertical field of view of the start view when the scene has no training camera to take it from."""
 HOTKEYS: tuple[tuple[str, str, str | None, Action], ...] = (
     ("Delete selection", "delete", None, "delete"),
     ("Delete selection", "backspace", None, "delete"),
@@ -52,6 +89,8 @@ HOTKEYS: tuple[tuple[str, str, str | None, Action], ...] = (
     ("Redo", "Y", "cmd/ctrl", "redo"),
 )
 """(label, key, modifier, action): the viewer's hotkeys, registered as viser commands."""
+HOTKEY_HINT = "*Hotkeys work after a click in the 3D view, not while a list or field has focus.*"
+"""Shown above the panel's tabs: viser ignores hotkeys while one of its dropdowns or text fields has focus."""
 
 
 @dataclass(frozen=True)
@@ -81,17 +120,35 @@ class ViewerApp:
         self._views: dict[int, LiveView] = {}
         self._views_lock = threading.Lock()
         self._splats = splat_arrays(document.scene.gaussians)
+        self._drawable = drawable(self._splats)
+        if not self._drawable.all():
+            logger.warning(
+                "%d Gaussians have NaN/inf values or covariances beyond float16: the browser does not draw them",
+                int((~self._drawable).sum()),
+            )
         self._extent = _extent(self._splats.centers)
-        self._shown = browser_subset(self._splats.opacities, options.max_splats)
+        self._shown = browser_subset(self._splats.opacities, options.max_splats, self._drawable)
+        self._poses = _training_poses(document.scene.training_views())
+        framing_views = [view for view in document.scene.training_views() if view.name in self._poses]
+        self._focus = _framed_objects(
+            self._splats.centers[self._drawable], self._splats.opacities[self._drawable], framing_views
+        )
+        centres = np.stack([pose.position for pose in self._poses.values()]) if self._poses else np.zeros((0, 3))
+        self._frustum_depth = _frustum_depth(centres, self._extent)
+        self._near = _near_plane(self._frustum_depth, self._extent)
         self._nodes: dict[int, viser.GaussianSplatHandle] = {}
         self._frustums: list[viser.CameraFrustumHandle] = []
         self._highlighted: frozenset[int] = frozenset()
-        self._last_state = EditState()
+        self._last_state = document.model.state  # replayed edits included
 
         server.scene.set_up_direction("+z")
         self._set_initial_camera()
         self._add_splat_nodes()
         self._add_frustums()
+        # viser listens for hotkeys on the page but skips keys typed into an input, and its dropdowns and
+        # text fields are inputs that keep the focus (also across a switch of browser tabs); it offers no
+        # way to change that, so the panel says, above its tabs, how to get the keys back.
+        server.gui.add_markdown(HOTKEY_HINT)
         self.gui = panels.build(self)
         self._add_hotkeys()
         server.scene.on_click()(lambda event: self._on_click(event, additive=False))
@@ -123,10 +180,7 @@ class ViewerApp:
         return highlighted(rgbs) if selected else np.ascontiguousarray(rgbs)
 
     def _effective_id(self, instance_id: int) -> int:
-        for keep, absorb in self.document.model.state.merged:
-            if instance_id == absorb:
-                instance_id = keep
-        return instance_id
+        return merged_id(instance_id, self.document.model.state.merged)
 
     def _recolor(self, instance_ids: set[int]) -> None:
         selected = self.document.model.state.selected
@@ -136,37 +190,44 @@ class ViewerApp:
             self._nodes[instance_id].rgbs = self._node_colors(instance_id, splats, self._effective_id(instance_id) in selected)
 
     def _add_frustums(self) -> None:
-        views = self.document.scene.training_views()
-        size = _frustum_size(np.stack([v.cameras.centers[0].numpy() for v in views]), self._extent) if views else 0.0
-        for view in views:
-            camera = view.cameras
-            pose = pose_from_camera(camera.viewmats[0], camera.Ks[0], camera.width, camera.height)
+        """One frustum per training camera with a usable pose, all drawn `self._frustum_depth` deep."""
+        for view in self.document.scene.training_views():
+            pose = self._poses.get(view.name)
+            if pose is None:
+                continue
             image = view.load_image()
             step = max(1, max(image.shape[:2]) // THUMBNAIL_SIDE)
             thumbnail = (image[::step, ::step].clamp(0, 1) * 255).byte().numpy()
+            scale = frustum_scale(pose.fov, pose.aspect, self._frustum_depth)
             frustum = self.server.scene.add_camera_frustum(
-                f"/cameras/{view.name}", pose.fov, pose.aspect, scale=size, thickness=0.05 * size,
+                f"/cameras/{view.name}", pose.fov, pose.aspect, scale=scale, thickness=FRUSTUM_LINE * self._frustum_depth,
                 image=thumbnail, wxyz=pose.wxyz, position=pose.position,
             )
             frustum.on_click(lambda event, name=view.name: self.go_to_view(event.client, name))
             self._frustums.append(frustum)
 
     def _set_initial_camera(self) -> None:
-        """New tabs start above the first training camera, looking at the scene's centre: an overview
-        (not viser's origin, nor a view filled by a training camera's thumbnail)."""
-        views = self.document.scene.training_views()
-        if not views:
+        """New tabs (and viser's Reset View) start with what the training cameras look at (`_framed_objects`)
+        framed in the part of the canvas the control panel leaves free, seen from the first training
+        camera's side and from above: an overview (not viser's origin, nor a view filled by a training
+        camera's thumbnail)."""
+        if self._focus is None:
             return
-        camera = views[0].cameras
-        pose = pose_from_camera(camera.viewmats[0], camera.Ks[0], camera.width, camera.height)
-        rotation = vtf.SO3(pose.wxyz).as_matrix()
-        centre = np.median(self._splats.centers, axis=0) if len(self._splats) else pose.position + rotation[:, 2]
+        centre, radius = self._focus
+        poses = list(self._poses.values())
+        if poses:
+            up = scene_up(np.stack([vtf.SO3(p.wxyz).as_matrix() for p in poses]))
+            towards, fov = poses[0].position - centre, poses[0].fov
+        else:
+            up, towards, fov = np.array([0.0, 0.0, 1.0]), np.array([1.0, -1.0, 0.0]), DEFAULT_FOV
+        width, height = TYPICAL_CANVAS
+        position, look_at = overview_pose(centre, radius, up, towards, fov, width / height, CONTROL_PANEL_PX / width)
         initial = self.server.initial_camera
-        initial.position = pose.position + OVERVIEW_RISE * self._extent * -rotation[:, 1]
-        initial.look_at = centre
-        initial.up = -rotation[:, 1]
-        initial.fov = pose.fov
-        initial.near = NEAR_PLANE * self._extent
+        initial.position = position
+        initial.look_at = look_at
+        initial.up = up
+        initial.fov = fov
+        initial.near = self._near
 
     def set_frustums_visible(self, visible: bool) -> None:
         with self.server.atomic():
@@ -174,15 +235,28 @@ class ViewerApp:
                 frustum.visible = visible
 
     def go_to_view(self, client: viser.ClientHandle, view_name: str) -> None:
-        """Move a tab's camera into a training camera."""
-        view = next(v for v in self.document.scene.training_views() if v.name == view_name)
-        camera = view.cameras
-        pose = pose_from_camera(camera.viewmats[0], camera.Ks[0], camera.width, camera.height)
+        """Move a tab's camera to look through a training camera: just behind its frustum, with its
+        orientation and field of view, and the orbit point at the objects' depth on its axis.
+
+        Standing at the camera itself would put the tab inside the frustum, whose photo then covers the
+        whole view; from BEHIND_FRUSTUM depths back the near plane clips that frustum, and the view is the
+        training view widened by a few per cent.
+        """
+        pose = self._poses.get(view_name)
+        if pose is None:
+            logger.warning("training view %s has no usable camera to go to", view_name)
+            return
+        position = behind_frustum(pose, self._frustum_depth)
+        forward = vtf.SO3(pose.wxyz).as_matrix()[:, 2]
+        target = self._focus[0] if self._focus is not None else position + forward * self._extent
+        # The orbit point: on the axis, as deep as the objects (never behind the near plane).
+        look_at = position + forward * max(float((target - position) @ forward), 2.0 * self._near)
         with client.atomic():
-            client.camera.near = NEAR_PLANE * self._extent
+            client.camera.near = self._near
             client.camera.fov = pose.fov
-            client.camera.position = pose.position
+            client.camera.position = position
             client.camera.wxyz = pose.wxyz
+            client.camera.look_at = look_at
 
     # --- edits ---------------------------------------------------------------------------------------
     def run_action(self, action: Action) -> None:
@@ -200,13 +274,15 @@ class ViewerApp:
         self._request_frames()
 
     def _on_edit(self, state: EditState) -> None:
-        selection_only = replace(state, selected=frozenset()) == replace(self._last_state, selected=frozenset())
-        self._last_state = state
+        previous, self._last_state = self._last_state, state
+        selection_only = replace(state, selected=frozenset()) == replace(previous, selected=frozenset())
         self._update_visibility(state)
         changed = (state.selected ^ self._highlighted) | {absorb for _, absorb in state.merged}
         self._highlighted = state.selected
         absorbed = {absorb for keep, absorb in state.merged if keep in changed}
-        self._recolor({i for i in self._nodes if self._effective_id(i) in changed} | absorbed)
+        # nodes whose merged id changed (a merge made, undone or discarded) take their new id's colour
+        remapped = {i for i in self._nodes if merged_id(i, state.merged) != merged_id(i, previous.merged)}
+        self._recolor({i for i in self._nodes if self._effective_id(i) in changed} | absorbed | remapped)
         if selection_only:  # what is drawn is unchanged: recolour the frames instead of rendering them
             for view in self._live_views():
                 view.reselect()
@@ -292,18 +368,162 @@ class ViewerApp:
 
 
 def _extent(centers: np.ndarray) -> float:
-    """The scene's size: the 90th percentile of the Gaussians' distances to their median. [N, 3] -> float"""
+    """The scene's size: the 90th percentile of the finite Gaussians' distances to their median (one NaN
+    centre would make every size derived from it NaN). [N, 3] -> float"""
+    centers = centers[np.isfinite(centers).all(axis=1)]
     if len(centers) == 0:
         return 1.0
     distances = np.linalg.norm(centers - np.median(centers, axis=0), axis=1)
     return max(float(np.percentile(distances, 90)), 1e-6)
 
 
-def _frustum_size(centers: np.ndarray, extent: float) -> float:
-    """Frustum depth for training cameras at `centers` [C, 3] in a scene of size `extent`."""
-    size = FRUSTUM_SIZE * extent
+def _frustum_depth(centers: np.ndarray, extent: float) -> float:
+    """Frustum depth for training cameras at `centers` [C, 3] in a scene of size `extent`: FRUSTUM_DEPTH of
+    it, or half the median spacing of neighbouring cameras if less (cameras at one spot do not count, so
+    the depth stays positive)."""
+    depth = FRUSTUM_DEPTH * extent
     if len(centers) > 1:
         distances = np.linalg.norm(centers[:, None] - centers[None], axis=-1)
         np.fill_diagonal(distances, np.inf)
-        size = min(size, 0.5 * float(np.median(distances.min(axis=1))))
-    return size
+        nearest = distances.min(axis=1)
+        nearest = nearest[nearest > 1e-6 * extent]
+        if len(nearest):
+            depth = min(depth, 0.5 * float(np.median(nearest)))
+    return depth
+
+
+def _near_plane(frustum_depth: float, extent: float) -> float:
+    """The browser's near plane: beyond the image plane of a frustum seen from BEHIND_FRUSTUM depths
+    behind its apex (see `go_to_view`); a small share of the scene without frustums."""
+    return max(NEAR_MARGIN * (1.0 + BEHIND_FRUSTUM) * frustum_depth, 1e-3 * extent)
+
+
+def _training_poses(views: list[View]) -> dict[str, BrowserPose]:
+    """Browser poses of the training views by name, leaving out (with a warning) cameras with a NaN pose or
+    unusable intrinsics: viser would draw their frustums with NaN vertices."""
+    poses = {view.name: pose_from_camera(view.viewmat, view.K, view.width, view.height) for view in views}
+    unusable = [name for name, pose in poses.items() if not is_drawable_pose(pose)]
+    if unusable:
+        logger.warning("no frustum for %d training views with unusable cameras: %s", len(unusable), ", ".join(unusable[:5]))
+    return {name: pose for name, pose in poses.items() if name not in unusable}
+
+
+def _framed_objects(centers: np.ndarray, opacities: np.ndarray, views: list[View]) -> tuple[np.ndarray, float] | None:
+    """`object_bounds` of what the training cameras look at: the opaque Gaussians (all finite ones when
+    fewer than 10 are opaque) seen by at least COVISIBLE times as many cameras as the best-seen one. Walls
+    behind the cameras and a distant background are each seen by a few cameras, the objects they circle
+    by most; forward-facing captures see everything from every camera. None without a finite centre.
+
+    Args:
+        centers: [N, 3]
+        opacities: [N, 1] or [N]
+        views: the training views with usable cameras.
+    """
+    finite = np.isfinite(centers).all(axis=1)
+    opaque = finite & (opacities.reshape(-1) >= OPAQUE)
+    chosen = centers[opaque] if opaque.sum() >= 10 else centers[finite]
+    if len(chosen) == 0:
+        return None
+    chosen = chosen[:: math.ceil(len(chosen) / FRAMING_SAMPLES)]
+    cameras = views[:: math.ceil(len(views) / FRAMING_CAMERAS)] if views else []
+    if cameras:
+        seen = camera_counts(
+            chosen,
+            np.stack([view.viewmat.double().numpy() for view in cameras]),
+            np.stack([view.K.double().numpy() for view in cameras]),
+            np.array([(view.width, view.height) for view in cameras], dtype=np.float64),
+        )
+        if seen.max() > 0:
+            chosen = chosen[seen >= COVISIBLE * seen.max()]
+    return object_bounds(chosen)
+
+
+def camera_counts(points: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """How many of C cameras see each of N points: in front of the camera and inside its image.
+
+    Args:
+        points: [N, 3]
+        viewmats: world-to-camera, OpenCV axes. [C, 4, 4]
+        Ks: intrinsics in pixels. [C, 3, 3]
+        sizes: (width, height) in pixels. [C, 2]
+
+    Returns:
+        [N] int
+    """
+    local = np.einsum("cij,nj->cni", viewmats[:, :3, :3], points) + viewmats[:, None, :3, 3]  # [C, N, 3]
+    depth = local[..., 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = Ks[:, None, 0, 0] * local[..., 0] / depth + Ks[:, None, 0, 2]
+        v = Ks[:, None, 1, 1] * local[..., 1] / depth + Ks[:, None, 1, 2]
+    inside = (depth > 0) & (u >= 0) & (u < sizes[:, None, 0]) & (v >= 0) & (v < sizes[:, None, 1])
+    return inside.sum(axis=0)
+
+
+def object_bounds(centers: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre [3] and radius of the sphere around the box spanning FRAME_PERCENTILES of finite `centers`
+    [N >= 1, 3] along each axis."""
+    low, high = np.percentile(centers, FRAME_PERCENTILES, axis=0)
+    return 0.5 * (low + high), max(0.5 * float(np.linalg.norm(high - low)), 1e-6)
+
+
+def scene_up(rotations: np.ndarray) -> np.ndarray:
+    """The scene's up direction: the mean of the training cameras' up axes (-y in OpenCV's axes), whose
+    tilts towards the objects cancel around a ring of cameras; +z if they cancel out. [C, 3, 3] -> [3]"""
+    up = -rotations[:, :, 1].sum(axis=0)
+    norm = float(np.linalg.norm(up))
+    return up / norm if norm > 1e-6 * max(len(rotations), 1) else np.array([0.0, 0.0, 1.0])
+
+
+def overview_pose(
+    centre: np.ndarray, radius: float, up: np.ndarray, towards: np.ndarray, fov: float, aspect: float, panel_share: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Position [3] and look-at point [3] of a browser camera that frames a sphere (`centre` [3], `radius`)
+    in the part of the canvas a panel covering the right `panel_share` (< 0.5) of its width leaves free.
+
+    The camera stands on the side of `towards` [3] (e.g. a training camera's direction from the centre),
+    OVERVIEW_ELEVATION above the centre's horizon (`up` [3], unit), and far enough that the sphere's image
+    stays within FRAME_FILL of the free part's half-width and of the canvas' half-height (`fov`: vertical,
+    `aspect`: canvas width / height). The browser keeps its horizon level (its x axis is perpendicular to
+    `up`), so the look-at point is chosen by turning right and pitching down until the centre is seen in
+    the middle of the free part, at the canvas' mid-height; the bounds below are exact for that pose.
+    """
+    horizontal = towards - float(towards @ up) * up
+    if np.linalg.norm(horizontal) < 1e-9 * max(float(np.linalg.norm(towards)), 1.0):  # straight above
+        horizontal = np.cross(up, np.eye(3)[int(np.argmin(np.abs(up)))])
+    horizontal = horizontal / np.linalg.norm(horizontal)
+    tan_half = math.tan(0.5 * fov)
+    # In tangent units (x/z on the image plane) the free part spans [-aspect·tan_half, (1 - 2·share)·
+    # aspect·tan_half]: its middle is at -offset, its half-width `half`.
+    offset, half = panel_share * aspect * tan_half, (1.0 - panel_share) * aspect * tan_half
+    theta = math.atan(offset)  # the centre's angle left of the axis
+    # The sphere's angular radius may reach the free part's left edge from theta and its right edge from
+    # -theta; vertically, a sphere centred at mid-height spans r / sqrt(z^2 - r^2) with z = d·cos(theta).
+    alpha = min(math.atan(offset + FRAME_FILL * half) - theta, math.atan(FRAME_FILL * half - offset) + theta)
+    vertical = FRAME_FILL * tan_half
+    distance = max(radius / math.sin(alpha), radius * math.sqrt(1.0 + 1.0 / vertical**2) / math.cos(theta))
+    elevation = OVERVIEW_ELEVATION
+    position = centre + distance * (math.cos(elevation) * horizontal + math.sin(elevation) * up)
+    # Pitch phi and yaw psi (right of the centre's bearing) that show the centre at (-offset, 0).
+    sin_pitch = min(math.sin(elevation) * math.sqrt(1.0 + offset * offset), 0.99)
+    cos_pitch = math.sqrt(1.0 - sin_pitch * sin_pitch)
+    yaw = math.atan2(offset, cos_pitch)
+    bearing, right = -horizontal, np.cross(-horizontal, up)
+    heading = math.cos(yaw) * bearing + math.sin(yaw) * right
+    forward = cos_pitch * heading - sin_pitch * up
+    # The look-at point (viser's orbit centre) is as deep as the centre.
+    return position, position + forward * distance / math.sqrt(1.0 + offset * offset)
+
+
+def behind_frustum(pose: BrowserPose, depth: float) -> np.ndarray:
+    """Where a tab stands to look through a training camera (`pose`) past its frustum of this `depth`: on
+    its axis, BEHIND_FRUSTUM depths behind the apex. [3]"""
+    forward = vtf.SO3(np.asarray(pose.wxyz, dtype=np.float64)).as_matrix()[:, 2]
+    return np.asarray(pose.position, dtype=np.float64) - BEHIND_FRUSTUM * depth * forward
+
+
+def merged_id(instance_id: int, merged: tuple[tuple[int, int], ...]) -> int:
+    """The id an instance carries after `merged` (absorbed ids follow their keep, chains included)."""
+    for keep, absorb in merged:
+        if instance_id == absorb:
+            instance_id = keep
+    return instance_id

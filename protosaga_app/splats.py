@@ -4,6 +4,8 @@ viser's splat renderer takes centres, full 3x3 covariances, view-independent col
 the colours are the degree-0 SH term (the browser does not evaluate higher SH bands). One node per
 instance (and one for unassigned Gaussians, id 0) makes hide/isolate/delete visibility toggles
 (DESIGN §8); colour changes (instance colours, the selection highlight) re-send only the nodes concerned.
+Splats the browser cannot draw (a NaN or inf anywhere, a covariance entry beyond float16, the type viser
+sends covariances in) are never sent (`drawable`); the server still renders, picks and exports them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ HIGHLIGHT_RGB = np.array([1.0, 0.85, 0.1], dtype=np.float32)
 HIGHLIGHT_MIX = 0.55
 """Share of the highlight colour in a selected splat: enough to stand out on any texture, little enough
 that the object stays recognisable."""
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+"""viser sends covariances as float16: a larger entry arrives as inf and makes the splat's footprint NaN."""
 
 
 @dataclass(frozen=True)
@@ -71,22 +75,42 @@ def splat_arrays(gaussians: Gaussians) -> SplatArrays:
     )
 
 
-def browser_subset(opacities: np.ndarray, max_splats: int | None) -> np.ndarray:
-    """Indices of the Gaussians sent to the browser: all, or the `max_splats` most opaque (in index order).
+def drawable(splats: SplatArrays) -> np.ndarray:
+    """Which splats the browser can draw: every value finite and each covariance entry within float16's
+    range. A degenerate Gaussian (NaN centre, overflowing scale) would otherwise reach the browser's sort
+    and shader as NaN. [M] bool
+    """
+    count = len(splats)
+    finite = (
+        np.isfinite(splats.centers).all(axis=1)
+        & np.isfinite(splats.rgbs).all(axis=1)
+        & np.isfinite(splats.opacities.reshape(count, -1)).all(axis=1)
+    )
+    # NaN fails the comparison too, so this also drops non-finite covariances.
+    return finite & (np.abs(splats.covariances.reshape(count, 9)) <= FLOAT16_MAX).all(axis=1)
+
+
+def browser_subset(opacities: np.ndarray, max_splats: int | None, keep: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the Gaussians sent to the browser: all, or the `max_splats` most opaque (in index order),
+    among those in `keep`.
 
     The server keeps every Gaussian for rendering, picking and export; this only bounds what a browser
     (software WebGL included) has to sort and draw.
 
     Args:
         opacities: activated opacities. [N] or [N, 1]
+        keep: the Gaussians that may be sent (e.g. `drawable`); None: all. [N] bool
     """
-    count = opacities.shape[0]
-    if max_splats is None or max_splats >= count:
-        return np.arange(count)
-    if max_splats < 0:
+    if max_splats is not None and max_splats < 0:
         raise ValueError(f"max_splats must be non-negative, got {max_splats}")
-    most_opaque = np.argpartition(-opacities.reshape(-1), max_splats - 1)[:max_splats] if max_splats else []
-    return np.sort(np.asarray(most_opaque, dtype=np.int64))
+    candidates = np.arange(opacities.shape[0]) if keep is None else np.flatnonzero(keep)
+    if max_splats is None or max_splats >= len(candidates):
+        return candidates
+    if max_splats == 0:
+        return np.zeros(0, dtype=np.int64)
+    chosen = opacities.reshape(-1)[candidates]
+    most_opaque = np.argpartition(-chosen, max_splats - 1)[:max_splats]
+    return np.sort(candidates[most_opaque])
 
 
 def instance_groups(labels: np.ndarray, index: np.ndarray | None = None) -> dict[int, np.ndarray]:

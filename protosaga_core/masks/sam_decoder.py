@@ -198,7 +198,7 @@ def decode_points(
     rows, columns = extent or (h, w)
     covered = keys.unflatten(1, (h, w))[:, :rows, :columns]
     masks = upscaled_masks(decoder.output_upscaling, covered.flatten(1, 2), hyper, (rows, columns))
-    iou = decoder.iou_prediction_head(hs[:, 0])[:, 1:] if multimask_output else decoder.iou_prediction_head(hs[:, 0])[:, :1]
+    iou = decoder.iou_prediction_head(hs[:, 0])[:, list(selected)]
     return masks, iou
 
 

@@ -4,11 +4,11 @@ Free of viser, so the viewer, its tests and bench/viewer.py share it. Derived da
 the Gaussians on screen, prototypes after merges) is cached per edit state: a frame or a click at the
 same state reuses it, and an edit invalidates it by changing the state.
 
-Merges follow Eq. 17-18 exactly: each training view's prototype of the merged instance is the mean
-feature over the union of the two consistent masks, then averaged over the views (see
-`merge_view_prototypes`). The per-view prototypes are rendered once, on the first merge. The
-per-Gaussian labels of a merge are relabelled (`merge_labels`) rather than re-classified, so a merge
-moves exactly the Gaussians of the absorbed instance and nothing else.
+Merges and splits follow Eq. 17-18 exactly (protosaga_core/label_edits.py): each training view keeps its
+prototypes as sums over the consistent masks, rendered once on the first merge or split; a merge adds two
+instances' sums, and a split renders every training view once to move the pixels its new instance takes
+from its sources. The per-Gaussian labels are relabelled (`apply_label_edits`) rather than re-classified,
+so an edit moves exactly the Gaussians it names and nothing else.
 
 The edits are saved to SCENE/edits.json after every change and replayed when the scene is opened again
 (edit_log.py); exports carry a record of the edits they include beside them.
@@ -34,14 +34,15 @@ from protosaga_core.editing import (
     safe_export_name,
 )
 from protosaga_core.gaussians import Gaussians
+from protosaga_core.label_edits import LabelEdit, Merge, Split, ViewSums, split_region
 from protosaga_core.lifting import render_label_maps
 from protosaga_core.prototypes import (
     Prototypes,
     classify,
-    collect_view_prototypes,
     default_device,
     ensemble_prototypes,
-    merge_view_prototypes,
+    read_consistent_mask,
+    render_features,
 )
 from protosaga_core.render import render
 
@@ -86,8 +87,11 @@ class SceneDocument:
         self._lock = threading.RLock()
         self._labels_cache: tuple[tuple, np.ndarray] | None = None
         self._visible_cache: tuple[tuple, VisibleGaussians] | None = None
-        self._prototypes_cache: dict[tuple, Prototypes] = {(): scene.prototypes}
-        self._view_prototypes: list[tuple[Tensor, Tensor, Tensor]] | None = None
+        self._prototypes_cache: dict[tuple[LabelEdit, ...], Prototypes] = {(): scene.prototypes}
+        # Per training view, by the label edits made: Eq. 17 sums, and for edits ending in a split the
+        # pixels (flat indices) that split took.
+        self._view_sums: dict[tuple[LabelEdit, ...], list[ViewSums]] = {}
+        self._split_pixels: dict[tuple[LabelEdit, ...], list[Tensor]] = {}
         instances = [row.id for row in scene.instances] or np.unique(scene.labels[scene.labels > 0]).tolist()
         self.edit_log = EditLog(scene.scene_dir.root / EDITS_FILE, LabelsFingerprint.of(scene.labels))
         # The saved merges' prototypes are computed here, so that a log whose merges cannot be
@@ -98,18 +102,18 @@ class SceneDocument:
 
     # --- derived data --------------------------------------------------------------------------------
     def labels(self, state: EditState | None = None) -> np.ndarray:
-        """Per-Gaussian labels after the merges of `state` (default: the current one). [N] int64"""
+        """Per-Gaussian labels after the merges and splits of `state` (default: the current one). [N] int64"""
         state = state or self.model.state
         with self._lock:
-            if self._labels_cache is None or self._labels_cache[0] != state.merged:
-                self._labels_cache = (state.merged, state.effective_labels(self.scene.labels))
+            if self._labels_cache is None or self._labels_cache[0] != state.label_edits:
+                self._labels_cache = (state.label_edits, state.effective_labels(self.scene.labels))
             return self._labels_cache[1]
 
     def visible(self, state: EditState | None = None) -> VisibleGaussians:
         """The Gaussians drawn at `state`: visible instances, and unassigned ones if shown."""
         state = state or self.model.state
         visible_ids = self.model.visible_instances(state)
-        key = (tuple(sorted(visible_ids)), state.merged, self.show_unassigned)
+        key = (tuple(sorted(visible_ids)), state.label_edits, self.show_unassigned)
         with self._lock:
             if self._visible_cache is None or self._visible_cache[0] != key:
                 labels = self.labels(state)
@@ -120,18 +124,31 @@ class SceneDocument:
             return self._visible_cache[1]
 
     def prototypes(self, state: EditState | None = None) -> Prototypes:
-        """Eq. 18 prototypes after the merges of `state`."""
-        merged = (state or self.model.state).merged
+        """Eq. 18 prototypes after the merges and splits of `state`."""
+        edits = (state or self.model.state).label_edits
         with self._lock:
-            if merged not in self._prototypes_cache:
-                per_view = [merge_view_prototypes(*view, merged) for view in self._per_view_prototypes()]
-                self._prototypes_cache[merged] = ensemble_prototypes([v[0] for v in per_view], [v[1] for v in per_view])
-            return self._prototypes_cache[merged]
+            if edits not in self._prototypes_cache:
+                per_view = [sums.prototypes() for sums in self._sums(edits)]
+                self._prototypes_cache[edits] = ensemble_prototypes([v[0] for v in per_view], [v[1] for v in per_view])
+            return self._prototypes_cache[edits]
+
+    def consistent_mask(self, view: View, state: EditState | None = None) -> Tensor:
+        """A training view's consistent mask after the merges and splits of `state`. [H, W] int64"""
+        edits = (state or self.model.state).label_edits
+        with self._lock:
+            if any(isinstance(edit, Split) for edit in edits):
+                self._sums(edits)  # finds the pixels of its splits
+            return self._edited_mask(self._training_index(view.name), view, edits)
 
     def instance_counts(self, state: EditState | None = None) -> dict[int, int]:
         """Gaussians per instance after the merges of `state`."""
         counts = np.bincount(self.labels(state))
         return {i: int(counts[i]) if i < len(counts) else 0 for i in self.model.live_instances(state)}
+
+    def instance_name(self, instance_id: int) -> str:
+        """The name of an instance in the scene's table, else "instance <id>" (splits have no row)."""
+        row = self.scene.instance(instance_id)
+        return row.name if row is not None and row.name else f"instance {instance_id}"
 
     @property
     def lifted(self) -> bool:
@@ -149,25 +166,87 @@ class SceneDocument:
             features = render(self._gaussians, cameras, rgb=False, extras=self._gaussians.features).extras
             return classify(features[0], self.prototypes(state)).cpu().numpy()
 
-    def _per_view_prototypes(self) -> list[tuple[Tensor, Tensor, Tensor]]:
-        if self._view_prototypes is None:
-            if self.scene.dataset is None:
-                raise ValueError(
-                    f"merging needs the training views to recompute prototypes, but the dataset of "
-                    f"{self.scene.scene_dir.meta_path} cannot be read"
-                )
-            self._view_prototypes = [
-                tuple(t.cpu() for t in view)
-                for view in collect_view_prototypes(self.scene.scene_dir, self._gaussians, self.scene.dataset, progress=False)
-            ]
-        return self._view_prototypes
+    def _training_views(self) -> list[View]:
+        if self.scene.dataset is None:
+            raise ValueError(
+                f"merging and splitting need the training views to recompute prototypes, but the dataset of "
+                f"{self.scene.scene_dir.meta_path} cannot be read"
+            )
+        return self.scene.dataset.split("train")
+
+    def _training_index(self, name: str) -> int:
+        return next(k for k, view in enumerate(self._training_views()) if view.name == name)
+
+    def _sums(self, edits: tuple[LabelEdit, ...]) -> list[ViewSums]:
+        """Eq. 17 sums of every training view after `edits` (label_edits.py); edits made one after another
+        each cost one step from the previous state's sums."""
+        if edits not in self._view_sums:
+            if not edits:
+                views = self._training_views()
+                masks = [read_consistent_mask(self.scene.scene_dir, view) for view in views]  # fail before rendering
+                rendered = render_features(self._gaussians, self.scene.dataset, views, progress=False)
+                self._view_sums[edits] = [ViewSums.of(features, mask) for (_, features), mask in zip(rendered, masks)]
+            elif isinstance(edits[-1], Merge):
+                self._view_sums[edits] = [sums.merge(edits[-1].keep, edits[-1].absorb) for sums in self._sums(edits[:-1])]
+            else:
+                before = self._sums(edits[:-1])
+                moved = self._split_transfers(edits)
+                self._view_sums[edits] = [sums.move(part, edits[-1].id) for sums, part in zip(before, moved)]
+        return self._view_sums[edits]
+
+    def _split_transfers(self, edits: tuple[LabelEdit, ...]) -> list[ViewSums]:
+        """For edits ending in a split, per training view: the feature sums of the pixels the split takes
+        (`split_region`), grouped by the instance they leave; their flat indices go to `_split_pixels`."""
+        split = edits[-1]
+        assert isinstance(split, Split)
+        before = self.labels(EditState(label_edits=edits[:-1]))
+        sources = torch.from_numpy(np.unique(before[split.index]))
+        after = torch.from_numpy(self.labels(EditState(label_edits=edits)))
+        ids = torch.unique(after[after > 0])
+        views = self._training_views()
+        transfers, pixels = [], []
+        for index, (view, features) in enumerate(render_features(self._gaussians, self.scene.dataset, views, progress=False)):
+            mask = self._edited_mask(index, view, edits[:-1])
+            rendered = render_label_maps(self._gaussians, view.cameras.to(self.device), after, ids)[0].cpu()
+            region = split_region(mask, rendered, split.id, sources[sources > 0])
+            pixels.append(region.reshape(-1).nonzero().squeeze(1))
+            transfers.append(ViewSums.of(features, torch.where(region, mask, 0)))
+        self._split_pixels[edits] = pixels
+        return transfers
+
+    def _edited_mask(self, index: int, view: View, edits: tuple[LabelEdit, ...]) -> Tensor:
+        """The consistent mask of training view `index` after `edits`, whose splits' pixels are known. [H, W] int64"""
+        mask = read_consistent_mask(self.scene.scene_dir, view)
+        for step, edit in enumerate(edits, 1):
+            if isinstance(edit, Merge):
+                mask[mask == edit.absorb] = edit.keep
+            else:
+                mask.view(-1)[self._split_pixels[edits[:step]][index]] = edit.id
+        return mask
 
     # --- edits that need more than the model ---------------------------------------------------------
     def merge(self, keep: int, absorb: int) -> None:
         """Merge `absorb` into `keep` (undoable); prototypes are recomputed before the edit is recorded,
         so every listener already sees the merged prototypes."""
-        self.prototypes(EditState(merged=(*self.model.state.merged, (keep, absorb))))
+        self.prototypes(EditState(label_edits=(*self.model.state.label_edits, Merge(keep, absorb))))
         self.model.merge(keep, absorb)
+
+    def split(self, index: np.ndarray) -> Split:
+        """Make the Gaussians `index` [M] a new instance, selected (undoable); its prototypes are computed
+        (one render of each training view) before the edit is recorded.
+
+        Raises:
+            ValueError: no Gaussian, or exactly the Gaussians of one instance already (nothing to split).
+        """
+        state = self.model.state
+        split = Split.of(self.model.new_instance_id(), index)
+        labels = self.labels(state)
+        owners = np.unique(labels[split.index])
+        if len(owners) == 1 and owners[0] > 0 and np.count_nonzero(labels == owners[0]) == len(split.index):
+            raise ValueError(f"these are all the Gaussians of instance {int(owners[0])}: nothing to split off")
+        self.prototypes(EditState(label_edits=(*state.label_edits, split)))
+        self.model.split(split)
+        return split
 
     # --- export --------------------------------------------------------------------------------------
     def export(self, selection_only: bool, with_instance_ids: bool = False) -> Export:

@@ -1,6 +1,6 @@
 """The viewer's saved edits: SCENE/edits.json, kept equal to the edit model's state and replayed on opening.
 
-Every change of the edits (merge, delete, hide, isolate, show all, discard, and their undo and redo)
+Every change of the edits (merge, split, delete, hide, isolate, show all, discard, and their undo and redo)
 rewrites the file atomically, so after a restart, a crash or a killed viewer the scene opens with the
 edits as they were at the last change. The selection is not saved: it is not an edit, and clicks should
 not write files. A state without edits has no file, so a scene nobody edited stays as it was.
@@ -9,16 +9,18 @@ The file is versioned JSON, like scene.json:
 
     {"format": "protosaga-edits", "version": 1,
      "labels": {"gaussians": 6123, "sha256": "9f2c..."},
-     "edits": [{"op": "merge", "keep": 3, "absorb": 7}, {"op": "delete", "ids": [4]}, {"op": "hide", "ids": [9, 12]}]}
+     "edits": [{"op": "merge", "keep": 3, "absorb": 7}, {"op": "split", "id": 25, "gaussians": [17, 18, 240]},
+               {"op": "delete", "ids": [4]}, {"op": "hide", "ids": [9, 12]}]}
 
-`edits` spells the state as steps that rebuild it from the computed labels: the merges in the order they
-were made, then the deleted instances, then the hidden ones (`edits_of`); `replay` applies them by the
-edit model's rules and refuses a step those rules forbid. `labels` is the fingerprint of the labels the
+`edits` spells the state as steps that rebuild it from the computed labels: the merges and splits in the
+order they were made (a split lists its Gaussians by index in gaussians.ply), then the deleted
+instances, then the hidden ones (`edits_of`); `replay` applies them by the edit model's rules and
+refuses a step those rules forbid. `labels` is the fingerprint of the labels the
 ids refer to (labels.npy): when `protosaga prototypes` runs again and changes them, or the scene is
 trained again, old ids may mean other objects, so the edits are not applied.
 
 A file that cannot be replayed (unreadable, malformed, made for other labels, naming unknown instances,
-or holding merges whose prototypes cannot be recomputed because the dataset is gone) must neither stop
+or holding merges or splits whose prototypes cannot be recomputed because the dataset is gone) must neither stop
 the viewer nor be lost: it is set aside (renamed to `edits.set-aside-<time>.json`) with a warning, and
 the viewer starts from the computed labels.
 """
@@ -35,6 +37,7 @@ from pathlib import Path
 
 from protosaga_core.atomic import atomic_write_bytes
 from protosaga_core.editing import Edit, EditOp, LabelsFingerprint
+from protosaga_core.label_edits import Merge, Split, new_instance_id
 from protosaga_core.scene_dir import SceneDirError, read_versioned_json
 
 from .selection import EditState
@@ -48,36 +51,54 @@ EDITS_VERSION = 1
 # --- the state as edits, and back --------------------------------------------------------------------
 def edits_of(state: EditState) -> tuple[Edit, ...]:
     """The edits that rebuild `state` (its selection aside) from the computed labels, in `replay`'s order."""
-    merges = tuple(Edit("merge", pair) for pair in state.merged)
+    label_edits = tuple(Edit.of(edit) for edit in state.label_edits)
     sets = tuple(Edit(op, tuple(sorted(ids))) for op, ids in (("delete", state.deleted), ("hide", state.hidden)) if ids)
-    return merges + sets
+    return label_edits + sets
 
 
 def export_edits(state: EditState, selection_only: bool) -> tuple[Edit, ...]:
-    """The edits an export at `state` includes: the merges (they decide which Gaussians an id covers) and,
-    for the whole scene, the deletions; hiding changes no export, deleting none of selected instances."""
-    return edits_of(EditState(deleted=frozenset() if selection_only else state.deleted, merged=state.merged))
+    """The edits an export at `state` includes: the merges and splits (they decide which Gaussians an id
+    covers) and, for the whole scene, the deletions; hiding changes no export, deleting none of selected
+    instances."""
+    return edits_of(EditState(deleted=frozenset() if selection_only else state.deleted, label_edits=state.label_edits))
 
 
-def replay(edits: Iterable[Edit], instances: frozenset[int]) -> EditState:
+def replay(edits: Iterable[Edit], instances: frozenset[int], num_gaussians: int) -> EditState:
     """The state that `edits` make from the computed labels of a scene whose instances are `instances`.
 
     Raises:
         ValueError: an edit names an instance the scene lacks, or one that the edit model would not let
-            it name at that step (merged away or deleted; a deletion also needs it not hidden).
+            it name at that step (merged away or deleted; a deletion also needs it not hidden); a split
+            names a Gaussian beyond `num_gaussians` or makes an instance under another id than the
+            model would give it.
     """
     state = EditState()
     for number, edit in enumerate(edits, 1):
-        ids = frozenset(edit.ids)
-        unknown = ids - instances
-        unavailable = ids - _available(state, instances, edit.op) - unknown
-        where = f"edit {number} ({json.dumps(edit.to_json())})"
-        if unknown:
-            raise ValueError(f"{where}: the scene has no instance {_ids(unknown)}")
-        if unavailable:
-            raise ValueError(f"{where}: instance {_ids(unavailable)} is merged away, deleted or hidden by then")
+        where = f"edit {number} ({_short_json(edit)})"
+        if edit.op == "split":
+            expected = new_instance_id(instances, state.label_edits)
+            if edit.ids[0] != expected:
+                raise ValueError(f"{where}: a split at this step makes instance {expected}, not {edit.ids[0]}")
+            if edit.gaussians[-1] >= num_gaussians:
+                raise ValueError(f"{where}: Gaussian {edit.gaussians[-1]} is beyond the scene's {num_gaussians:,}")
+        else:
+            ids = frozenset(edit.ids)
+            made = {split.id for split in state.label_edits if isinstance(split, Split)}
+            unknown = ids - instances - made
+            unavailable = ids - _available(state, instances, edit.op) - unknown
+            if unknown:
+                raise ValueError(f"{where}: the scene has no instance {_ids(unknown)}")
+            if unavailable:
+                raise ValueError(f"{where}: instance {_ids(unavailable)} is merged away, deleted or hidden by then")
         state = _apply(state, edit)
     return state
+
+
+def _short_json(edit: Edit) -> str:
+    """An edit for a message: a split's Gaussians summarised."""
+    if edit.op == "split":
+        return json.dumps({"op": "split", "id": edit.ids[0], "gaussians": f"{len(edit.gaussians):,} indices"})
+    return json.dumps(edit.to_json())
 
 
 def _available(state: EditState, instances: frozenset[int], op: EditOp) -> frozenset[int]:
@@ -90,9 +111,9 @@ def _available(state: EditState, instances: frozenset[int], op: EditOp) -> froze
 def _apply(state: EditState, edit: Edit) -> EditState:
     """One edit, with the edit model's effect (a merge unhides the absorbed instance along with it)."""
     ids = frozenset(edit.ids)
-    if edit.op == "merge":
-        keep, absorb = edit.ids
-        return replace(state, hidden=state.hidden - {absorb}, merged=(*state.merged, (keep, absorb)))
+    if edit.op in ("merge", "split"):
+        hidden = state.hidden - {edit.ids[1]} if edit.op == "merge" else state.hidden
+        return replace(state, hidden=hidden, label_edits=(*state.label_edits, edit.label_edit()))
     if edit.op == "delete":
         return replace(state, deleted=state.deleted | ids)
     return replace(state, hidden=state.hidden | ids)
@@ -100,7 +121,9 @@ def _apply(state: EditState, edit: Edit) -> EditState:
 
 def describe(state: EditState) -> str:
     """The edits of `state` in a few words, e.g. "2 merges, 1 deleted, 3 hidden"; "none" without any."""
-    parts = [f"{len(state.merged)} merge{'' if len(state.merged) == 1 else 's'}"] if state.merged else []
+    merges = sum(isinstance(edit, Merge) for edit in state.label_edits)
+    splits = len(state.label_edits) - merges
+    parts = [f"{count} {what}{'' if count == 1 else 's'}" for what, count in (("merge", merges), ("split", splits)) if count]
     parts += [f"{len(ids)} {what}" for what, ids in (("deleted", state.deleted), ("hidden", state.hidden)) if ids]
     return ", ".join(parts) or "none"
 
@@ -133,7 +156,7 @@ def read_edit_log(path: Path, labels: LabelsFingerprint, instances: frozenset[in
             raise ValueError(f'"edits" must be a list of edits, got {type(raw.get("edits")).__name__}')
         edits = [Edit.from_json(edit) for edit in raw["edits"]]
         _check_labels(saved, labels)
-        return replay(edits, instances)
+        return replay(edits, instances, labels.gaussians)
     except ValueError as error:
         raise SceneDirError(f"{path}: {error}") from error
 
@@ -196,7 +219,7 @@ class EditLog:
 
         Args:
             instances: the scene's instances.
-            prepare: computes what the state needs before it is drawn (prototypes after its merges);
+            prepare: computes what the state needs before it is drawn (prototypes after its merges and splits);
                 raises OSError or ValueError where it cannot.
         """
         if not self.path.exists():
@@ -233,7 +256,7 @@ class EditLog:
         try:
             prepare(state)
         except (OSError, ValueError) as error:
-            raise SceneDirError(f"{self.path}: its merges cannot be replayed ({error})") from error
+            raise SceneDirError(f"{self.path}: its merges and splits cannot be replayed ({error})") from error
         return state
 
     def _set_aside(self, reason: str) -> None:

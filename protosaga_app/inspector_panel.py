@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import viser
 
-from protosaga_core.prototypes import read_consistent_mask
 from protosaga_core.scene_dir import SceneDirError
 
 from .inspector import (
@@ -177,7 +176,7 @@ class InspectorPanel:
         if view_name == NO_VIEW:
             return
         state = state or self.app.document.model.state
-        key = (view_name, state.merged, self.large.value)
+        key = (view_name, state.label_edits, self.large.value)
         if self._shown == key:
             return
         if self._panels is None or self._panels[0] != key[:2]:
@@ -194,8 +193,8 @@ class InspectorPanel:
         document = self.app.document
         view = next(v for v in document.scene.training_views() if v.name == view_name)
         raw = view.load_mask()
-        # Merges apply to the associated ids too, or a fixed split would still show as disagreement.
-        associated = state.effective_labels(read_consistent_mask(document.scene.scene_dir, view).numpy())
+        # Merges and splits apply to the associated ids too, or a fixed error would still show as disagreement.
+        associated = document.consistent_mask(view, state).numpy()
         return ViewPanels(
             (view.load_image().numpy() * 255.0 + 0.5).astype(np.uint8),
             np.zeros_like(associated) if raw is None else raw.numpy(),

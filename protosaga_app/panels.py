@@ -1,4 +1,4 @@
-"""The viewer's GUI panels: render mode, edit buttons, export, saved edits, and the instance list.
+"""The viewer's GUI panels: render mode, edit buttons, splitting, export, saved edits, and the instance list.
 
 Built once on the server's shared GUI, so every tab shows the same widgets and values; `Gui.refresh`
 redraws what depends on the edit state after every edit.
@@ -70,7 +70,7 @@ class Gui:
         self.pick.options = (NO_SELECTION, *(_label(self.app, i) for i in live))
         single = next(iter(state.selected)) if len(state.selected) == 1 else None
         self.pick.value = _label(self.app, single) if single is not None else NO_SELECTION
-        self.name.disabled = single is None
+        self.name.disabled = single is None or document.scene.instance(single) is None  # splits have no table row
         self.name.value = _name(self.app, single) if single is not None else ""
         self.inspector.refresh(state)
 
@@ -90,7 +90,15 @@ def build(app: "ViewerApp") -> Gui:
         unassigned.on_update(lambda _: _show_unassigned(app, unassigned.value))
         frustums = gui.add_checkbox("Training cameras", initial_value=True)
         frustums.on_update(lambda _: app.set_frustums_visible(frustums.value))
-        gui.add_markdown("Click: select · Shift+click: add · Ctrl+drag: rectangle · Ctrl+Shift+drag: add rectangle")
+        gui.add_markdown(
+            "Click: select · Shift+click: add · Ctrl+drag: rectangle · Ctrl+Shift+drag: add rectangle · "
+            "Alt+drag: split the rectangle off the selection"
+        )
+        splits = gui.add_checkbox(
+            "Ctrl+drag splits", initial_value=False,
+            hint="A rectangle makes the Gaussians of the selection inside it (through every depth) a new instance",
+        )
+        splits.on_update(lambda _: setattr(app, "rectangle_splits", splits.value))
         with gui.add_folder("Export (plain INRIA PLY)"):
             with_ids = gui.add_checkbox("Add instance-id column", initial_value=False)
             for label, selection_only in (("Export selection", True), ("Export edited scene", False)):
@@ -99,7 +107,7 @@ def build(app: "ViewerApp") -> Gui:
         with gui.add_folder("Saved edits"):
             edits = gui.add_markdown("")
             discard = gui.add_button(
-                "Discard edits", hint="Back to the computed labels: no merge, deletion or hiding (Undo brings them back)"
+                "Discard edits", hint="Back to the computed labels: no merge, split, deletion or hiding (Undo brings them back)"
             )
             discard.on_click(lambda _: app.run_action("discard_edits"))
     with tabs.add_tab("Instances"):
@@ -118,8 +126,7 @@ def _mode_label(mode: RenderMode) -> str:
 
 
 def _name(app: "ViewerApp", instance_id: int) -> str:
-    row = app.document.scene.instance(instance_id)
-    return row.name if row is not None and row.name else f"instance {instance_id}"
+    return app.document.instance_name(instance_id)
 
 
 def _label(app: "ViewerApp", instance_id: int) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from protosaga_core.cameras import Cameras
+from protosaga_core.cameras import Cameras, project_to_pixels
 from protosaga_core.gaussians import Gaussians
 from protosaga_core.render.projection import project
 from protosaga_core.render.settings import ALPHA_THRESHOLD, TRANSMITTANCE_MIN, RasterSettings
@@ -65,6 +65,26 @@ def pick_rectangle(
     ids, counts = np.unique(window, return_counts=True)
     enough = (counts >= min_fraction * window.size) & (ids != 0)
     return {int(i) for i in ids[enough]}
+
+
+def gaussians_in_rectangle(means: Tensor, camera: Cameras, x0: float, y0: float, x1: float, y1: float) -> Tensor:
+    """The Gaussians whose centre, in front of the camera, lies in a pixel the rectangle touches: a box in
+    3D (the rectangle's frustum, through every depth), as SuperSplat's rectangle selects.
+
+    Args:
+        means: centres. [N, 3]
+        camera: exactly one camera.
+
+    Returns:
+        Their indices, increasing. [M] int64
+    """
+    if camera.num_cameras != 1:
+        raise ValueError(f"a rectangle needs exactly one camera, got {camera.num_cameras}")
+    (c0, r0), (c1, r1) = _pixel(min(x0, x1), min(y0, y1)), _pixel(max(x0, x1), max(y0, y1))
+    camera = camera.to(means.device)
+    index, flat, _ = project_to_pixels(means, camera.viewmats[0], camera.Ks[0], camera.width, camera.height)
+    row, column = flat // camera.width, flat % camera.width
+    return index[(column >= c0) & (column <= c1) & (row >= r0) & (row <= r1)]
 
 
 def contribution_weights(

@@ -10,6 +10,9 @@ Decisions:
   it deleted, and a user who mis-clicks expects Ctrl+Z to restore the previous selection.
 - An edit that changes nothing (hiding with nothing selected, clicking the selected instance again) is
   not recorded and notifies nobody, so undo never appears to do nothing.
+- Merges and splits are `label_edits`, kept in the order they were made: a split may take Gaussians of a
+  merged instance, and a merge may absorb a split one. A split's new instance is selected, so the next
+  key press (H, Del, a merge) acts on it.
 - Delete is a soft delete (a set of ids), so undo restores it; an export of the edited scene keeps every
   Gaussian whose label, after merges, is not deleted (`EditState.kept`).
 - Listeners run while the lock is held, so every tab receives the states in the order they happened.
@@ -28,7 +31,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from protosaga_core.editing import merge_labels
+from protosaga_core.label_edits import LabelEdit, Merge, Split, apply_label_edits, instances_after, new_instance_id
 
 logger = logging.getLogger(__name__)
 
@@ -48,28 +51,27 @@ class EditState:
         selected: selected instances (always visible ones).
         hidden: instances hidden from view (undone by show all).
         deleted: instances removed from the scene (undone only by undo).
-        merged: merges in the order they were made, as (keep, absorb) pairs; an absorbed id no longer
-            exists and appears in none of the sets.
+        label_edits: merges and splits in the order they were made; an id merged away no longer exists
+            and appears in none of the sets, and a split's id exists from it on.
     """
 
     selected: frozenset[int] = frozenset()
     hidden: frozenset[int] = frozenset()
     deleted: frozenset[int] = frozenset()
-    merged: tuple[tuple[int, int], ...] = ()
+    label_edits: tuple[LabelEdit, ...] = ()
 
     def effective_labels(self, labels: np.ndarray) -> np.ndarray:
-        """Per-Gaussian labels after the merges. [N] -> [N]"""
-        for keep, absorb in self.merged:
-            labels = merge_labels(labels, keep, absorb)
-        return np.asarray(labels)
+        """Per-Gaussian labels after the merges and splits. [N] -> [N]"""
+        return apply_label_edits(labels, self.label_edits)
 
     def kept(self, labels: np.ndarray) -> np.ndarray:
         """Which Gaussians the edited scene still holds (unassigned ones included). [N] -> [N] bool"""
         return ~np.isin(self.effective_labels(labels), np.fromiter(self.deleted, dtype=np.int64))
 
     def live(self, instances: frozenset[int]) -> frozenset[int]:
-        """The instances among `instances` that exist in this state: not absorbed by a merge, not deleted."""
-        return instances - {absorb for _, absorb in self.merged} - self.deleted
+        """The instances that exist in this state: `instances` and those split off, less the ones merged
+        away or deleted."""
+        return instances_after(instances, self.label_edits) - self.deleted
 
     def edits_only(self) -> "EditState":
         """This state without its selection: what is saved to the scene, and what discarding clears."""
@@ -214,14 +216,33 @@ class EditModel:
             self._commit(
                 selected=state.selected - {absorb},
                 hidden=state.hidden - {absorb},
-                merged=(*state.merged, (keep, absorb)),
+                label_edits=(*state.label_edits, Merge(keep, absorb)),
             )
 
-    def discard_edits(self) -> None:
-        """Return to the computed labels: no merge, deletion or hiding (undoable); the selection stays,
-        as every instance exists again."""
+    def new_instance_id(self) -> int:
+        """The id the next split gets (`label_edits.new_instance_id`)."""
         with self._lock:
-            self._commit(hidden=frozenset(), deleted=frozenset(), merged=())
+            return new_instance_id(self._instances, self._state.label_edits)
+
+    def split(self, split: Split) -> None:
+        """Make `split` (its id from `new_instance_id`) and select the new instance.
+
+        Raises:
+            ValueError: the split's id is not `new_instance_id()`.
+        """
+        with self._lock:
+            expected = self.new_instance_id()
+            if split.id != expected:
+                raise ValueError(f"a split now makes instance {expected}, got {split.id}")
+            self._commit(selected=frozenset({split.id}), label_edits=(*self._state.label_edits, split))
+
+    def discard_edits(self) -> None:
+        """Return to the computed labels: no merge, split, deletion or hiding (undoable); the selection
+        stays, less instances made by splits."""
+        with self._lock:
+            self._commit(
+                selected=self._state.selected & self._instances, hidden=frozenset(), deleted=frozenset(), label_edits=()
+            )
 
     # --- history -------------------------------------------------------------------------------------
     def undo(self) -> None:

@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 import viser
 import viser.transforms as vtf
 
@@ -32,9 +33,10 @@ from .browser_camera import BrowserPose, camera_from_pose, frustum_scale, is_dra
 from .document import SceneDocument
 from .live import SERVER_MODES, FeaturePca, RenderMode
 from .live_view import LiveSettings, LiveView, client_pose
-from .picking import pick_along_ray, pick_instance, pick_rectangle
+from .feedback import ClickFeedback
+from .picking import gaussians_in_rectangle, pick_along_ray, pick_instance, pick_rectangle
 from .selection import Action, EditState, apply_action
-from .splats import SplatArrays, browser_subset, drawable, highlighted, instance_groups, splat_arrays
+from .splats import SplatArrays, browser_subset, dimmed, drawable, highlighted, instance_groups, splat_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +96,14 @@ HOTKEY_HINT = "*Hotkeys work after a click in the 3D view, not while a list or f
 
 
 @dataclass(frozen=True)
+class SplatNode:
+    """One instance's splats in the browser: the viser node and the Gaussians it holds (scene indices). [M]"""
+
+    handle: viser.GaussianSplatHandle
+    index: np.ndarray
+
+
+@dataclass(frozen=True)
 class ViewerOptions:
     """How the server presents a scene (the command line's ViewerConfig carries the same values).
 
@@ -136,14 +146,16 @@ class ViewerApp:
         centres = np.stack([pose.position for pose in self._poses.values()]) if self._poses else np.zeros((0, 3))
         self._frustum_depth = _frustum_depth(centres, self._extent)
         self._near = _near_plane(self._frustum_depth, self._extent)
-        self._nodes: dict[int, viser.GaussianSplatHandle] = {}
+        self._nodes: dict[int, SplatNode] = {}
+        self.rectangle_splits = False
+        """Whether Ctrl+drag splits (the panel's toggle) rather than selects; Alt+drag always splits."""
         self._frustums: list[viser.CameraFrustumHandle] = []
-        self._highlighted: frozenset[int] = frozenset()
         self._last_state = document.model.state  # replayed edits included
+        self._feedback = ClickFeedback(lambda: self._near)
 
         server.scene.set_up_direction("+z")
         self._set_initial_camera()
-        self._add_splat_nodes()
+        self._sync_nodes(self._last_state)
         self._add_frustums()
         # viser listens for hotkeys on the page but skips keys typed into an input, and its dropdowns and
         # text fields are inputs that keep the focus (also across a switch of browser tabs); it offers no
@@ -155,39 +167,55 @@ class ViewerApp:
         server.scene.on_click(modifier="shift")(lambda event: self._on_click(event, additive=True))
         server.scene.on_rect_select(modifier="cmd/ctrl")(lambda event: self._on_rect(event, additive=False))
         server.scene.on_rect_select(modifier="cmd/ctrl+shift")(lambda event: self._on_rect(event, additive=True))
+        server.scene.on_rect_select(modifier="alt")(lambda event: self.split_rectangle(event.client, event.screen_min, event.screen_max))
         server.on_client_connect(self._on_connect)
         server.on_client_disconnect(self._on_disconnect)
         document.model.subscribe(self._on_edit)
         self._on_edit(document.model.state)
 
     # --- scene nodes ---------------------------------------------------------------------------------
-    def _add_splat_nodes(self) -> None:
-        labels = self.document.scene.labels
-        for instance_id, index in instance_groups(labels, self._shown).items():
+    def _sync_nodes(self, state: EditState) -> set[int]:
+        """One splat node per instance of `state` (and one for unassigned Gaussians): nodes whose Gaussians
+        changed (a merge or split made, undone or discarded) are sent again, nodes of instances that no
+        longer exist removed. Returns the ids whose node was sent."""
+        groups = instance_groups(self.document.labels(state), self._shown)
+        for instance_id in set(self._nodes) - set(groups):
+            self._nodes.pop(instance_id).handle.remove()
+        sent = set()
+        for instance_id, index in groups.items():
+            node = self._nodes.get(instance_id)
+            if node is not None and np.array_equal(node.index, index):
+                continue
             splats = self._splats.take(index)
             name = "/splats/unassigned" if instance_id == 0 else f"/splats/instance_{instance_id}"
-            self._nodes[instance_id] = self.server.scene.add_gaussian_splats(
-                name, splats.centers, splats.covariances, self._node_colors(instance_id, splats, False), splats.opacities
+            handle = self.server.scene.add_gaussian_splats(  # replaces a node of the same name
+                name, splats.centers, splats.covariances, self._node_colors(instance_id, splats, state), splats.opacities,
+                visible=self._node_visible(instance_id, state),
             )
+            self._nodes[instance_id] = SplatNode(handle, index)
+            sent.add(instance_id)
+        return sent
 
-    def _node_colors(self, instance_id: int, splats: SplatArrays, selected: bool) -> np.ndarray:
-        """[M, 3] colours of one node: RGB or the instance colour of its (merged) id, highlighted if selected."""
+    def _node_colors(self, instance_id: int, splats: SplatArrays, state: EditState) -> np.ndarray:
+        """[M, 3] colours of one node: RGB or its instance colour, highlighted if selected, dimmed while
+        something else is."""
         if self.mode == "instances" and instance_id > 0:
-            color = np.asarray(instance_color(self._effective_id(instance_id)), dtype=np.float32) / 255.0
-            rgbs = np.broadcast_to(color, splats.rgbs.shape)
+            rgbs = np.broadcast_to(np.asarray(instance_color(instance_id), dtype=np.float32) / 255.0, splats.rgbs.shape)
         else:
             rgbs = splats.rgbs
-        return highlighted(rgbs) if selected else np.ascontiguousarray(rgbs)
+        if instance_id in state.selected:
+            return highlighted(rgbs)
+        return dimmed(rgbs) if state.selected else np.ascontiguousarray(rgbs)
 
-    def _effective_id(self, instance_id: int) -> int:
-        return merged_id(instance_id, self.document.model.state.merged)
-
-    def _recolor(self, instance_ids: set[int]) -> None:
-        selected = self.document.model.state.selected
-        labels = self.document.scene.labels
+    def _recolor(self, instance_ids: set[int], state: EditState) -> None:
         for instance_id in instance_ids & set(self._nodes):
-            splats = self._splats.take(self._shown[labels[self._shown] == instance_id])
-            self._nodes[instance_id].rgbs = self._node_colors(instance_id, splats, self._effective_id(instance_id) in selected)
+            node = self._nodes[instance_id]
+            node.handle.rgbs = self._node_colors(instance_id, self._splats.take(node.index), state)
+
+    def _node_visible(self, instance_id: int, state: EditState) -> bool:
+        if self.mode in SERVER_MODES:
+            return False
+        return self.document.show_unassigned if instance_id == 0 else instance_id in self.document.model.visible_instances(state)
 
     def _add_frustums(self) -> None:
         """One frustum per training camera with a usable pose, all drawn `self._frustum_depth` deep."""
@@ -269,20 +297,19 @@ class ViewerApp:
         recolor = "instances" in (mode, self.mode)
         self.mode = mode
         if recolor:
-            self._recolor(set(self._nodes))
+            self._recolor(set(self._nodes), self.document.model.state)
         self._update_visibility(self.document.model.state)
         self._request_frames()
 
     def _on_edit(self, state: EditState) -> None:
         previous, self._last_state = self._last_state, state
         selection_only = replace(state, selected=frozenset()) == replace(previous, selected=frozenset())
+        sent = self._sync_nodes(state) if state.label_edits != previous.label_edits else set()
         self._update_visibility(state)
-        changed = (state.selected ^ self._highlighted) | {absorb for _, absorb in state.merged}
-        self._highlighted = state.selected
-        absorbed = {absorb for keep, absorb in state.merged if keep in changed}
-        # nodes whose merged id changed (a merge made, undone or discarded) take their new id's colour
-        remapped = {i for i in self._nodes if merged_id(i, state.merged) != merged_id(i, previous.merged)}
-        self._recolor({i for i in self._nodes if self._effective_id(i) in changed} | absorbed | remapped)
+        # A first selection dims every other node and the last one undims them; otherwise only the nodes
+        # whose selection changed are sent again.
+        changed = set(self._nodes) if bool(state.selected) != bool(previous.selected) else state.selected ^ previous.selected
+        self._recolor(changed - sent, state)
         if selection_only:  # what is drawn is unchanged: recolour the frames instead of rendering them
             for view in self._live_views():
                 view.reselect()
@@ -296,12 +323,9 @@ class ViewerApp:
         self._request_frames()
 
     def _update_visibility(self, state: EditState) -> None:
-        visible = self.document.model.visible_instances(state)
-        in_browser = self.mode not in SERVER_MODES
         with self.server.atomic():
             for instance_id, node in self._nodes.items():
-                shown = self.document.show_unassigned if instance_id == 0 else self._effective_id(instance_id) in visible
-                node.visible = in_browser and shown
+                node.handle.visible = self._node_visible(instance_id, state)
 
     # --- tabs ----------------------------------------------------------------------------------------
     def _on_connect(self, client: viser.ClientHandle) -> None:
@@ -312,6 +336,7 @@ class ViewerApp:
         view.request()
 
     def _on_disconnect(self, client: viser.ClientHandle) -> None:
+        self._feedback.forget(client.client_id)
         with self._views_lock:
             view = self._views.pop(client.client_id, None)
         if view is not None:
@@ -348,10 +373,48 @@ class ViewerApp:
         return pick_along_ray(visible.gaussians, visible.labels, camera, screen_x * width, screen_y * height)
 
     def _on_click(self, event: viser.SceneClickEvent, additive: bool) -> None:
+        self._feedback.clicked(event.client, event.ray_origin, event.ray_direction)
         picked = self.pick(event.client, *event.screen_pos)
         self.document.model.click(picked, additive=additive)
+        self._feedback.picked(event.client, self._describe(picked) if picked else None)
+
+    def _describe(self, instance_id: int) -> str:
+        """An instance's name and size, as the click label shows them."""
+        count = self.document.instance_counts().get(instance_id, 0)
+        return f"{self.document.instance_name(instance_id)} · {count:,} Gaussians"
+
+    def split_rectangle(self, client: viser.ClientHandle, screen_min: tuple[float, float], screen_max: tuple[float, float]) -> None:
+        """Split off, as a new instance, the Gaussians of the selection (of every visible instance when
+        nothing is selected) whose centres lie inside a screen rectangle of a tab (0..1, top-left origin),
+        through every depth (`gaussians_in_rectangle`). Undoable; the tab is told what happened."""
+        state = self.document.model.state
+        width, height = int(client.camera.image_width), int(client.camera.image_height)
+        camera = camera_from_pose(client_pose(client), width, height)
+        sources = state.selected or self.document.model.visible_instances(state)
+        candidates = np.flatnonzero(np.isin(self.document.labels(state), np.fromiter(sources, dtype=np.int64)))
+        (x0, y0), (x1, y1) = screen_min, screen_max
+        inside = gaussians_in_rectangle(
+            torch.from_numpy(self._splats.centers[candidates]), camera, x0 * width, y0 * height, x1 * width, y1 * height
+        )
+        index = candidates[inside.numpy()]
+        what = "the selection" if state.selected else "the visible instances"
+        if len(index) == 0:
+            client.add_notification("Nothing split", f"no Gaussian of {what} has its centre inside the rectangle", auto_close_seconds=6.0)
+            return
+        busy = client.add_notification("Splitting", f"{len(index):,} Gaussians of {what}", loading=True, with_close_button=False)
+        try:
+            split = self.document.split(index)
+        except ValueError as error:
+            busy.title, busy.body, busy.color = "Split failed", str(error), "red"
+        else:
+            busy.title = "Split"
+            busy.body = f"{len(index):,} Gaussians are now instance {split.id}, selected (Ctrl+Z undoes)"
+        busy.loading, busy.with_close_button, busy.auto_close_seconds = False, True, 8.0
 
     def _on_rect(self, event: viser.SceneRectSelectEvent, additive: bool) -> None:
+        if self.rectangle_splits and not additive:
+            self.split_rectangle(event.client, event.screen_min, event.screen_max)
+            return
         view = self.live_view(event.client.client_id)
         if view is None:
             return
@@ -520,10 +583,3 @@ def behind_frustum(pose: BrowserPose, depth: float) -> np.ndarray:
     forward = vtf.SO3(np.asarray(pose.wxyz, dtype=np.float64)).as_matrix()[:, 2]
     return np.asarray(pose.position, dtype=np.float64) - BEHIND_FRUSTUM * depth * forward
 
-
-def merged_id(instance_id: int, merged: tuple[tuple[int, int], ...]) -> int:
-    """The id an instance carries after `merged` (absorbed ids follow their keep, chains included)."""
-    for keep, absorb in merged:
-        if instance_id == absorb:
-            instance_id = keep
-    return instance_id

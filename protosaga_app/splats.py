@@ -21,6 +21,9 @@ HIGHLIGHT_RGB = np.array([1.0, 0.85, 0.1], dtype=np.float32)
 HIGHLIGHT_MIX = 0.55
 """Share of the highlight colour in a selected splat: enough to stand out on any texture, little enough
 that the object stays recognisable."""
+DIMMED = 0.3
+"""Brightness of the splats that are not selected while something is: the selection stands out, as in
+SuperSplat, and the rest stays recognisable around it."""
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 """viser sends covariances as float16: a larger entry arrives as inf and makes the splat's footprint NaN."""
 
@@ -132,3 +135,8 @@ def instance_groups(labels: np.ndarray, index: np.ndarray | None = None) -> dict
 def highlighted(rgbs: np.ndarray) -> np.ndarray:
     """Colours of selected splats: mixed towards the highlight colour. [M, 3] -> [M, 3]"""
     return (1.0 - HIGHLIGHT_MIX) * rgbs + HIGHLIGHT_MIX * HIGHLIGHT_RGB
+
+
+def dimmed(rgbs: np.ndarray) -> np.ndarray:
+    """Colours of the splats around a selection: darkened. [M, 3] -> [M, 3]"""
+    return DIMMED * np.asarray(rgbs, dtype=np.float32)

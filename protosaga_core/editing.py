@@ -1,7 +1,8 @@
 """Editing a segmented scene without a viewer: exporting instances and merging labels.
 
 `protosaga export SCENE --instances 3,7 -o obj.ply` and the viewer's export button both end in
-`export_instances`; the viewer's merge and the model behind its undo stack use `merge_labels`.
+`export_instances`. The viewer's merges and splits are `label_edits`; `Edit` is how they (and deletions and
+hiding) are written down.
 
 Exports are plain INRIA PLYs (DESIGN §7: they open in SuperSplat and the INRIA viewer); the only extra
 column ever written is `instance`, and only on request. Beside each PLY lies its record (same stem,
@@ -27,6 +28,7 @@ import tyro
 
 from .atomic import atomic_write_bytes
 from .gaussians import Gaussians
+from .label_edits import LabelEdit, Merge, Split
 from .outputs import check_output_file
 from .ply import write_ply
 from .scene_dir import SceneDir, SceneDirError
@@ -44,7 +46,7 @@ class ExportError(ValueError):
     """An export that cannot be done as asked (unknown ids, nothing selected)."""
 
 
-EditOp = Literal["merge", "delete", "hide"]
+EditOp = Literal["merge", "split", "delete", "hide"]
 
 
 @dataclass(frozen=True)
@@ -80,16 +82,35 @@ class Edit:
 
     Attributes:
         op: "merge": the Gaussians of instance ids[1] join instance ids[0], and ids[1] ceases to exist;
+            "split": the Gaussians `gaussians` form the new instance ids[0];
             "delete" / "hide": the instances `ids` are deleted / hidden.
-        ids: instance ids (> 0): (keep, absorb) for a merge.
+        ids: instance ids (> 0): (keep, absorb) for a merge, (new id,) for a split.
+        gaussians: a split's Gaussian indices, sorted; () for the other edits.
     """
 
     op: EditOp
     ids: tuple[int, ...]
+    gaussians: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, edit: LabelEdit) -> "Edit":
+        if isinstance(edit, Merge):
+            return cls("merge", (edit.keep, edit.absorb))
+        return cls("split", (edit.id,), tuple(edit.index.tolist()))
+
+    def label_edit(self) -> LabelEdit:
+        """The merge or split this edit writes down."""
+        if self.op == "merge":
+            return Merge(*self.ids)
+        if self.op == "split":
+            return Split.of(self.ids[0], np.asarray(self.gaussians, dtype=np.int64))
+        raise ValueError(f"a {self.op} edit changes no label")
 
     def to_json(self) -> dict[str, Any]:
         if self.op == "merge":
             return {"op": "merge", "keep": self.ids[0], "absorb": self.ids[1]}
+        if self.op == "split":
+            return {"op": "split", "id": self.ids[0], "gaussians": list(self.gaussians)}
         return {"op": self.op, "ids": list(self.ids)}
 
     @classmethod
@@ -97,16 +118,22 @@ class Edit:
         """The inverse of `to_json`; raises ValueError saying what is malformed."""
         op = raw.get("op") if isinstance(raw, dict) else None
         ids: tuple[Any, ...] = ()
+        gaussians: tuple[Any, ...] = ()
         if op == "merge" and set(raw) == {"op", "keep", "absorb"}:
             ids = (raw["keep"], raw["absorb"])
+        elif op == "split" and set(raw) == {"op", "id", "gaussians"} and isinstance(raw["gaussians"], list):
+            ids, gaussians = (raw["id"],), tuple(raw["gaussians"])
+            if not gaussians or not all(_is_count(i) for i in gaussians) or list(gaussians) != sorted(set(gaussians)):
+                raise ValueError(f'malformed edit {_short(raw)}: a split\'s "gaussians" must be increasing Gaussian indices')
         elif op in ("delete", "hide") and set(raw) == {"op", "ids"} and isinstance(raw["ids"], list):
             ids = tuple(raw["ids"])
         if not ids or not all(_is_count(i) and i > 0 for i in ids) or len(set(ids)) != len(ids):
             raise ValueError(
-                f'malformed edit {_short(raw)}: expected {{"op": "merge", "keep": id, "absorb": another id}} or '
+                f'malformed edit {_short(raw)}: expected {{"op": "merge", "keep": id, "absorb": another id}}, '
+                f'{{"op": "split", "id": new id, "gaussians": [indices]}} or '
                 f'{{"op": "delete" or "hide", "ids": [distinct ids]}}, ids being positive integers'
             )
-        return cls(op, ids)
+        return cls(op, ids, gaussians)
 
 
 @dataclass(frozen=True)
@@ -117,8 +144,8 @@ class ExportSource:
         scene: the trained scene directory (absolute, so that the record still finds it elsewhere).
         labels: its computed per-Gaussian labels; None where it has none yet (before `protosaga prototypes`).
         names: instance names by id (the instance table of scene.json).
-        edits: the viewer's edits in the labels handed to the export: merges and, for a whole-scene
-            export, deletions (hiding changes no export); () for none.
+        edits: the viewer's edits in the labels handed to the export: merges, splits and, for a
+            whole-scene export, deletions (hiding changes no export); () for none.
     """
 
     scene: Path
@@ -404,11 +431,3 @@ def _short(value: object) -> str:
     """A value from a malformed file, cut short for an error message."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def merge_labels(labels: np.ndarray, keep: int, absorb: int) -> np.ndarray:
-    """Instance `absorb` becomes part of `keep`: a relabelled copy of labels [N] (the input is untouched)."""
-    if keep == absorb or keep <= 0 or absorb <= 0:
-        raise ValueError(f"merge needs two different positive instance ids, got {keep} and {absorb}")
-    labels = np.asarray(labels)
-    return np.where(labels == absorb, np.asarray(keep, dtype=labels.dtype), labels)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from .atomic import atomic_open
 from .datasets.scene import Scene, View
 from .gaussians import Gaussians
+from .label_edits import ViewSums
 from .labelmaps import load_label_map
 from .lifting import fill_from_neighbours, labels_from_votes, lift_votes
 from .render import render
@@ -153,16 +154,7 @@ def view_prototypes(features: Tensor, consistent_mask: Tensor) -> tuple[Tensor, 
         prototypes: v_k(t) for each id. [T_k, D]
         pixel_counts: |R'_k(t)|. [T_k] int64
     """
-    if features.ndim != 3 or consistent_mask.shape != features.shape[:2]:
-        raise ValueError(
-            f"features must be [H, W, D] and the mask [H, W]; got {list(features.shape)} and {list(consistent_mask.shape)}"
-        )
-    labels = consistent_mask.reshape(-1).to(device=features.device, dtype=torch.int64)
-    flat = features.reshape(-1, features.shape[-1])
-    inside = labels > 0
-    ids, rows, counts = torch.unique(labels[inside], return_inverse=True, return_counts=True)
-    sums = flat.new_zeros(len(ids), flat.shape[1]).index_add_(0, rows, flat[inside])
-    return ids, sums / counts[:, None].to(sums.dtype), counts
+    return ViewSums.of(features, consistent_mask).prototypes()
 
 
 def ensemble_prototypes(view_ids: Sequence[Tensor], view_vectors: Sequence[Tensor]) -> Prototypes:
@@ -182,32 +174,6 @@ def ensemble_prototypes(view_ids: Sequence[Tensor], view_vectors: Sequence[Tenso
     ids, rows, num_views = torch.unique(all_ids, return_inverse=True, return_counts=True)
     sums = all_vectors.new_zeros(len(ids), all_vectors.shape[1]).index_add_(0, rows, all_vectors)
     return Prototypes(ids, (sums / num_views[:, None].to(sums.dtype)).float(), num_views)
-
-
-def merge_view_prototypes(
-    view_ids: Tensor, view_vectors: Tensor, pixel_counts: Tensor, merges: Sequence[tuple[int, int]]
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Eq. 17 for one view after merging instances, from that view's unmerged prototypes, without rendering.
-
-    The consistent masks of two instances never overlap, so the mean feature over the union of their
-    pixels is the pixel-count-weighted mean of their two prototypes: exactly what Eq. 17 gives on the
-    merged mask.
-
-    Args:
-        view_ids, view_vectors, pixel_counts: `view_prototypes` of the view. [T_k], [T_k, D], [T_k]
-        merges: (keep, absorb) pairs applied in order; `absorb` becomes `keep`.
-
-    Returns:
-        The view's ids, prototypes and pixel counts after the merges, ids sorted.
-    """
-    ids = view_ids.to(torch.int64).clone()
-    for keep, absorb in merges:
-        ids[ids == absorb] = keep
-    merged, rows = torch.unique(ids, return_inverse=True)
-    counts = pixel_counts.new_zeros(len(merged)).index_add_(0, rows, pixel_counts)
-    weighted = view_vectors * pixel_counts[:, None].to(view_vectors.dtype)
-    sums = view_vectors.new_zeros(len(merged), view_vectors.shape[1]).index_add_(0, rows, weighted)
-    return merged, sums / counts[:, None].clamp_min(1).to(sums.dtype), counts
 
 
 def cosine_logits(features: Tensor, vectors: Tensor, temperature: float = DEFAULT_TEMPERATURE) -> Tensor:

@@ -1,4 +1,4 @@
-"""The edited scene: what is on screen, prototypes after merges (Eq. 17-18 exactly), export."""
+"""The edited scene: what is on screen, prototypes after merges and splits (Eq. 17-18 exactly), export."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,6 @@ import torch
 
 from protosaga_app.document import SceneDocument
 from protosaga_app.scene import ViewerScene
-from protosaga_core.editing import merge_labels
 from protosaga_core.lifting import render_label_maps
 from protosaga_core.ply import read_ply
 from protosaga_core.prototypes import ensemble_prototypes, read_consistent_mask, render_features, view_prototypes
@@ -52,7 +51,7 @@ def test_merged_prototypes_equal_eq_17_18_on_the_merged_masks(document):
     views = scene.dataset.split("train")
     gaussians = scene.gaussians
     per_view = [
-        view_prototypes(features, torch.from_numpy(merge_labels(read_consistent_mask(scene.scene_dir, view).numpy(), a, b)))
+        view_prototypes(features, relabelled(read_consistent_mask(scene.scene_dir, view), b, a))
         for view, features in render_features(gaussians, scene.dataset, views, progress=False)
     ]
     expected = ensemble_prototypes([p[0] for p in per_view], [p[1] for p in per_view])
@@ -65,6 +64,61 @@ def test_merged_prototypes_equal_eq_17_18_on_the_merged_masks(document):
     document.model.undo()
     assert document.prototypes() is scene.prototypes
     np.testing.assert_array_equal(document.labels(), scene.labels)
+
+
+def relabelled(mask: torch.Tensor, old: int, new: int) -> torch.Tensor:
+    return torch.where(mask == old, new, mask)
+
+
+def test_split_prototypes_and_labels_equal_a_full_recomputation(document):
+    """Merge two instances, split the merged one along x, and merge another instance into the split-off
+    part: prototypes, labels and the inspector's masks equal Eq. 17-18 recomputed from scratch (every view
+    rendered again, the edited masks rebuilt from the rendered labels)."""
+    scene, model = document.scene, document.model
+    counts = np.bincount(scene.labels)
+    counts[0] = 0
+    a, b, c = (int(i) for i in np.argsort(-counts)[:3])
+    document.merge(a, b)
+    members = np.flatnonzero(document.labels() == a)
+    x = scene.gaussians.means[members, 0].numpy()
+    part = members[x < np.median(x)]  # one side of the merged instance
+    split = document.split(part)
+    assert model.state.selected == {split.id} and split.id == max(model.instances) + 1
+    after_split = model.state
+    document.merge(split.id, c)
+
+    labels = document.labels()
+    expected_labels = np.where(np.isin(scene.labels, [a, b]), a, scene.labels)
+    expected_labels[part] = split.id
+    expected_labels[expected_labels == c] = split.id
+    np.testing.assert_array_equal(labels, expected_labels)
+
+    views = scene.dataset.split("train")
+    split_labels = torch.from_numpy(document.labels(after_split))
+    ids = torch.unique(split_labels[split_labels > 0])
+    per_view, moved_pixels = [], 0
+    for view, features in render_features(scene.gaussians, scene.dataset, views, progress=False):
+        mask = relabelled(read_consistent_mask(scene.scene_dir, view), b, a)
+        rendered = render_label_maps(scene.gaussians, view.cameras, split_labels, ids)[0]
+        region = (rendered == split.id) & (mask == a)
+        moved_pixels += int(region.sum())
+        mask = relabelled(torch.where(region, split.id, mask), c, split.id)
+        np.testing.assert_array_equal(document.consistent_mask(view).numpy(), mask.numpy())
+        per_view.append(view_prototypes(features, mask))
+    expected = ensemble_prototypes([p[0] for p in per_view], [p[1] for p in per_view])
+    assert moved_pixels > 0
+    got = document.prototypes()
+    torch.testing.assert_close(got.ids, expected.ids)
+    torch.testing.assert_close(got.num_views, expected.num_views)
+    torch.testing.assert_close(got.vectors, expected.vectors, atol=1e-5, rtol=1e-4)
+    assert {a, split.id} <= set(got.ids.tolist()) and not {b, c} & set(got.ids.tolist())
+
+    model.undo()  # the second merge
+    model.undo()  # the split
+    assert model.state.label_edits == after_split.label_edits[:1]
+    np.testing.assert_array_equal(document.labels(), np.where(scene.labels == b, a, scene.labels))
+    with pytest.raises(ValueError, match="nothing to split off"):
+        document.split(np.flatnonzero(document.labels() == a))
 
 
 def test_export_selection_and_edited_scene(document):

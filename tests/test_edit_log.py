@@ -16,6 +16,7 @@ from protosaga_app.scene import ViewerScene
 from protosaga_app.selection import EditModel, EditState, apply_action
 from protosaga_app.viewer import ViewerConfig, serve
 from protosaga_core.editing import Edit, ExportConfig, LabelsFingerprint
+from protosaga_core.label_edits import Merge, Split
 from protosaga_core.ply import read_ply
 
 from viser_client import ViserTestClient, free_port, until
@@ -56,35 +57,47 @@ def test_every_state_of_a_session_is_rebuilt_by_replaying_its_edits():
     model.merge(1, 5)
     model.click(6)
     model.delete_selected()
-    model.click(7)
-    model.isolate_selected()  # hides every live instance but 7, 1 (the merge of 1, 2, 5) among them
+    model.split(Split.of(model.new_instance_id(), [40, 3, 17]))  # instance 9, selected
+    model.merge(9, 7)
+    model.click(9)
+    model.isolate_selected()  # hides every live instance but 9, 1 (the merge of 1, 2, 5) among them
     model.undo()
     model.redo()
     model.discard_edits()
     model.undo()
-    assert model.state.merged == ((1, 2), (1, 5)) and model.state.deleted == {6} and model.state.hidden == {1, 3, 4, 8}
+    assert model.state.label_edits == (Merge(1, 2), Merge(1, 5), Split.of(9, [3, 17, 40]), Merge(9, 7))
+    assert model.state.deleted == {6} and model.state.hidden == {1, 3, 4, 8}
     for state in states:
         edits = edits_of(state)
         assert [Edit.from_json(json.loads(json.dumps(edit.to_json()))) for edit in edits] == list(edits)
-        assert replay(edits, INSTANCES) == state.edits_only()
+        assert replay(edits, INSTANCES, num_gaussians=41) == state.edits_only()
     assert [edit.to_json() for edit in edits_of(model.state)] == [
         {"op": "merge", "keep": 1, "absorb": 2},
         {"op": "merge", "keep": 1, "absorb": 5},
+        {"op": "split", "id": 9, "gaussians": [3, 17, 40]},
+        {"op": "merge", "keep": 9, "absorb": 7},
         {"op": "delete", "ids": [6]},
         {"op": "hide", "ids": [1, 3, 4, 8]},
     ]
-    assert describe(model.state) == "2 merges, 1 deleted, 4 hidden" and describe(EditState()) == "none"
+    assert describe(model.state) == "3 merges, 1 split, 1 deleted, 4 hidden" and describe(EditState()) == "none"
 
 
 def test_replay_refuses_what_the_edit_model_would_not_do():
     with pytest.raises(ValueError, match="edit 1 .*no instance 99"):
-        replay([Edit("delete", (3, 99))], INSTANCES)
+        replay([Edit("delete", (3, 99))], INSTANCES, 100)
     with pytest.raises(ValueError, match="edit 2 .*instance 2 is merged away"):
-        replay([Edit("merge", (1, 2)), Edit("merge", (3, 2))], INSTANCES)
+        replay([Edit("merge", (1, 2)), Edit("merge", (3, 2))], INSTANCES, 100)
     with pytest.raises(ValueError, match="edit 2 .*instance 4"):
-        replay([Edit("hide", (4,)), Edit("delete", (4,))], INSTANCES)  # only visible instances can be deleted
+        replay([Edit("hide", (4,)), Edit("delete", (4,))], INSTANCES, 100)  # only visible instances can be deleted
     with pytest.raises(ValueError, match="edit 2 .*instance 4"):
-        replay([Edit("delete", (4,)), Edit("hide", (4,))], INSTANCES)
+        replay([Edit("delete", (4,)), Edit("hide", (4,))], INSTANCES, 100)
+    with pytest.raises(ValueError, match="edit 1 .*makes instance 9, not 12"):
+        replay([Edit("split", (12,), (1, 2))], INSTANCES, 100)  # ids of splits are the model's
+    with pytest.raises(ValueError, match="edit 1 .*Gaussian 100 is beyond the scene's 100"):
+        replay([Edit("split", (9,), (1, 100))], INSTANCES, 100)
+    with pytest.raises(ValueError, match="edit 2 .*no instance 10"):
+        replay([Edit("split", (9,), (1, 2)), Edit("merge", (9, 10))], INSTANCES, 100)
+    assert replay([Edit("split", (9,), (1, 2)), Edit("merge", (9, 8))], INSTANCES, 100).live(INSTANCES) == set(range(1, 8)) | {9}
     for malformed in (
         {"op": "merge", "keep": 1, "absorb": 1},
         {"op": "merge", "keep": 1},
@@ -93,6 +106,11 @@ def test_replay_refuses_what_the_edit_model_would_not_do():
         {"op": "hide", "ids": [0]},
         {"op": "hide", "ids": [True]},
         {"op": "hide", "ids": [[1]]},
+        {"op": "split", "id": 9},
+        {"op": "split", "id": 0, "gaussians": [1]},
+        {"op": "split", "id": 9, "gaussians": "1,2"},
+        {"op": "split", "id": 9, "gaussians": [2, 1]},
+        {"op": "split", "id": 9, "gaussians": []},
         {"op": "hide", "ids": [2.0]},
         {"op": "explode", "ids": [1]},
         [1, 2],
@@ -130,7 +148,7 @@ def test_an_edit_sequence_is_saved_and_a_fresh_document_replays_it_exactly(train
     model.show_all()
     assert saved_state(document) == model.state.edits_only()
     model.undo()  # c hidden again
-    assert model.state.edits_only() == EditState(hidden=frozenset({c}), deleted=frozenset({d}), merged=((a, b),))
+    assert model.state.edits_only() == EditState(hidden=frozenset({c}), deleted=frozenset({d}), label_edits=(Merge(a, b),))
     assert saved_state(document) == model.state.edits_only()
     raw = json.loads(log.path.read_text())
     assert raw["format"] == "protosaga-edits" and raw["version"] == 1
@@ -240,7 +258,7 @@ def test_merges_that_cannot_be_recomputed_are_set_aside(trained_scene, caplog):
     with caplog.at_level(logging.WARNING):
         document = SceneDocument(scene, torch.device("cpu"))
     assert document.model.state == EditState()
-    assert "its merges cannot be replayed" in document.edit_log.notice
+    assert "its merges and splits cannot be replayed" in document.edit_log.notice
     assert next(trained_scene.glob("edits.set-aside-*.json")).read_bytes() == data
 
 

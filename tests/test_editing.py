@@ -10,7 +10,6 @@ from protosaga_core.editing import (
     ExportConfig,
     ExportError,
     export_instances,
-    merge_labels,
     parse_instance_ids,
     safe_export_name,
 )
@@ -130,13 +129,3 @@ def test_parse_instance_ids():
     for bad in (["a"], ["3,0"], ["-2"]):
         with pytest.raises(ValueError):
             parse_instance_ids(bad)
-
-
-def test_merge_labels_is_pure():
-    labels = np.array([0, 3, 7, 7, 3])
-    merged = merge_labels(labels, keep=3, absorb=7)
-    assert merged.tolist() == [0, 3, 3, 3, 3] and labels.tolist() == [0, 3, 7, 7, 3]
-    assert merged.dtype == labels.dtype
-    for keep, absorb in [(3, 3), (0, 7), (3, -1)]:
-        with pytest.raises(ValueError):
-            merge_labels(labels, keep, absorb)

@@ -116,7 +116,7 @@ def test_merge_and_undo_and_the_edited_scene():
     model.undo()
     assert model.state.kept(labels).all()
     model.undo()
-    assert model.state.merged == () and model.visible_instances() == {1, 2, 3, 4}
+    assert model.state.label_edits == () and model.visible_instances() == {1, 2, 3, 4}
     assert model.state.effective_labels(labels).tolist() == labels.tolist()
 
 

@@ -10,6 +10,7 @@ import torch
 
 from protosaga_app.browser_camera import camera_from_pose, pose_from_camera
 from protosaga_app.viewer import ViewerConfig, main, serve
+from protosaga_core.label_edits import Merge
 from protosaga_core.ply import read_ply
 from protosaga_core.render import render
 
@@ -71,6 +72,11 @@ def test_click_isolate_undo_and_a_second_tab_share_one_state(app):
     instance, x, y = dominant_instance_pixel(app, view)
     click(first, x, y)
     until(lambda: app.document.model.state.selected == frozenset({instance}))
+    # The click is acknowledged where it was made, then named there with its size; the other nodes dim.
+    first.wait_for(lambda m: m.get("name") == "/click/mark")
+    count = int((app.document.labels() == instance).sum())
+    label = first.wait_for(lambda m: m.get("name") == "/click/label" and f"{count:,} Gaussians" in str(m.get("props", {}).get("text")))
+    assert label["props"]["text"].startswith(app.document.instance_name(instance))
 
     second = connect(app, view)
     second.wait_for(lambda m: f"{instance}: " in m.get("props", {}).get("_markdown", "") or f"{instance}: " in str(m.get("updates", {})))
@@ -88,6 +94,58 @@ def test_click_isolate_undo_and_a_second_tab_share_one_state(app):
     assert app.document.model.state.selected == frozenset({instance})
     first.close()
     second.close()
+
+
+def rectangle(client: ViserTestClient, corner0: tuple[float, float], corner1: tuple[float, float], modifier: str) -> None:
+    client.send(
+        "ScenePointerMessage", event_type="rect-select", ray_origin=None, ray_direction=None,
+        screen_pos=(corner0, corner1), modifier=modifier,
+    )
+
+
+def centres_inside(app, view, members: np.ndarray, corner0, corner1) -> np.ndarray:
+    """The Gaussians among `members` whose centres project inside a screen rectangle of `view`'s camera at
+    WIDTH x HEIGHT, in front of it (pinhole arithmetic in numpy, apart from the viewer's code)."""
+    camera = camera_from_pose(pose_from_camera(view.viewmat, view.K, view.width, view.height), WIDTH, HEIGHT)
+    viewmat, K = camera.viewmats[0].double().numpy(), camera.Ks[0].double().numpy()
+    local = app.document.scene.gaussians.means[members].double().numpy() @ viewmat[:3, :3].T + viewmat[:3, 3]
+    u = np.floor(K[0, 0] * local[:, 0] / local[:, 2] + K[0, 2])
+    v = np.floor(K[1, 1] * local[:, 1] / local[:, 2] + K[1, 2])
+    (x0, y0), (x1, y1) = corner0, corner1
+    inside = (local[:, 2] > 0.01) & (u >= np.floor(x0 * WIDTH)) & (u <= np.floor(x1 * WIDTH))
+    inside &= (v >= np.floor(y0 * HEIGHT)) & (v <= np.floor(y1 * HEIGHT)) & (u < WIDTH) & (v < HEIGHT)
+    return members[inside]
+
+
+def test_alt_drag_splits_the_selection_into_a_new_instance_and_undo_joins_it_again(app):
+    view = app.document.scene.training_views()[0]
+    client = connect(app, view)
+    instance, x, y = dominant_instance_pixel(app, view)
+    app.document.model.click(instance)
+    corner0, corner1 = (max(x - 0.15, 0.0), max(y - 0.15, 0.0)), (x + 0.02, y + 0.02)
+    expected = centres_inside(app, view, np.flatnonzero(app.document.labels() == instance), corner0, corner1)
+    assert 0 < len(expected) < int((app.document.labels() == instance).sum())
+    start = len(client.messages)
+    rectangle(client, corner0, corner1, "alt")
+    until(lambda: len(app.document.model.state.label_edits) == 1)
+    split = app.document.model.state.label_edits[0]
+    np.testing.assert_array_equal(split.index, expected)
+    assert app.document.model.state.selected == {split.id}
+    np.testing.assert_array_equal(np.flatnonzero(app.document.labels() == split.id), expected)
+    assert split.id in app.document.prototypes().ids.tolist()
+    # The tab gets the new instance's node and is told the split happened.
+    client.wait_for(lambda m: m.get("name") == f"/splats/instance_{split.id}", start=start)
+    client.wait_for(lambda m: "are now instance" in str(m), start=start)
+    client.trigger_command("Undo", "Z")
+    until(lambda: app.document.model.state.label_edits == ())
+    client.wait_for(lambda m: m["type"] == "RemoveSceneNodeMessage" and m["name"] == f"/splats/instance_{split.id}", start=start)
+    assert app.document.model.state.selected == {instance}
+    # The panel's toggle makes Ctrl+drag split too.
+    client.set_value("Ctrl+drag splits", True)
+    until(lambda: app.rectangle_splits)
+    rectangle(client, corner0, corner1, "cmd/ctrl")
+    until(lambda: len(app.document.model.state.label_edits) == 1)
+    client.close()
 
 
 def test_segmentation_mode_sends_frames_and_clicks_read_the_label_map(app):
@@ -149,10 +207,10 @@ def test_inspector_shows_a_view_and_merging_from_it_is_undoable(app):
     keep, absorb = (int(i) for i in np.argsort(-counts)[:2])
     app.document.model.select_many([keep, absorb])
     client.click_button("Merge the two selected instances")
-    until(lambda: app.document.model.state.merged == ((keep, absorb),))
+    until(lambda: app.document.model.state.label_edits == (Merge(keep, absorb),))
     assert absorb not in app.document.prototypes().ids.tolist()
     assert not (app.document.labels() == absorb).any()
     client.trigger_command("Undo", "Z")
-    until(lambda: app.document.model.state.merged == ())
+    until(lambda: app.document.model.state.label_edits == ())
     assert absorb in app.document.prototypes().ids.tolist()
     client.close()

@@ -1,5 +1,6 @@
 """What a tab shows where the user clicked: at once a dot (the click arrived; orange while the server picks
-and edits), then the picked instance's name and size beside it.
+and edits), then the picked instance's name and size beside it, until a merge or split changes what it
+says or the selection is cleared.
 
 viser reports clicks but not the cursor's movement, so the instance is named where it was clicked, not
 where the cursor hovers. The dot is drawn a fixed, short distance along the click's ray, with a radius in
@@ -68,6 +69,16 @@ class ClickFeedback:
             if self._marks.get(client.client_id) is entry:
                 self._marks[client.client_id] = (position, mark, label)
             elif label is not None:  # a newer click took over meanwhile
+                label.remove()
+
+    def clear(self) -> None:
+        """Remove every tab's mark and label: an edit changed what they described (a merge or split, or
+        the selection was cleared)."""
+        with self._lock:
+            entries, self._marks = list(self._marks.values()), {}
+        for _, mark, label in entries:
+            mark.remove()
+            if label is not None:
                 label.remove()
 
     def forget(self, client_id: int) -> None:

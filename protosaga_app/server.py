@@ -305,6 +305,8 @@ class ViewerApp:
         previous, self._last_state = self._last_state, state
         selection_only = replace(state, selected=frozenset()) == replace(previous, selected=frozenset())
         sent = self._sync_nodes(state) if state.label_edits != previous.label_edits else set()
+        if sent or (previous.selected and not state.selected):
+            self._feedback.clear()
         self._update_visibility(state)
         # A first selection dims every other node and the last one undims them; otherwise only the nodes
         # whose selection changed are sent again.

@@ -1,14 +1,17 @@
-"""End to end in a real headless Chromium: open a scene, click an object, isolate it, export it.
+"""End to end in a real headless Chromium: open a scene, click an object, isolate it, export it; see the
+highlight, split an object and undo, jump to a training view, and find the edits after a restart.
 
 Needs Debian's `chromium` and the `playwright` package (`.ci/run` installs both); the scene stays under
 5k splats because Chromium draws WebGL in software here. Set PROTOSAGA_SCREENSHOT=path.png and
 PROTOSAGA_SCREENSHOT_ISOLATED=path.png to keep screenshots of the viewer with the object selected and
-isolated (the README's pictures come from this test), and
-PROTOSAGA_E2E_SCENE=dir to run on another trained scene (e.g. the full demo) instead of the quick one.
+isolated, PROTOSAGA_SCREENSHOTS=dir for the editing sequence (select, isolate, split, merge: the README's
+pictures come from these), PROTOSAGA_E2E_SCENE=dir to run on another trained scene (e.g. the full demo)
+instead of the quick one, and PROTOSAGA_E2E_MAX_SPLATS=n to draw more than 5k splats.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from pathlib import Path
@@ -16,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from protosaga_app.browser_camera import camera_from_pose
 from protosaga_app.live_view import client_pose
 from protosaga_app.viewer import ViewerConfig, serve
+from protosaga_core.label_edits import Merge, Split
 from protosaga_core.ply import read_ply
 from protosaga_core.render import render
 from viser_client import free_port, until
@@ -34,7 +39,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync",
 ]
 VIEWPORT = {"width": 1000, "height": 700}
-MAX_BROWSER_SPLATS = 5000
+MAX_BROWSER_SPLATS = int(os.environ.get("PROTOSAGA_E2E_MAX_SPLATS", 5000))
+"""Splats sent to the browser: few, since it draws them in software here (screenshots may ask for more)."""
 
 
 @pytest.fixture()
@@ -53,11 +59,9 @@ def page(tmp_path):
         browser.close()
 
 
-def target_pixel(app, client) -> tuple[int, float, float]:
-    """An object and a viewport pixel where it contributes most, found with the rasterizer alone (one-hot
-    instance channels), independent of the picking code. The object is the largest one that does not
-    touch the image border (walls and floors do), inside a region away from the GUI panel (right) and
-    notifications (top-left)."""
+def instance_weights(app, client) -> torch.Tensor:
+    """Each visible instance's rendered weight at every pixel of the tab's canvas, from the rasterizer alone
+    (one-hot instance channels), independent of the picking code; channel 0 (unassigned) zeroed. [H, W, T+1]"""
     width, height = int(client.camera.image_width), int(client.camera.image_height)
     visible = app.document.visible()
     one_hot = torch.nn.functional.one_hot(torch.from_numpy(visible.labels), int(visible.labels.max()) + 1).float()
@@ -66,10 +70,26 @@ def target_pixel(app, client) -> tuple[int, float, float]:
             visible.gaussians, camera_from_pose(client_pose(client), width, height), rgb=False, extras=one_hot
         ).extras[0]
     weights[..., 0] = 0.0
-    best, owner = weights.max(-1)
-    owner = torch.where(best > 0.5, owner, torch.zeros_like(owner))
+    return weights
+
+
+def free_region(height: int, width: int) -> torch.Tensor:
+    """Canvas pixels away from the GUI panel (right) and notifications (top-left). [H, W] bool"""
     allowed = torch.zeros(height, width, dtype=torch.bool)
     allowed[int(0.3 * height) : int(0.95 * height), int(0.05 * width) : int(0.6 * width)] = True
+    return allowed
+
+
+def target_pixel(app, client) -> tuple[int, float, float]:
+    """An object and a viewport pixel where it contributes most, found with the rasterizer alone (one-hot
+    instance channels), independent of the picking code. The object is the largest one that does not
+    touch the image border (walls and floors do), inside a region away from the GUI panel (right) and
+    notifications (top-left)."""
+    weights = instance_weights(app, client)
+    height, width = weights.shape[:2]
+    best, owner = weights.max(-1)
+    owner = torch.where(best > 0.5, owner, torch.zeros_like(owner))
+    allowed = free_region(height, width)
     border = set(torch.cat([owner[0], owner[-1], owner[:, 0], owner[:, -1]]).tolist()) | {0}
     ids, counts = torch.unique(owner[allowed], return_counts=True)
     inside = [(int(c), int(i)) for i, c in zip(ids, counts) if int(i) not in border]
@@ -79,6 +99,45 @@ def target_pixel(app, client) -> tuple[int, float, float]:
     return chosen, column + 0.5, row + 0.5
 
 
+def open_viewer(page, app):
+    """Open the viewer in the page; returns the server's handle of that tab once it drew its splats."""
+    page.goto(f"http://127.0.0.1:{app.server.get_port()}")
+    until(timeout=60.0, condition=lambda: any(c.camera.update_timestamp > 0 for c in app.server.get_clients().values()))
+    page.get_by_text("Selection:").wait_for()
+    page.wait_for_timeout(1500)  # let the splats arrive and draw once
+    return next(iter(app.server.get_clients().values()))
+
+
+def on_page(page, client, x: float, y: float) -> tuple[float, float]:
+    """Page coordinates of the canvas pixel (x, y) of the tab's camera."""
+    box = page.locator("canvas").first.bounding_box()
+    return box["x"] + x * box["width"] / client.camera.image_width, box["y"] + y * box["height"] / client.camera.image_height
+
+
+def canvas_image(page, client) -> np.ndarray:
+    """A screenshot of the 3D canvas at the tab's camera resolution. [H, W, 3] float32 in [0, 1]"""
+    box = page.locator("canvas").first.bounding_box()
+    image = Image.open(io.BytesIO(page.screenshot(clip=box))).convert("RGB")
+    size = (int(client.camera.image_width), int(client.camera.image_height))
+    return np.asarray(image.resize(size, Image.NEAREST), dtype=np.float32) / 255.0
+
+
+def keep_screenshot(page, name: str) -> None:
+    """Save a screenshot of the page under PROTOSAGA_SCREENSHOTS, if set."""
+    if os.environ.get("PROTOSAGA_SCREENSHOTS"):
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(Path(os.environ["PROTOSAGA_SCREENSHOTS"]) / name))
+
+
+HIGHLIGHT_COVERS = 0.8
+"""Share of the selected object's pixels whose colour the highlight must visibly change."""
+DIMMED = 0.75
+"""The other objects' pixels must keep at most this share of their brightness (median) while something is
+selected: splats are drawn at 0.3 of it (`splats.DIMMED`), but the browser composites translucent ones over
+its white background, which no dimming darkens (0.6 measured on the demo scene)."""
+VISIBLE_FROM_TRAINING_VIEW = 0.3
+"""Share of the free part of the canvas that must change when every splat is hidden, after a jump to a
+training view: the splats are seen, not hidden behind the frustum's photo."""
 ISOLATED_INSIDE_GT = 0.8
 """Share of an isolated object's rendered opacity that must fall inside one GT object's mask."""
 OCCLUSION_MARGIN = 0.1
@@ -110,15 +169,9 @@ def isolated_share_inside_gt(app) -> tuple[int, float]:
 def test_click_isolate_and_export_in_a_real_browser(scene, page, tmp_path):
     app = serve(ViewerConfig(scene, port=free_port(), open_browser=False, max_splats=MAX_BROWSER_SPLATS))
     try:
-        page.goto(f"http://127.0.0.1:{app.server.get_port()}")
-        until(timeout=60.0, condition=lambda: any(c.camera.update_timestamp > 0 for c in app.server.get_clients().values()))
-        client = next(iter(app.server.get_clients().values()))
-        page.get_by_text("Selection:").wait_for()
-        page.wait_for_timeout(1500)  # let the splats arrive and draw once
-
+        client = open_viewer(page, app)
         instance, x, y = target_pixel(app, client)
-        box = page.locator("canvas").first.bounding_box()
-        page.mouse.click(box["x"] + x * box["width"] / client.camera.image_width, box["y"] + y * box["height"] / client.camera.image_height)
+        page.mouse.click(*on_page(page, client, x, y))
         until(timeout=60.0, condition=lambda: app.document.model.state.selected == frozenset({instance}))
         page.get_by_text(f"{instance}: ").first.wait_for()  # the panel shows the selection
         if os.environ.get("PROTOSAGA_SCREENSHOT"):
@@ -147,5 +200,97 @@ def test_click_isolate_and_export_in_a_real_browser(scene, page, tmp_path):
 
         page.keyboard.press("Control+z")  # undo the isolate
         until(timeout=60.0, condition=lambda: app.document.model.visible_instances() == app.document.model.live_instances())
+    finally:
+        app.server.stop()
+
+
+def test_highlight_split_merge_jump_and_reopen_in_a_real_browser(scene, page):
+    app = serve(ViewerConfig(scene, port=free_port(), open_browser=False, max_splats=MAX_BROWSER_SPLATS))
+    try:
+        client = open_viewer(page, app)
+        model = app.document.model
+        instance, x, y = target_pixel(app, client)
+        weights = instance_weights(app, client)
+        free = free_region(*weights.shape[:2]).numpy()
+        target = free & (weights[..., instance] > 0.5).numpy()
+        others = free & (weights.max(-1).values > 0.5).numpy() & (weights[..., instance] < 0.05).numpy()
+        before = canvas_image(page, client)
+        page.mouse.click(*on_page(page, client, x, y))
+        until(timeout=60.0, condition=lambda: model.state.selected == frozenset({instance}))
+        page.get_by_text(f"{instance}: ").first.wait_for()
+        page.wait_for_timeout(1500)
+        after = canvas_image(page, client)
+        # The highlight covers the object; everything else dims around it.
+        changed = np.abs(after - before).max(axis=-1) > 0.1
+        assert changed[target].mean() >= HIGHLIGHT_COVERS, f"highlight on {changed[target].mean():.0%} of the object"
+        # Pixels the browser drew from splats (it draws only MAX_BROWSER_SPLATS: some are its white background).
+        drawn = others & (before.mean(axis=-1) > 0.05) & (before.min(axis=-1) < 0.95)
+        ratio = np.median(after[drawn].mean(axis=-1) / before[drawn].mean(axis=-1))
+        assert ratio <= DIMMED, f"the other objects kept {ratio:.0%} of their brightness"
+        keep_screenshot(page, "select.png")
+
+        page.keyboard.press("i")
+        until(timeout=60.0, condition=lambda: model.visible_instances() == frozenset({instance}))
+        keep_screenshot(page, "isolate.png")
+        page.keyboard.press("Control+z")
+        until(timeout=60.0, condition=lambda: model.visible_instances() == model.live_instances())
+
+        # Split: Alt+drag over the object's left part; the new instance is selected; undo, then redo.
+        rows, columns = np.nonzero(target)
+        page.keyboard.down("Alt")
+        page.mouse.move(*on_page(page, client, columns.min() - 3, rows.min() - 3))
+        page.mouse.down()
+        page.mouse.move(*on_page(page, client, float(np.median(columns)), rows.max() + 3), steps=8)
+        page.mouse.up()
+        page.keyboard.up("Alt")
+        until(timeout=120.0, condition=lambda: len(model.state.label_edits) == 1)
+        split = model.state.label_edits[0]
+        assert isinstance(split, Split) and model.state.selected == frozenset({split.id})
+        labels = app.document.labels()
+        assert 0 < int((labels == split.id).sum()) and int((labels == instance).sum()) > 0
+        page.get_by_text("Split", exact=True).first.wait_for()  # the tab was told
+        keep_screenshot(page, "split.png")
+        page.keyboard.press("Control+z")
+        until(timeout=60.0, condition=lambda: model.state.label_edits == ())
+        np.testing.assert_array_equal(app.document.labels(), app.document.scene.labels)
+        page.keyboard.press("Control+Shift+z")
+        until(timeout=60.0, condition=lambda: model.state.label_edits == (split,))
+
+        # Merge the two parts again from the Inspector, and undo that.
+        model.select_many([instance, split.id])
+        page.get_by_role("tab", name="Inspector").click()
+        page.get_by_role("button", name="Merge the two selected instances").click()
+        until(timeout=60.0, condition=lambda: len(model.state.label_edits) == 2)
+        assert isinstance(model.state.label_edits[1], Merge)
+        keep_screenshot(page, "merge.png")
+        page.get_by_role("tab", name="Edit").click()
+        page.get_by_role("button", name="Undo (Ctrl+Z)").click()
+        until(timeout=60.0, condition=lambda: model.state.label_edits == (split,))
+
+        # A jump to a training view shows its splats: hiding them all changes much of the canvas.
+        app.go_to_view(client, app.document.scene.training_views()[0].name)
+        page.wait_for_timeout(2000)
+        shown = canvas_image(page, client)
+        model.select_many(model.visible_instances())
+        page.get_by_role("button", name="Hide (H)").click()
+        until(timeout=60.0, condition=lambda: model.visible_instances() == frozenset())
+        page.wait_for_timeout(2000)
+        hidden = canvas_image(page, client)
+        seen = (np.abs(shown - hidden).max(axis=-1) > 0.1)[free].mean()
+        assert seen >= VISIBLE_FROM_TRAINING_VIEW, f"only {seen:.0%} of the canvas showed splats"
+        page.get_by_role("button", name="Show all").click()
+        until(timeout=60.0, condition=lambda: model.visible_instances() == model.live_instances())
+        saved = model.state.edits_only()
+        assert saved.label_edits == (split,)
+    finally:
+        app.server.stop()
+
+    # A restart finds the split again, and the panel says so.
+    app = serve(ViewerConfig(scene, port=free_port(), open_browser=False, max_splats=MAX_BROWSER_SPLATS))
+    try:
+        open_viewer(page, app)
+        page.get_by_text("1 split").first.wait_for()
+        assert app.document.model.state.edits_only() == saved
+        np.testing.assert_array_equal(np.flatnonzero(app.document.labels() == split.id), split.index)
     finally:
         app.server.stop()

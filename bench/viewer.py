@@ -14,11 +14,13 @@ checked and collected here). Cameras stand inside the room, so every pixel of a 
    a. label-map path (the server modes): `pick_instance` on the current frame's label map, then
       `model.click`, which runs the app's listener synchronously (splat-node recolouring, GUI refresh);
    a+. the same plus the highlighted frame the user sees in the segmentation mode: the kept 640x480
-      frame recoloured by `reselect_frame` (no rendering) and encoded, as `LiveView.reselect` does;
+      frame recoloured by `reselect_frame` (no rendering) and sent with its JPEG encoded again and its
+      depth PNG reused (encoded when the frame was first shown), as `LiveView.reselect` does;
    b. ray fallback (the browser modes rgb/instances, or a click on background): `pick_along_ray` over
       the visible Gaussians at 640x480, then `model.click` (the recoloured splat nodes are the feedback).
 2. A per-pixel segmentation frame <= 1 s at 640x480: `render_frame(..., "segmentation", ...)` of the
-   visible Gaussians; also the 256x192 frame rendered while the camera moves, and the PCA mode.
+   visible Gaussians with their per-Gaussian labels, as `LiveView` renders a scene with lifted labels
+   (the default); also the 256x192 frame rendered while the camera moves, and the PCA mode.
 3. Memory bounded when a 1M-Gaussian scene is opened: in a fresh process, the peak resident set
    (ru_maxrss, cross-checked with VmHWM) after `ViewerScene.load`, the SceneDocument, the ViewerApp
    (default max_splats: all 1M Gaussians go to the splat nodes), the first 256x192 frame and the first
@@ -56,6 +58,7 @@ import viser
 from protosaga_app.browser_camera import BrowserPose, camera_from_pose, pose_from_camera, render_size
 from protosaga_app.document import SceneDocument
 from protosaga_app.live import Frame, render_frame, reselect_frame
+from protosaga_app.live_view import encode_depth, send_background
 from protosaga_app.picking import pick_along_ray, pick_instance
 from protosaga_app.scene import ViewerScene
 from protosaga_app.server import ViewerApp, ViewerOptions
@@ -206,7 +209,9 @@ def write_scene(root: Path, num_gaussians: int, num_instances: int, seed: int) -
     """Write a trained-scene directory (train, associate and prototypes done) with no readable dataset.
 
     Prototypes are the per-instance mean features of the generated instances (Prototypes(ids, vectors,
-    num_views)); the per-Gaussian labels are Eq. 19 against them, as the prototypes stage computes.
+    num_views)); the per-Gaussian labels are Eq. 19 against them (with no views to lift labels from),
+    recorded as lifted labels, the default rule, so that the viewer renders them as it renders a scene
+    made by `protosaga run`.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -230,6 +235,7 @@ def write_scene(root: Path, num_gaussians: int, num_instances: int, seed: int) -
             train_views=[],
             stages=["train", "associate", "prototypes"],
             instances=instance_table(prototypes, labels),
+            configs={"prototypes": {"gaussian_labels": "lifted"}},
         )
     )
     return root
@@ -363,7 +369,8 @@ def frame_of(document: SceneDocument, app: ViewerApp, pose: BrowserPose, size: t
     state = document.model.state
     visible = document.visible(state)
     camera = camera_from_pose(pose, *size)
-    return render_frame(visible.gaussians, camera, mode, document.prototypes(state), app.pca, state.selected)
+    labels = torch.from_numpy(visible.labels) if document.lifted else None
+    return render_frame(visible.gaussians, camera, mode, document.prototypes(state), app.pca, state.selected, labels)
 
 
 FrameCase = tuple[str, tuple[int, int], int]
@@ -398,9 +405,9 @@ def bench_frames(document: SceneDocument, app: ViewerApp, poses: list[BrowserPos
     return records
 
 
-def show(app: ViewerApp, frame: Frame) -> None:
-    """Encode and queue a frame as `LiveView._show` does (JPEG colour, PNG depth), to every tab at once."""
-    app.server.scene.set_background_image(frame.image, format="jpeg", jpeg_quality=90, depth=frame.depth)
+def show(app: ViewerApp, frame: Frame, depth_png: bytes) -> None:
+    """Queue a frame as `LiveView._show` does (JPEG colour, its depth PNG encoded once), to every tab."""
+    send_background(app.server.scene, frame.image, depth_png)
 
 
 def click_pixels(count: int, num_poses: int, seed: int) -> list[tuple[int, float, float]]:
@@ -424,6 +431,7 @@ def bench_clicks(
     model.clear_selection()
     frames = [frame_of(document, app, pose, (WIDTH, HEIGHT), "segmentation") for pose in poses]
     label_maps = [frame.labels for frame in frames]
+    depth_pngs = [encode_depth(frame.depth) for frame in frames]  # when the live view first showed them
     pick_times, edit_times, totals, feedback, changed = [], [], [], [], 0
     for k, (pose_index, x, y) in enumerate(pixels):
         before = model.state.selected
@@ -436,9 +444,10 @@ def bench_clicks(
         pick_times.append(middle - start)
         edit_times.append(end - middle)
         totals.append(end - start)
-        if k < feedback_frames:  # LiveView.reselect: the kept frame recoloured with the highlight, encoded
+        if k < feedback_frames:  # LiveView.reselect: the kept frame recoloured with the highlight, sent
             selected = model.state.selected
-            seconds, _ = timed(lambda: show(app, reselect_frame(frames[pose_index], document.prototypes(), selected)))
+            frame, depth_png = frames[pose_index], depth_pngs[pose_index]
+            seconds, _ = timed(lambda: show(app, reselect_frame(frame, selected), depth_png))
             feedback.append(totals[-1] + seconds)
     records.append(timing(
         "click: label map + model.click", n, (WIDTH, HEIGHT), totals,
@@ -447,7 +456,7 @@ def bench_clicks(
     ))
     records.append(timing(
         "click: label map + click + highlighted frame", n, (WIDTH, HEIGHT), feedback, mode="segmentation",
-        note="what the user sees in the segmentation mode: the kept 640x480 frame recoloured (no rendering) and encoded",
+        note="what the user sees in the segmentation mode: the kept 640x480 frame recoloured (no rendering), its JPEG encoded, its depth PNG reused",
     ))
 
     # (b) Browser modes: no server frame, the instance along the ray of the clicked pixel.

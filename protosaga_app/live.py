@@ -2,8 +2,9 @@
 
 A frame renders the visible Gaussians through the one render interface (gsplat on a GPU, the torch
 rasterizer on the CPU) with their colours, features and expected depth, then:
-- segmentation: the scene's per-Gaussian labels rendered one-hot (the instance with the largest weight at
-  each pixel, as `protosaga segment --method lifted` does), or, for scenes labelled by the paper's rule,
+- segmentation: the scene's per-Gaussian labels rendered (the instance with the largest blended weight at
+  each pixel, as `protosaga segment --method lifted` does, without a channel per instance on the CPU:
+  `render(labels=...)`), or, for scenes labelled by the paper's rule,
   Eq. 19 per pixel (argmax of τ·cos between the rendered feature and each prototype), drawn as instance
   colours over the image, the selection highlighted;
 - pca: the rendered features projected on the three principal axes of the Gaussians' features.
@@ -22,11 +23,11 @@ from torch import Tensor
 
 from protosaga_core.cameras import Cameras
 from protosaga_core.gaussians import Gaussians
-from protosaga_core.lifting import labels_from_weights, one_hot_labels
+from protosaga_core.lifting import covered_labels
 from protosaga_core.prototypes import Prototypes, classify, instance_color
 from protosaga_core.render import render
 
-from .splats import HIGHLIGHT_MIX, HIGHLIGHT_RGB
+from .splats import DIMMED, HIGHLIGHT_MIX, HIGHLIGHT_RGB
 
 RenderMode = Literal["rgb", "instances", "segmentation", "pca"]
 SERVER_MODES: tuple[RenderMode, ...] = ("segmentation", "pca")
@@ -145,32 +146,28 @@ def render_frame(
             np.zeros((height, width, 3), np.float32),
         )
     lifted = mode == "segmentation" and labels is not None
-    if lifted:
-        labels = labels.to(gaussians.device)
-        ids = torch.unique(labels[labels > 0])
-        extras = one_hot_labels(labels, ids)
-    else:
-        extras = gaussians.features.detach()
     with torch.no_grad():
-        out = render(gaussians, camera, sh_degree=0, extras=extras, depth="ED")
-        rgb, channels = out.colors[0].clamp(0.0, 1.0), out.extras[0]
+        # Lifted labels need no features: the renderer returns each pixel's best label itself.
+        extras, labels = (None, labels.to(gaussians.device)) if lifted else (gaussians.features.detach(), None)
+        out = render(gaussians, camera, sh_degree=0, extras=extras, depth="ED", labels=labels)
+        rgb = out.colors[0].clamp(0.0, 1.0)
         covered = out.alphas[0, ..., 0] > COVERED_ALPHA
-        predicted = labels_from_weights(channels, ids) if lifted else classify(channels, prototypes)
+        predicted = covered_labels(out.labels)[0] if lifted else classify(out.extras[0], prototypes)
         label_map = torch.where(covered, predicted, torch.zeros((), dtype=torch.int64))
         if mode == "segmentation":
-            image = _overlay(rgb, label_map, prototypes, selected)
+            image = _overlay(rgb, label_map, selected)
         else:
-            image = torch.where(covered[..., None], pca.colors(channels), rgb)
+            image = torch.where(covered[..., None], pca.colors(out.extras[0]), rgb)
         depth = torch.where(covered, out.depths[0, ..., 0], torch.full_like(out.alphas[0, ..., 0], FAR_DEPTH))
     return Frame(_to_uint8(image), depth.float().cpu().numpy(), label_map.cpu().numpy(), camera, mode, rgb.float().cpu().numpy())
 
 
-def reselect_frame(frame: Frame, prototypes: Prototypes, selected: frozenset[int]) -> Frame:
+def reselect_frame(frame: Frame, selected: frozenset[int]) -> Frame:
     """A segmentation frame with another selection highlighted, from its kept colours and labels: the
     click feedback of the segmentation mode, without rendering again. Other modes are returned as they are."""
     if frame.mode != "segmentation":
         return frame
-    image = _overlay(torch.from_numpy(frame.rgb), torch.from_numpy(frame.labels), prototypes, selected)
+    image = _overlay(torch.from_numpy(frame.rgb), torch.from_numpy(frame.labels), selected)
     return replace(frame, image=_to_uint8(image))
 
 
@@ -178,12 +175,16 @@ def _to_uint8(image: Tensor) -> np.ndarray:
     return (image * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
-def _overlay(rgb: Tensor, labels: Tensor, prototypes: Prototypes, selected: frozenset[int]) -> Tensor:
-    """Instance colours blended over the image; selected instances in the highlight colour. [H, W, 3]"""
-    table = torch.from_numpy(color_table(prototypes.ids.numpy())).to(rgb)
+def _overlay(rgb: Tensor, labels: Tensor, selected: frozenset[int]) -> Tensor:
+    """Instance colours blended over the image [H, W, 3] by its labels [H, W]; while something is selected,
+    the selection in the highlight colour and everything else dimmed, as the browser's splats are. [H, W, 3]"""
+    # The table covers the ids on screen, which instances made by a split (with no prototype yet) may be.
+    table = torch.from_numpy(color_table(torch.unique(labels).cpu().numpy())).to(rgb)
+    brightness = torch.ones(len(table), 1, dtype=rgb.dtype, device=rgb.device)
     if selected:
-        rows = torch.tensor(sorted(i for i in selected if i < len(table)), dtype=torch.int64)
+        rows = torch.tensor(sorted(i for i in selected if i < len(table)), dtype=torch.int64, device=rgb.device)
         table[rows] = (1.0 - HIGHLIGHT_MIX) * table[rows] + HIGHLIGHT_MIX * torch.from_numpy(HIGHLIGHT_RGB).to(rgb)
-    colors = table[labels.clamp(max=len(table) - 1)]
-    blended = (1.0 - OVERLAY_MIX) * rgb + OVERLAY_MIX * colors
-    return torch.where((labels > 0)[..., None], blended, rgb)
+        brightness.fill_(DIMMED)
+        brightness[rows] = 1.0
+    blended = (1.0 - OVERLAY_MIX) * rgb + OVERLAY_MIX * table[labels]
+    return torch.where((labels > 0)[..., None], blended, rgb) * brightness[labels]

@@ -7,6 +7,7 @@ Requests coalesce: a thread that falls behind renders only the newest camera, ne
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from collections.abc import Callable
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import viser
+from PIL import Image
+from viser._image_encoding import cv2_imencode_with_fallback
+from viser._messages import BackgroundImageMessage
 
 from .browser_camera import BrowserPose, camera_from_pose, render_size
 from .document import SceneDocument
@@ -30,6 +34,35 @@ class LiveSettings:
     moving_size: int | None = 256
     still_size: int | None = 640
     settle_s: float = 0.25
+
+
+JPEG_QUALITY = 90
+
+
+def encode_depth(depth: np.ndarray) -> bytes:
+    """A frame's depth as `SceneApi.set_background_image` sends it (viser 1.1): 24-bit fixed point in
+    1e-5 units, little-endian in the B, G, R bytes of an RGBA PNG (the client reads them as BGR).
+
+    Same pixels as viser's, at zlib level 1: 640x480 in ~25 ms instead of ~180 ms, ~7 % more bytes.
+    [H, W] float32 -> PNG bytes
+    """
+    fixed = np.clip(depth * 100_000, 0, 2**24 - 1).astype(np.uint32)[..., None].view(np.uint8)  # [H, W, 4]
+    encoded = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(fixed[..., [2, 1, 0, 3]]), "RGBA").save(encoded, format="PNG", compress_level=1)
+    return encoded.getvalue()
+
+
+def send_background(scene: viser.SceneApi, image: np.ndarray, depth_png: bytes) -> None:
+    """`scene.set_background_image(image, format="jpeg", jpeg_quality=90, depth=depth)` with the depth
+    already encoded (`encode_depth`): the message that method queues, built one level below it.
+    image: [H, W, 3] uint8.
+
+    viser encodes the 640x480 depth PNG in ~180 ms on a CPU core and the JPEG in ~2 ms; a selection
+    change recolours the image but leaves the depth as it is, so the click feedback reuses the depth's
+    bytes (`LiveView._show`).
+    """
+    rgb = cv2_imencode_with_fallback("jpeg", image, jpeg_quality=JPEG_QUALITY, channel_ordering="rgb")
+    scene._websock_interface.queue_message(BackgroundImageMessage(format="jpeg", rgb_data=rgb, depth_data=depth_png))
 
 
 def client_pose(client: viser.ClientHandle) -> BrowserPose:
@@ -61,6 +94,7 @@ class LiveView:
         self._wake = threading.Event()
         self._stopped = False
         self._frame: tuple[tuple[float, ...], Frame] | None = None
+        self._depth_png: tuple[np.ndarray, bytes] | None = None  # the last depth sent and its bytes
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"live-view-{client.client_id}", daemon=True)
         self._thread.start()
@@ -80,7 +114,7 @@ class LiveView:
             self.request()
             return
         state = self._document.model.state
-        recoloured = reselect_frame(frame, self._document.prototypes(state), state.selected)
+        recoloured = reselect_frame(frame, state.selected)
         with self._lock:
             if self._frame is not None and self._frame[1] is frame:
                 self._frame = (self._frame[0], recoloured)
@@ -147,5 +181,10 @@ class LiveView:
         )
 
     def _show(self, frame: Frame) -> None:
-        if not self._stopped:
-            self.client.scene.set_background_image(frame.image, format="jpeg", jpeg_quality=90, depth=frame.depth)
+        if self._stopped:
+            return
+        cached = self._depth_png
+        if cached is None or cached[0] is not frame.depth:  # a recoloured frame shares its depth array
+            cached = (frame.depth, encode_depth(frame.depth))
+            self._depth_png = cached
+        send_background(self.client.scene, frame.image, cached[1])

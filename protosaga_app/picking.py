@@ -120,8 +120,9 @@ def contribution_weights(
             settings,
         )
         means2d, conics, depths, radii = proj.means2d[0], proj.conics[0], proj.depths[0], proj.radii[0]
-        # A Gaussian reaches the pixel only if the rasterizer bins it into the pixel's tile.
-        tile_size = settings.tile_size_for("torch")
+        # A Gaussian reaches the pixel only if the rasterizer bins it into the pixel's tile (in the tiles
+        # of the viewer's frames, rendered without gradients).
+        tile_size = settings.tile_size_for("torch", gradients=False)
         tile = torch.tensor([column // tile_size, row // tile_size], device=means2d.device)
         tile_means, tile_radii = means2d.float() / tile_size, radii.float() / tile_size
         lo, hi = torch.floor(tile_means - tile_radii).long(), torch.ceil(tile_means + tile_radii).long()

@@ -15,7 +15,8 @@ with g = the one-hot consistent mask yields every Gaussian's votes for every lab
 backend, without materialising the weights.
 
 2D then follows 3D: rendering the one-hot per-Gaussian labels and taking the argmax per pixel gives
-label maps that agree with what isolate, delete and export act on.
+label maps that agree with what isolate, delete and export act on (`render(labels=...)` computes that
+argmax without a channel per instance on the CPU).
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from torch import Tensor
 from .cameras import Cameras
 from .gaussians import Gaussians
 from .render import render
+from .render.labels import LabelWeights
 
 CHANNEL_CHUNK = 64
-"""Label channels rendered at once: bounds the per-intersection channel memory of scenes with hundreds
-of instances (the render is repeated per chunk of channels)."""
+"""Channels transposed at once: bounds the per-intersection channel memory of scenes with hundreds of
+instances (the render is repeated per chunk of channels)."""
 COVERED_WEIGHT = 0.5
 """A rendered label map labels a pixel where the labelled Gaussians' accumulated weight reaches this,
 the coverage rule the synthetic GT and the viewer use for opacity."""
@@ -147,20 +149,16 @@ def fill_from_neighbours(means: Tensor, labels: Tensor, neighbours: int) -> Tens
     return filled
 
 
-def one_hot_labels(labels: Tensor, ids: Tensor) -> Tensor:
-    """Per-Gaussian one-hot channels over `ids`; unassigned Gaussians (0) get none. [N] -> [N, T] float32"""
-    columns = compact_labels(labels, ids.to(device=labels.device, dtype=torch.int64))
-    return F.one_hot(columns, len(ids) + 1)[:, 1:].float()
-
-
 def labels_from_weights(weights: Tensor, ids: Tensor) -> Tensor:
     """Rendered one-hot weights to ids: the instance with the largest weight, 0 where the labelled
     Gaussians cover less than `COVERED_WEIGHT`. [..., T] -> [...] int64"""
-    if weights.shape[-1] == 0:
-        return torch.zeros(weights.shape[:-1], dtype=torch.int64, device=weights.device)
-    best_weight, best = weights.max(-1)
-    covered = (weights.sum(-1) >= COVERED_WEIGHT) & (best_weight > 0)
-    return torch.where(covered, ids.to(device=weights.device, dtype=torch.int64)[best], torch.zeros_like(best))
+    return covered_labels(LabelWeights.from_weights(weights, ids))
+
+
+def covered_labels(weights: LabelWeights) -> Tensor:
+    """A label map from rendered label weights: each pixel's best label, 0 where the labelled Gaussians
+    cover less than `COVERED_WEIGHT`. [...] int64"""
+    return torch.where(weights.total >= COVERED_WEIGHT, weights.ids, torch.zeros_like(weights.ids))
 
 
 def render_label_maps(gaussians: Gaussians, cameras: Cameras, labels: Tensor, ids: Tensor) -> Tensor:
@@ -175,9 +173,8 @@ def render_label_maps(gaussians: Gaussians, cameras: Cameras, labels: Tensor, id
     Returns:
         Instance ids, 0 where the labelled Gaussians cover less than `COVERED_WEIGHT`. [C, H, W] int64
     """
-    one_hot = one_hot_labels(labels.to(gaussians.device), ids)
+    labels = labels.to(gaussians.device)
+    known = torch.isin(labels, ids.to(device=labels.device, dtype=labels.dtype))
     with torch.no_grad():
-        weights = [render(gaussians, cameras, rgb=False, extras=block).extras for block in one_hot.split(CHANNEL_CHUNK, dim=-1)]
-    if not weights:
-        return torch.zeros(cameras.num_cameras, cameras.height, cameras.width, dtype=torch.int64, device=gaussians.device)
-    return labels_from_weights(torch.cat(weights, dim=-1), ids)
+        out = render(gaussians, cameras, rgb=False, labels=torch.where(known, labels, torch.zeros_like(labels)))
+    return covered_labels(out.labels)

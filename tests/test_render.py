@@ -541,6 +541,33 @@ def test_tile_and_chunk_sizes_give_the_same_image(tile_size, chunk_size):
     assert result["meta"]["tile_size"] == tile_size
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed,num,width,height,cams,channels,per_camera", RANDOM_CASES + [(17, 120, 37, 29, 2, 3, False)])
+def test_forward_only_path_matches_the_reference(seed, num, width, height, cams, channels, per_camera, dtype):
+    """Without gradients the rasterizer composites forward-only, in 8-pixel tiles by default."""
+    scene = random_scene(seed, num, width, height, cams, channels, per_camera)
+    ref_image, ref_alpha, ref_meta, _ = run_reference(scene)
+    with torch.no_grad():
+        image, alpha, meta, _ = run_torch(scene, dtype)
+    assert meta["tile_size"] == 8 and image.dtype == alpha.dtype == dtype
+    keep = ~ref_meta["ambiguous"][..., None]
+    tolerance = VALUE_TOL_32 if dtype == torch.float32 else TOL_64
+    assert relative_error(image, ref_image, keep) < tolerance
+    assert relative_error(alpha, ref_alpha, keep) < tolerance
+    assert torch.equal(meta["radii"], ref_meta["radii"])
+
+
+@pytest.mark.parametrize("tile_size,chunk_size", [(4, 32), (16, 5), (8, 1)])
+def test_forward_only_path_tile_and_chunk_sizes(tile_size, chunk_size):
+    scene = random_scene(17, 120, 37, 29, 2, scale=0.12)
+    ref_image, ref_alpha, ref_meta, _ = run_reference(scene)
+    with torch.no_grad():
+        image, alpha, meta, _ = run_torch(scene, settings=RasterSettings(tile_size=tile_size, chunk_size=chunk_size))
+    keep = ~ref_meta["ambiguous"][..., None]
+    assert relative_error(image, ref_image, keep) < VALUE_TOL_32 and relative_error(alpha, ref_alpha, keep) < VALUE_TOL_32
+    assert meta["tile_size"] == tile_size
+
+
 # --- the render() interface --------------------------------------------------------------------------
 
 

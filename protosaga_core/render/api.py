@@ -12,6 +12,7 @@ from torch import Tensor
 from ..cameras import Cameras
 from ..gaussians import Gaussians
 from .gsplat_backend import rasterize_gsplat
+from .labels import LabelWeights, one_hot_columns
 from .settings import RasterSettings
 from .torch_backend import rasterize_torch
 
@@ -28,6 +29,7 @@ class RenderOutput:
         extras: the extra channels (e.g. features). [C, H, W, E]
         depths: accumulated ("D") or expected ("ED") camera depth. [C, H, W, 1]
         alphas: accumulated opacity. [C, H, W, 1]
+        labels: per pixel, the label with the largest blended weight (`render(labels=...)`). [C, H, W] each
         info: gsplat's rasterization `meta`, the dict `gsplat.strategy.DefaultStrategy` consumes
             (`means2d` [C, N, 2] with its gradient, `radii` [C, N, 2], `width`, `height`, `n_cameras`).
     """
@@ -37,6 +39,7 @@ class RenderOutput:
     depths: Tensor | None
     alphas: Tensor
     info: dict[str, Any]
+    labels: LabelWeights | None = None
 
 
 def choose_backend(device: torch.device, backend: Backend = "auto") -> Literal["torch", "gsplat"]:
@@ -61,16 +64,19 @@ def rasterize(
     settings: RasterSettings = RasterSettings(),
     backgrounds: Tensor | None = None,
     backend: Backend = "auto",
+    labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Activated Gaussians and arbitrary channels to images; `gsplat.rasterization`'s contract.
 
     Args:
         means: [N, 3]; quats: wxyz [N, 4]; scales: [N, 3]; opacities: [N] (all activated);
         colors: [N, K] or [C, N, K]; viewmats: world-to-camera [C, 4, 4]; Ks: [C, 3, 3];
-        backgrounds: [C, K] or None.
+        backgrounds: [C, K] or None;
+        labels: categorical label per Gaussian, 0 = none; without gradients only. [N] int64
 
     Returns:
-        render_colors [C, H, W, K], render_alphas [C, H, W, 1], meta dict.
+        render_colors [C, H, W, K], render_alphas [C, H, W, 1], meta dict; with `labels`,
+        meta["labels"] is the `LabelWeights` of every pixel ([C, H, W] each).
     """
     num_gaussians, num_cameras = means.shape[0], viewmats.shape[0]
     _check_shape("means", means, (num_gaussians, 3))
@@ -83,9 +89,23 @@ def rasterize(
         raise ValueError(f"colors must be [N, K] or [C, N, K] with N = {num_gaussians}, got {list(colors.shape)}")
     if backgrounds is not None:
         _check_shape("backgrounds", backgrounds, (num_cameras, colors.shape[-1]))
+    if labels is not None:
+        _check_shape("labels", labels, (num_gaussians,))
     chosen = choose_backend(means.device, backend)
-    impl = rasterize_gsplat if chosen == "gsplat" else rasterize_torch
-    return impl(means, quats, scales, opacities, colors, viewmats, Ks, width, height, settings, backgrounds)
+    geometry = (means, quats, scales, opacities)
+    if chosen == "torch":
+        return rasterize_torch(*geometry, colors, viewmats, Ks, width, height, settings, backgrounds, labels)
+    if labels is None:
+        return rasterize_gsplat(*geometry, colors, viewmats, Ks, width, height, settings, backgrounds)
+    # gsplat blends one one-hot channel per label (fast on a GPU), split off again here.
+    one_hot, ids = one_hot_columns(labels)
+    channels = colors.shape[-1]
+    colors = torch.cat([colors, one_hot.to(colors).expand(*colors.shape[:-1], -1)], dim=-1)
+    if backgrounds is not None:
+        backgrounds = torch.cat([backgrounds, backgrounds.new_zeros(num_cameras, len(ids))], dim=-1)
+    images, alphas, meta = rasterize_gsplat(*geometry, colors, viewmats, Ks, width, height, settings, backgrounds)
+    meta["labels"] = LabelWeights.from_weights(images[..., channels:], ids)
+    return images[..., :channels], alphas, meta
 
 
 def render(
@@ -99,6 +119,7 @@ def render(
     backgrounds: Tensor | None = None,
     settings: RasterSettings = RasterSettings(),
     backend: Backend = "auto",
+    labels: Tensor | None = None,
 ) -> RenderOutput:
     """Render Gaussians from a batch of cameras.
 
@@ -110,6 +131,9 @@ def render(
         extras: extra per-Gaussian channels, e.g. `gaussians.features`. [N, E] or [C, N, E]
         depth: "D" accumulated depth, "ED" expected depth (accumulated / alpha), or "none".
         backgrounds: RGB background blended by the final transmittance; extras and depth get 0. [C, 3] or [3]
+        labels: categorical label per Gaussian, 0 = none: the output's `labels` give each pixel's label
+            with the largest blended weight, as the argmax of rendered one-hot channels would, without a
+            channel per label on the CPU. Without gradients only. [N] int64
     """
     degree = gaussians.sh_degree if sh_degree is None else sh_degree
     if not 0 <= degree <= gaussians.sh_degree:
@@ -119,16 +143,20 @@ def render(
     parts: list[Tensor] = []
     if rgb:
         dirs = means[None, :, :] - cameras.centers[:, None, :]  # [C, N, 3]
-        coeffs = gaussians.sh[None].expand(num_cameras, -1, -1, -1)
+        # Degree 0 (viewer frames, warm-up) reads sh0 alone: skip copying all [N, 16, 3] coefficients. The
+        # empty slice keeps shN in the graph, so its gradient is zeros as before, and the sum over
+        # coefficients is b0 * c0 exactly either way.
+        rest = gaussians.shN if degree > 0 else gaussians.shN[:, :0]
+        coeffs = torch.cat([gaussians.sh0, rest], dim=1)[None].expand(num_cameras, -1, -1, -1)
         parts.append(torch.clamp_min(_spherical_harmonics(degree, dirs, coeffs) + 0.5, 0.0))
     if extras is not None:
         parts.append(extras.expand(num_cameras, num_gaussians, -1))
     if depth != "none":
         world_to_cam = cameras.viewmats[:, None, 2, :3] @ means.T  # [C, 1, N]
         parts.append((world_to_cam[:, 0, :] + cameras.viewmats[:, 2, 3, None])[..., None])
-    if not parts:
-        raise ValueError("nothing to render: enable rgb, extras or depth")
-    colors = torch.cat(parts, dim=-1)
+    if not parts and labels is None:
+        raise ValueError("nothing to render: enable rgb, extras, depth or labels")
+    colors = torch.cat(parts, dim=-1) if parts else means.new_zeros(num_cameras, num_gaussians, 0)
     bg = None
     if backgrounds is not None:
         bg = colors.new_zeros(num_cameras, colors.shape[-1])
@@ -146,6 +174,7 @@ def render(
         settings,
         bg,
         backend,
+        labels,
     )
     return _split(images, alphas, info, rgb, extras, depth)
 
@@ -162,7 +191,7 @@ def _split(images, alphas, info, rgb: bool, extras: Tensor | None, depth: DepthM
         out_depth = images[..., start : start + 1]
         if depth == "ED":
             out_depth = out_depth / alphas.clamp_min(1e-10)
-    return RenderOutput(colors=out_rgb, extras=out_extras, depths=out_depth, alphas=alphas, info=info)
+    return RenderOutput(out_rgb, out_extras, out_depth, alphas, info, info.pop("labels", None))
 
 
 def _check_shape(name: str, tensor: Tensor, shape: tuple[int, ...]) -> None:

@@ -93,19 +93,20 @@ def bin_gaussians(
     num_isects = int(counts.sum())
     gauss = torch.repeat_interleave(torch.arange(counts.numel(), device=device), counts)
     first = torch.cumsum(counts, 0) - counts
-    local = torch.arange(num_isects, device=device) - first[gauss]
-    span_x = span[..., 0].flatten()[gauss]
-    tile_col = lo[..., 0].flatten()[gauss] + local % span_x.clamp_min(1)
-    tile_row = lo[..., 1].flatten()[gauss] + local // span_x.clamp_min(1)
+    # index_select rather than indexing: several times faster for these million-row gathers on a CPU.
+    local = torch.arange(num_isects, device=device) - first.index_select(0, gauss)
+    span_x = span[..., 0].flatten().index_select(0, gauss).clamp_min_(1)
+    tile_col = lo[..., 0].flatten().index_select(0, gauss) + local % span_x
+    tile_row = lo[..., 1].flatten().index_select(0, gauss) + local // span_x
     camera = gauss // num_gaussians
     tile = tile_row * tiles_x + tile_col
 
     tile_bits = tiles_per_image.bit_length()
-    depth_bits = depths.detach().float().flatten()[gauss].view(torch.int32).long() & 0xFFFFFFFF
+    depth_bits = depths.detach().float().flatten().index_select(0, gauss).view(torch.int32).long() & 0xFFFFFFFF
     keys = (camera << (tile_bits + 32)) | (tile << 32) | depth_bits
     isect_ids, order = torch.sort(keys, stable=True)
-    flatten_ids = gauss[order]
-    isect_tiles = (camera * tiles_per_image + tile)[order]
+    flatten_ids = gauss.index_select(0, order)
+    isect_tiles = (camera * tiles_per_image + tile).index_select(0, order)
 
     num_tiles = num_cameras * tiles_per_image
     tile_counts = torch.bincount(isect_tiles, minlength=num_tiles)
@@ -113,8 +114,8 @@ def bin_gaussians(
     chunks_per_tile = (tile_counts + chunk_size - 1) // chunk_size
     chunk_offset = torch.cumsum(chunks_per_tile, 0) - chunks_per_tile
 
-    rank = torch.arange(num_isects, device=device) - tile_first[isect_tiles]
-    isect_slots = (chunk_offset[isect_tiles] + rank // chunk_size) * chunk_size + rank % chunk_size
+    rank = torch.arange(num_isects, device=device) - tile_first.index_select(0, isect_tiles)
+    isect_slots = (chunk_offset.index_select(0, isect_tiles) + rank // chunk_size) * chunk_size + rank % chunk_size
     chunk_tiles = torch.repeat_interleave(torch.arange(num_tiles, device=device), chunks_per_tile)
 
     return TileBins(
@@ -130,5 +131,5 @@ def bin_gaussians(
         chunk_size=chunk_size,
         isect_slots=isect_slots,
         chunk_tiles=chunk_tiles,
-        chunk_first=chunk_offset[chunk_tiles],
+        chunk_first=chunk_offset.index_select(0, chunk_tiles),
     )

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .composite import CompositeChunks, pixel_basis
+from .composite import CompositeChunks, composite_forward, pixel_basis
+from .labels import LabelWeights, tile_label_weights, tile_local_labels
 from .projection import project
 from .settings import RasterSettings
 from .tiles import TileBins, bin_gaussians
@@ -28,39 +29,57 @@ def rasterize_torch(
     height: int,
     settings: RasterSettings,
     backgrounds: Tensor | None = None,
+    labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Rasterize N Gaussians into C images, shaped like `gsplat.rasterization` with packed=False.
+
+    Without gradients (no input requires one, or under torch.no_grad()) it composites forward-only
+    (`composite_forward`) in larger tiles: the same values up to float rounding, several times faster
+    and with a fraction of the memory.
 
     Args:
         means: [N, 3]; quats: wxyz [N, 4]; scales: activated [N, 3]; opacities: activated [N];
         colors: per-Gaussian channels [N, K] or per-camera [C, N, K]; viewmats: [C, 4, 4];
-        Ks: [C, 3, 3]; backgrounds: [C, K] or None.
+        Ks: [C, 3, 3]; backgrounds: [C, K] or None;
+        labels: optional categorical label per Gaussian, 0 = none (forward-only). [N] int64
 
     Returns:
         render_colors [C, H, W, K], render_alphas [C, H, W, 1], and gsplat's `meta` dict
-        (`means2d` [C, N, 2] carries the screen-space gradient densification reads).
+        (`means2d` [C, N, 2] carries the screen-space gradient densification reads), plus, when
+        `labels` are given, meta["labels"]: the `LabelWeights` of each pixel, [C, H, W] each.
     """
     num_cameras, num_gaussians = viewmats.shape[0], means.shape[0]
     if colors.dim() == 2:
         colors = colors.expand(num_cameras, -1, -1)
     channels = colors.shape[-1]
+    inputs = (means, quats, scales, opacities, colors, viewmats, Ks)
+    gradients = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    if gradients and labels is not None:
+        raise ValueError("labels are rendered without gradients: call under torch.no_grad()")
     proj = project(means, quats, scales, opacities, viewmats, Ks, width, height, settings)
-    tile_size = settings.tile_size_for("torch")
+    tile_size = settings.tile_size_for("torch", gradients)
     bins = bin_gaussians(proj.means2d, proj.radii, proj.depths, width, height, tile_size, settings.chunk_size)
     coeffs = _exponent_coefficients(proj.means2d, proj.conics, opacities, bins)
-    isect_colors = colors.reshape(num_cameras * num_gaussians, channels).index_select(0, bins.flatten_ids)
-    padding = coeffs.new_zeros(1, 6)
-    padding[0, 0] = _PADDING_EXPONENT
     basis = pixel_basis(tile_size, means.dtype, means.device)
-    tile_colors, tile_alphas = CompositeChunks.apply(
-        _to_chunks(coeffs, padding, bins),
-        _to_chunks(isect_colors, isect_colors.new_zeros(1, channels), bins),
-        basis,
-        bins.chunk_tiles,
-        bins.chunk_first,
-        bins.num_tiles,
-        settings.alpha_max,
-    )
+    flat_colors = colors.reshape(num_cameras * num_gaussians, channels)
+    label_weights = None
+    if gradients:
+        isect_colors = flat_colors.index_select(0, bins.flatten_ids)
+        padding = coeffs.new_zeros(1, 6)
+        padding[0, 0] = _PADDING_EXPONENT
+        tile_colors, tile_alphas = CompositeChunks.apply(
+            _to_chunks(coeffs, padding, bins),
+            _to_chunks(isect_colors, isect_colors.new_zeros(1, channels), bins),
+            basis,
+            bins.chunk_tiles,
+            bins.chunk_first,
+            bins.num_tiles,
+            settings.alpha_max,
+        )
+    else:
+        tile_colors, tile_alphas, label_weights = _composite_without_grad(
+            coeffs, flat_colors, labels, basis, bins, settings.alpha_max
+        )
     render_colors = _untile(tile_colors, bins, width, height)
     render_alphas = _untile(tile_alphas[..., None], bins, width, height)
     if backgrounds is not None:
@@ -84,7 +103,56 @@ def rasterize_torch(
         "tile_size": tile_size,
         "n_cameras": num_cameras,
     }
+    if label_weights is not None:
+        meta["labels"] = LabelWeights(*(_untile(t[..., None], bins, width, height)[..., 0] for t in label_weights))
     return render_colors, render_alphas, meta
+
+
+def _composite_without_grad(
+    coeffs: Tensor, flat_colors: Tensor, labels: Tensor | None, basis: Tensor, bins: TileBins, alpha_max: float
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
+    """`composite_forward` of the intersections: tile colours [T, P, K], alphas [T, P] and, for labels
+    [N], the (ids, best, total) of `LabelWeights` per tile pixel, each [T, P]."""
+    num_isects, channels = coeffs.shape[0], flat_colors.shape[-1]
+    padding = coeffs.new_zeros(1, 6)
+    padding[0, 0] = _PADDING_EXPONENT
+    empty = torch.full((bins.num_chunks * bins.chunk_size,), num_isects, device=coeffs.device)
+    slot_isects = empty.index_copy_(0, bins.isect_slots, torch.arange(num_isects, device=coeffs.device))
+
+    def per_slot(isect_values: Tensor, empty_value: int) -> Tensor:
+        """Per-intersection values [I] in the chunk layout [M, B], `empty_value` in empty slots."""
+        padded = torch.cat([isect_values, isect_values.new_full((1,), empty_value)])
+        return padded.index_select(0, slot_isects).view(bins.num_chunks, bins.chunk_size)
+
+    slot_bins, tile_labels, num_bins = None, None, 0
+    if labels is not None:
+        # Only the labels on screen: `tile_local_labels` takes memory per tile and distinct label.
+        on_screen = (bins.tiles_per_gauss > 0).any(0)
+        ids, compact = torch.unique(torch.where(on_screen, labels, 0), return_inverse=True)
+        isect_labels = compact.index_select(0, bins.flatten_ids % labels.shape[0])
+        tile_labels = tile_local_labels(isect_labels, ids, bins.isect_tiles, bins.num_tiles)
+        num_bins = bins.num_tiles * tile_labels.width  # one per (tile, tile-local label)
+        isect_bins = bins.isect_tiles * tile_labels.width + tile_labels.columns
+        slot_bins = per_slot(torch.where(tile_labels.columns >= 0, isect_bins, num_bins), num_bins)
+    out, binned = composite_forward(
+        torch.cat([coeffs, padding]),
+        slot_isects.view(bins.num_chunks, bins.chunk_size),
+        torch.cat([flat_colors, flat_colors.new_zeros(1, channels)]),  # empty slots: alpha 0 anyway
+        per_slot(bins.flatten_ids, len(flat_colors)),
+        basis,
+        bins.chunk_tiles,
+        bins.chunk_first,
+        bins.num_tiles,
+        alpha_max,
+        slot_bins,
+        num_bins,
+    )
+    label_weights = None
+    if tile_labels is not None:
+        binned = binned.view(bins.num_tiles, tile_labels.width, basis.shape[0])
+        weights = tile_label_weights(binned, tile_labels.ids)
+        label_weights = (weights.ids, weights.best, weights.total)
+    return out[..., :channels], out[..., channels], label_weights
 
 
 def _exponent_coefficients(means2d: Tensor, conics: Tensor, opacities: Tensor, bins: TileBins) -> Tensor:

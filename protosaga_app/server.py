@@ -36,7 +36,7 @@ from .live_view import LiveSettings, LiveView, client_pose
 from .feedback import ClickFeedback
 from .picking import gaussians_in_rectangle, pick_along_ray, pick_instance, pick_rectangle
 from .selection import Action, EditState, apply_action
-from .splats import SplatArrays, browser_subset, dimmed, drawable, highlighted, instance_groups, splat_arrays
+from .splats import browser_subset, dimmed, drawable, highlighted, instance_groups, splat_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -189,20 +189,18 @@ class ViewerApp:
             splats = self._splats.take(index)
             name = "/splats/unassigned" if instance_id == 0 else f"/splats/instance_{instance_id}"
             handle = self.server.scene.add_gaussian_splats(  # replaces a node of the same name
-                name, splats.centers, splats.covariances, self._node_colors(instance_id, splats, state), splats.opacities,
+                name, splats.centers, splats.covariances, self._node_colors(instance_id, splats.rgbs, state), splats.opacities,
                 visible=self._node_visible(instance_id, state),
             )
             self._nodes[instance_id] = SplatNode(handle, index)
             sent.add(instance_id)
         return sent
 
-    def _node_colors(self, instance_id: int, splats: SplatArrays, state: EditState) -> np.ndarray:
-        """[M, 3] colours of one node: RGB or its instance colour, highlighted if selected, dimmed while
-        something else is."""
+    def _node_colors(self, instance_id: int, rgbs: np.ndarray, state: EditState) -> np.ndarray:
+        """Colours of one node's splats (`rgbs` [M, 3]: their own): RGB or the instance colour, highlighted
+        if selected, dimmed while something else is. [M, 3]"""
         if self.mode == "instances" and instance_id > 0:
-            rgbs = np.broadcast_to(np.asarray(instance_color(instance_id), dtype=np.float32) / 255.0, splats.rgbs.shape)
-        else:
-            rgbs = splats.rgbs
+            rgbs = np.broadcast_to(np.asarray(instance_color(instance_id), dtype=np.float32) / 255.0, rgbs.shape)
         if instance_id in state.selected:
             return highlighted(rgbs)
         return dimmed(rgbs) if state.selected else np.ascontiguousarray(rgbs)
@@ -210,7 +208,7 @@ class ViewerApp:
     def _recolor(self, instance_ids: set[int], state: EditState) -> None:
         for instance_id in instance_ids & set(self._nodes):
             node = self._nodes[instance_id]
-            node.handle.rgbs = self._node_colors(instance_id, self._splats.take(node.index), state)
+            node.handle.rgbs = self._node_colors(instance_id, self._splats.rgbs[node.index], state)
 
     def _node_visible(self, instance_id: int, state: EditState) -> bool:
         if self.mode in SERVER_MODES:

@@ -20,6 +20,8 @@ from PIL import Image
 from viser._image_encoding import cv2_imencode_with_fallback
 from viser._messages import BackgroundImageMessage
 
+from protosaga_core.threads import rebalance as rebalance_threads
+
 from .browser_camera import BrowserPose, camera_from_pose, render_size
 from .document import SceneDocument
 from .live import SERVER_MODES, FeaturePca, Frame, RenderMode, render_frame, reselect_frame
@@ -152,6 +154,7 @@ class LiveView:
     def _update(self) -> None:
         if self.client.camera.update_timestamp == 0.0:  # the tab has not reported its camera yet
             return
+        rebalance_threads()  # a training started or stopped beside the viewer
         mode = self._mode()
         if mode not in SERVER_MODES:
             with self._lock:

@@ -19,6 +19,7 @@ import torch
 import tyro
 
 from protosaga_core.scene_dir import SceneDirError
+from protosaga_core.threads import configure as configure_threads
 
 from .document import SceneDocument
 from .live import RenderMode
@@ -52,6 +53,9 @@ class ViewerConfig:
     """where frames are rendered: auto (cuda if available), cpu or cuda"""
     open_browser: bool = True
     """open the viewer in the default browser where there is a display"""
+    threads: int | None = None
+    """torch's CPU threads for frames and picking; default: all cores, or an equal share while other
+    protosaga processes run (e.g. a training), followed as they start and stop"""
 
     def allowed_origins(self) -> tuple[AllowedOrigin, ...]:
         """The parsed --allow-origin values (ValueError naming the first malformed one)."""
@@ -130,6 +134,11 @@ def _has_display() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     config = tyro.cli(ViewerConfig, args=sys.argv[1:] if argv is None else argv, prog="protosaga-view")
+    try:
+        configure_threads("view", config.threads)
+    except ValueError as error:
+        print(f"protosaga-view: error: {error}", file=sys.stderr)
+        return 2
     return serve_forever(config)
 
 

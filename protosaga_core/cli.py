@@ -27,6 +27,7 @@ from .pipeline import RunConfig, run, run_demo
 from .prototypes import PrototypesConfig, compute_prototypes
 from .scene_dir import SceneDir
 from .segment import SegmentConfig, segment
+from .threads import configure as configure_threads
 from .train import PRESETS as TRAIN_PRESETS
 from .train import Preset, TrainConfig, train
 
@@ -322,10 +323,41 @@ RESUME_HINTS = {
 """What to do after Ctrl-C, per command; the others change nothing until their outputs are complete."""
 
 
+THREADS_HELP = (
+    "Every command also takes --threads N: torch's CPU threads. Default: all cores, or an equal share of "
+    "them while other protosaga processes (a training, the viewer) run, followed as they start and stop."
+)
+
+
+def threads_in(argv: list[str]) -> tuple[list[str], int | None]:
+    """`--threads N` or `--threads=N`, anywhere in `argv`, taken out (every command accepts it).
+
+    Raises:
+        ValueError: a count that is not a positive integer, or none.
+    """
+    rest, threads = [], None
+    args = iter(argv)
+    for arg in args:
+        if arg == "--threads" or arg.startswith("--threads="):
+            value = arg.split("=", 1)[1] if "=" in arg else next(args, "")
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"--threads needs a positive integer, got {value!r}")
+            threads = int(value)
+        else:
+            rest.append(arg)
+    return rest, threads
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    command = tyro.cli(command_type(_preset_in(argv)), args=argv, prog="protosaga")
+    try:
+        argv, threads = threads_in(argv)
+    except ValueError as error:
+        print(f"protosaga: {error}", file=sys.stderr)
+        return 2
+    command = tyro.cli(command_type(_preset_in(argv)), args=argv, prog="protosaga", description=f"{__doc__}\n\n{THREADS_HELP}")
     name = next((arg for arg in argv if not arg.startswith("-")), "")
+    configure_threads(name or "protosaga", threads)
     try:
         command.run()
     except (OSError, ValueError, ImportError) as error:

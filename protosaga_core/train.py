@@ -31,6 +31,7 @@ from .gaussians import DEFAULT_FEATURE_DIM, Gaussians
 from .metrics import ssim_loss
 from .render import render
 from .scene_dir import Classifiers, SceneDir, SceneMeta
+from .threads import rebalance as rebalance_threads
 
 IGNORE = -100
 """Cross-entropy target of pixels without a mask."""
@@ -357,6 +358,7 @@ def train_loop(
             strategy.step_post_backward(state.params, state.optimizers, state.strategy_state, step, info, packed=False)
             state.iteration += 1
             bar.update(1)
+            rebalance_threads()  # a viewer opened or closed beside the training
             if step % 10 == 0:
                 mse = F.mse_loss(rgb.detach(), views[index].image).item()
                 psnr = -10 * math.log10(max(mse, 1e-10))

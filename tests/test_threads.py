@@ -1,0 +1,72 @@
+"""Thread counts shared between protosaga processes (issue 13): registration, shares, --threads."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from protosaga_core import threads
+from protosaga_core.cli import main, threads_in
+from protosaga_core.threads import Running, ThreadBudget, other_processes, share_of_cores
+
+
+def test_each_process_takes_an_equal_share_of_the_cores():
+    assert [share_of_cores(2, others) for others in (0, 1, 2)] == [2, 1, 1]
+    assert [share_of_cores(8, others) for others in (0, 1, 3, 7, 20)] == [8, 4, 2, 1, 1]
+
+
+@pytest.fixture()
+def other(tmp_path):
+    """A live process registered as a viewer in tmp_path."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (tmp_path / f"{process.pid}.json").write_text(json.dumps({"pid": process.pid, "command": "view"}))
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_only_live_other_processes_count_and_dead_ones_are_swept(tmp_path, other):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"{finished.stdout.strip()}.json"
+    dead.write_text(json.dumps({"pid": int(finished.stdout), "command": "train"}))
+    (tmp_path / "garbage.json").write_text("{not json")
+    (tmp_path / f"{os.getpid()}.json").write_text(json.dumps({"pid": os.getpid(), "command": "me"}))
+    assert other_processes(tmp_path) == [Running(other.pid, "view")]
+    assert not dead.exists()
+
+
+def test_a_budget_registers_shares_and_follows_others(tmp_path, other):
+    before = torch.get_num_threads()
+    try:
+        budget = ThreadBudget("train", folder=tmp_path)
+        assert json.loads((tmp_path / f"{os.getpid()}.json").read_text()) == {"pid": os.getpid(), "command": "train"}
+        cores = threads.available_cores()
+        assert budget.apply() == share_of_cores(cores, 1) == torch.get_num_threads()
+        other.kill()
+        other.wait()
+        budget.rebalance()  # looked less than REBALANCE_S ago: nothing changes yet
+        assert torch.get_num_threads() == share_of_cores(cores, 1)
+        budget._checked -= threads.REBALANCE_S
+        budget.rebalance()
+        assert torch.get_num_threads() == cores  # alone again: every core
+        assert ThreadBudget("view", requested=1, folder=tmp_path).apply() == 1 == torch.get_num_threads()
+        budget.unregister()
+        assert not (tmp_path / f"{os.getpid()}.json").exists()
+        with pytest.raises(ValueError, match="at least 1"):
+            ThreadBudget("view", requested=0, folder=tmp_path)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_every_command_takes_threads_anywhere(capsys):
+    assert threads_in(["train", "data", "--threads", "2", "-o", "x"]) == (["train", "data", "-o", "x"], 2)
+    assert threads_in(["--threads=3", "info", "a.ply"]) == (["info", "a.ply"], 3)
+    assert threads_in(["info", "a.ply"]) == (["info", "a.ply"], None)
+    for bad in (["--threads", "0"], ["--threads", "two"], ["--threads"]):
+        with pytest.raises(ValueError, match="positive integer"):
+            threads_in(bad)
+    assert main(["info", "missing.ply", "--threads", "0"]) == 2
+    assert "--threads needs a positive integer" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from .prototypes import PrototypesConfig, compute_prototypes
 from .scene_dir import SceneDir
 from .segment import SegmentConfig, segment
 from .threads import configure as configure_threads
+from .threads import release as release_threads
 from .train import PRESETS as TRAIN_PRESETS
 from .train import Preset, TrainConfig, train
 
@@ -367,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = RESUME_HINTS.get(name, "the scene and its files are as they were before the command")
         print(f"\nprotosaga {name}: {str(interrupt) or 'interrupted'}; {hint}", file=sys.stderr)
         return 130
+    finally:
+        release_threads()  # done: the other protosaga processes may take the cores back
     return 0
 
 

@@ -158,6 +158,14 @@ def configure(command: str, requested: int | None = None) -> ThreadBudget:
     return _budget
 
 
+def release() -> None:
+    """Unregister this process (its command finished; also done at exit) and stop rebalancing."""
+    global _budget
+    if _budget is not None:
+        _budget.unregister()
+        _budget = None
+
+
 def rebalance() -> None:
     """Let a long-running loop follow other protosaga processes starting and stopping; no-op unless
     `configure` ran in this process."""

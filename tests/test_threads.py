@@ -70,3 +70,6 @@ def test_every_command_takes_threads_anywhere(capsys):
             threads_in(bad)
     assert main(["info", "missing.ply", "--threads", "0"]) == 2
     assert "--threads needs a positive integer" in capsys.readouterr().err
+    # A finished command leaves no registration behind (tests and scripts call main in-process).
+    assert main(["info", "missing.ply", "--threads", "1"]) == 2
+    assert not (threads.running_dir() / f"{os.getpid()}.json").exists()

@@ -1,4 +1,4 @@
-"""Rasterizer speed and memory: `python bench/rasterizer.py [--quick] [--json PATH] [--backend torch]`.
+"""Rasterizer speed and memory: `python bench/rasterizer.py [--quick | --cases N,SIZE,CHANNELS ...] [--json PATH]`.
 
 Each case renders one camera of N random Gaussians in its view frustum, sized so the image is covered
 about 20 layers deep (a trained scene's depth complexity), and reports the median over repeated runs of
@@ -122,6 +122,7 @@ def run_in_subprocess(args: argparse.Namespace, num: int, size: int, channels: i
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only 20k Gaussians at 128² with 19 channels")
+    parser.add_argument("--cases", nargs="+", metavar="N,SIZE,CHANNELS", help="run these cases instead")
     parser.add_argument("--json", type=Path, help="write the records here")
     parser.add_argument("--backend", choices=["torch", "gsplat"], default="torch")
     parser.add_argument("--repeats", type=int, default=7)
@@ -137,6 +138,8 @@ def main() -> int:
     cases = [(20_000, 128, 19)] if args.quick else [
         (n, s, c) for n in GAUSSIAN_COUNTS for s in IMAGE_SIZES for c in CHANNEL_COUNTS
     ]
+    if args.cases:
+        cases = [tuple(int(v) for v in case.split(",")) for case in args.cases]
     records = []
     print(f"{'backend':>8} {'N':>8} {'size':>9} {'ch':>3} {'fwd ms':>9} {'fwd+bwd ms':>11} {'peak MB':>8}")
     for num, size, channels in cases:

@@ -31,7 +31,7 @@ from reference_render import (
 
 from protosaga_core.cameras import Cameras, intrinsics, look_at
 from protosaga_core.gaussians import Gaussians, num_sh_rest
-from protosaga_core.render import RasterSettings, rasterize, render
+from protosaga_core.render import RasterSettings, composite, rasterize, render
 
 VALUE_TOL_32 = 1e-4
 GRAD_TOL_32 = 1e-3
@@ -485,6 +485,7 @@ def test_alpha_max(alpha_max):
     scene = random_scene(14, 40, 24, 20, 1, scale=0.25, opacity=(0.995, 0.9999))
     settings = RasterSettings(alpha_max=alpha_max)
     result = compare_with_reference(scene, settings=settings)
+    compare_with_reference(scene, dtype=torch.float64, settings=settings)
     other = RasterSettings(alpha_max=0.999 if alpha_max == 0.99 else 0.99)
     image, alpha, _, _ = run_torch(scene, settings=other)
     assert (image - result["image"]).abs().max() > 1e-3, "the clamp matters in this scene"
@@ -539,6 +540,16 @@ def test_tile_and_chunk_sizes_give_the_same_image(tile_size, chunk_size):
     for name in GRAD_NAMES:
         assert gradient_error(result["grads"][name], baseline["grads"][name]) < 1e-4, name
     assert result["meta"]["tile_size"] == tile_size
+
+
+@pytest.mark.parametrize("block_elements", [1, 1 << 10])
+def test_gradient_path_in_blocks_matches_the_reference(monkeypatch, block_elements):
+    """With gradients the rasterizer composites block by block of whole tiles (one tile per block at
+    the smallest); 4-Gaussian chunks give tiles several chunks each, split across blocks never."""
+    monkeypatch.setattr(composite, "GRADIENT_BLOCK_ELEMENTS", block_elements)
+    scene = random_scene(2, 200, 50, 23, 3, 5, False)
+    compare_with_reference(scene, dtype=torch.float64, settings=RasterSettings(chunk_size=4))
+    compare_with_reference(scene, settings=RasterSettings(chunk_size=4))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -829,3 +840,30 @@ def test_gaussian_in_the_camera_plane_gets_a_finite_zero_gradient():
         assert torch.isfinite(tensor.grad).all()
         assert (tensor.grad[1:] == 0).all()
     assert means.grad[0].abs().sum() > 0
+
+
+def test_gradients_repeat_bit_for_bit_with_several_threads():
+    """Training must repeat exactly (a resumed run equals a straight one): no reduction whose order
+    depends on the threads."""
+    generator = torch.Generator().manual_seed(0)
+    count = 4000
+    means = (torch.rand(count, 3, generator=generator) - 0.5) * 2 + torch.tensor([0.0, 0.0, 4.0])
+    inputs = (
+        means, torch.randn(count, 4, generator=generator), torch.rand(count, 3, generator=generator) * 0.05 + 0.01,
+        torch.rand(count, generator=generator), torch.rand(count, 19, generator=generator),
+    )
+    viewmat, K = torch.eye(4)[None], torch.tensor([[[60.0, 0.0, 32.0], [0.0, 60.0, 32.0], [0.0, 0.0, 1.0]]])
+
+    def gradients() -> list[torch.Tensor]:
+        leaves = [t.clone().requires_grad_(True) for t in inputs]
+        image, alpha, _ = rasterize(*leaves, viewmat, K, 64, 64, RasterSettings())
+        (image.square().sum() + alpha.sum()).backward()
+        return [leaf.grad for leaf in leaves]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, 2))
+    try:
+        for first, second in zip(gradients(), gradients()):
+            assert torch.equal(first, second)
+    finally:
+        torch.set_num_threads(threads)

@@ -3,22 +3,25 @@
 Within a tile every Gaussian's exponent is a quadratic polynomial in the pixel's tile-local coordinates,
 so a chunk's exponents for all pixels are one matrix product `Q @ basis.T`, and the gradients of the
 polynomial coefficients are one matrix product back (`G @ basis`). The mapping from means2d, conics
-and opacities to the coefficients is ordinary autograd code (in `torch_backend`), done once per
-intersection instead of once per pixel.
+and opacities to the coefficients (`torch_backend.SlotCoefficients`) is done once per intersection
+instead of once per pixel.
 
 Compositing follows gsplat's CUDA kernel: alpha = min(alpha_max, opacity * exp(-sigma)), contributions
 with alpha < 1/255 are skipped, and a pixel stops before the Gaussian that would bring its
 transmittance to 1e-4 or below.
 
-Without gradients (viewer frames, label maps) `composite_forward` does the same arithmetic block by
-block (whole tiles), gathering each block's coefficients and channels itself: a 480p frame has ~1.2M
-intersections, and materialising their chunk layout, channels and the [M, B, P] buffers the backward
-needs (hundreds of MB) cost more than compositing them.
+Both paths work block by block of whole tiles, gathering each block's coefficients and channels
+themselves: a 480p frame has ~1.2M intersections, and materialising their channels in the chunk layout
+and whole-image [M, B, P] buffers cost more than compositing them. `CompositeChunks` (with gradients)
+recomputes the weights in its backward instead of saving them; `composite_forward` (viewer frames,
+label maps) also sums weights per bin, and `blend_weights` is what both blend with (render/sparse.py
+keeps its nonzeros).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -100,7 +103,7 @@ def composite_forward(
     binned = table.new_zeros(num_bins + 1, pixels) if slot_bins is not None else None
     for start, end in tile_blocks(chunk_first, max(BLOCK_ELEMENTS // (chunk_size * pixels), 1)):
         block = coeffs.index_select(0, slot_isects[start:end].flatten()).view(end - start, chunk_size, 6)
-        weights = _blend_weights(block, basis, chunk_first[start:end] - start, alpha_max)
+        weights = blend_weights(block, basis, chunk_first[start:end] - start, alpha_max)
         colors = table.index_select(0, slot_rows[start:end].flatten()).view(end - start, chunk_size, -1)
         # colors^T @ weights, not weights^T @ colors: the same sums, ~6x faster as [K, B] @ [B, P].
         out.index_add_(0, chunk_tiles[start:end], torch.bmm(colors.transpose(1, 2), weights))
@@ -123,12 +126,12 @@ def tile_blocks(chunk_first: Tensor, size: int) -> list[tuple[int, int]]:
     return blocks
 
 
-def _blend_weights(coeffs: Tensor, basis: Tensor, chunk_first: Tensor, alpha_max: float) -> Tensor:
+def blend_weights(coeffs: Tensor, basis: Tensor, chunk_first: Tensor, alpha_max: float) -> Tensor:
     """Each slot's blending weight w = T_before * alpha at each pixel, 0 past the transmittance stop,
     for whole tiles (chunk_first indexes this block). [M, B, 6] -> [M, B, P]
 
     The transmittance is one cumulative product over [1, 1 - alpha_0, ...], so that the exclusive and
-    the inclusive products are two views of one buffer (CompositeChunks concatenates them)."""
+    the inclusive products are two views of one buffer."""
     num_chunks, chunk_size, _ = coeffs.shape
     alpha = slot_alphas(coeffs, basis).clamp_(max=alpha_max)
     # threshold_ (zero where alpha <= the float just below the threshold) is exactly masked_fill_(alpha
@@ -150,12 +153,19 @@ def _float_below(value: float, dtype: torch.dtype) -> float:
     return torch.nextafter(rounded, torch.zeros((), dtype=dtype)).item()
 
 
+GRADIENT_BLOCK_ELEMENTS = 1 << 18
+"""Slot-pixel pairs (`chunks x B x P`) `CompositeChunks` composites at once: its buffers (~1 MB each in
+float32) are allocated once per call and reused from block to block."""
+
+
 class CompositeChunks(torch.autograd.Function):
-    """Composite chunks of depth-sorted Gaussians into tile pixels.
+    """Composite chunks of depth-sorted Gaussians into tile pixels, gathering each slot's channels.
 
     Forward inputs:
-        coeffs: exponent polynomial `log(opacity) - sigma = -coeffs @ basis` per slot. [M, B, 6]
-        colors: channels per slot. [M, B, K]
+        coeffs: exponent polynomial `log(opacity) - sigma = -coeffs @ basis` per slot (any strides:
+            `SlotCoefficients` hands them over as a view of a [6, M, B] buffer). [M, B, 6]
+        channels: the channels of every Gaussian. [R, K]
+        slot_rows: the `channels` row of each slot, R in empty slots. [M, B] int64
         basis: `pixel_basis`. [P, 6]
         chunk_tiles, chunk_first: chunk-to-tile layout from `TileBins`. [M], [M]
         num_tiles: number of tiles T over all cameras.
@@ -163,56 +173,161 @@ class CompositeChunks(torch.autograd.Function):
 
     Returns:
         tile_colors [T, P, K] (without background) and tile_alphas [T, P] (1 - final transmittance).
+
+    The alpha is blended as one more channel of ones, so that one pass serves both outputs. Both
+    directions run block by block of whole tiles, every pass writing into `_Scratch` buffers, and the
+    backward recomputes the blending weights instead of saving them: on a CPU each fresh [M, B, P]
+    buffer costs as much in page faults as several passes over it, and glibc hands freed buffers back
+    to the system, so only reusing them avoids the faults.
     """
 
     @staticmethod
-    def forward(ctx, coeffs, colors, basis, chunk_tiles, chunk_first, num_tiles: int, alpha_max: float):
-        num_chunks, chunk_size, _ = coeffs.shape
-        pixels, channels = basis.shape[0], colors.shape[-1]
-        alpha = slot_alphas(coeffs, basis)  # [M, B, P]
-        clamped = alpha > alpha_max
-        alpha.clamp_(max=alpha_max).masked_fill_(alpha < ALPHA_THRESHOLD, 0.0)
-        one_minus = 1.0 - alpha
-        trans = torch.cumprod(one_minus, dim=1)  # inclusive, relative to the chunk start
-        chunk_total = trans[:, -1, :].double().clamp_min(1e-300).log()
-        start = segment_exclusive_cumsum(chunk_total, chunk_first).exp().to(alpha.dtype)  # [M, P]
-        trans.mul_(start[:, None, :])
-        contributes = trans > TRANSMITTANCE_MIN
-        weights = torch.cat([start[:, None, :], trans[:, :-1, :]], dim=1).mul_(alpha)
-        weights.masked_fill_(~contributes, 0.0)
-
-        colors_and_one = torch.cat([colors, colors.new_ones(num_chunks, chunk_size, 1)], dim=-1)
-        chunk_out = torch.bmm(weights.transpose(1, 2), colors_and_one)  # [M, P, K + 1]
-        tile_out = chunk_out.new_zeros(num_tiles, pixels, channels + 1).index_add_(0, chunk_tiles, chunk_out)
-        tile_colors, tile_alphas = tile_out[..., :channels], tile_out[..., channels]
-
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            # d(alpha) chain factor alpha / (1 - alpha), zero where the slot has no gradient path.
-            ratio = alpha.div_(one_minus).masked_fill_(~contributes | clamped, 0.0)
-            ctx.save_for_backward(weights, ratio, clamped, colors, basis, chunk_tiles, chunk_first, tile_alphas)
-        return tile_colors, tile_alphas
+    def forward(ctx, coeffs, channels, slot_rows, basis, chunk_tiles, chunk_first, num_tiles: int, alpha_max: float):
+        rows, num_channels = channels.shape
+        table = channels.new_ones(rows + 1, num_channels + 1)  # the last column blends the alpha
+        table[:rows, :num_channels] = channels
+        table[rows, :num_channels] = 0.0  # empty slots have weight 0; finite channels keep 0 * c at 0
+        tile_out = table.new_zeros(num_tiles, num_channels + 1, basis.shape[0])
+        blocks = tile_blocks(chunk_first, max(GRADIENT_BLOCK_ELEMENTS // (coeffs.shape[1] * basis.shape[0]), 1))
+        scratch = _Scratch.make(blocks, coeffs.shape[1], basis.shape[0], num_channels + 1, table)
+        for start, end in blocks:
+            buffers = scratch.first(end - start)
+            block_first = chunk_first[start:end] - start
+            weights, _, _ = _weights_and_gains(coeffs[start:end], basis, block_first, alpha_max, buffers)
+            slot_channels = _gather_rows(table, slot_rows[start:end], buffers.channels)
+            # channels^T @ weights, not weights^T @ channels: the same sums, faster as [K, B] @ [B, P].
+            chunk_out = torch.bmm(slot_channels.transpose(1, 2), weights, out=buffers.grad_chunk)
+            tile_out.index_add_(0, chunk_tiles[start:end], chunk_out)
+        ctx.alpha_max = alpha_max
+        ctx.save_for_backward(coeffs, table, slot_rows, basis, chunk_tiles, chunk_first)
+        tile_out = tile_out.transpose(1, 2)  # [T, P, K + 1]
+        return tile_out[..., :num_channels], tile_out[..., num_channels]
 
     @staticmethod
     def backward(ctx, grad_colors, grad_alphas):
-        weights, ratio, clamped, colors, basis, chunk_tiles, chunk_first, tile_alphas = ctx.saved_tensors
-        grad_chunk = grad_colors.index_select(0, chunk_tiles)  # [M, P, K]
-        grad_colors_in = torch.bmm(weights, grad_chunk)  # [M, B, K]
-        if not ctx.needs_input_grad[0]:  # frozen geometry (label lifting): the channels' gradient is all
-            return None, grad_colors_in, None, None, None, None, None
+        coeffs, table, slot_rows, basis, chunk_tiles, chunk_first = ctx.saved_tensors
+        num_tiles, pixels, num_channels = grad_colors.shape
+        num_chunks, chunk_size, _ = coeffs.shape
+        grad_tiles = grad_colors.new_empty(num_tiles, num_channels + 1, pixels)
+        grad_tiles[:, :num_channels] = grad_colors.transpose(1, 2)
+        grad_tiles[:, num_channels] = grad_alphas
+        tile_end = chunk_first + torch.bincount(chunk_tiles, minlength=num_tiles).index_select(0, chunk_tiles)
+        grad_table = table.new_zeros(table.shape) if ctx.needs_input_grad[1] else None
+        grad_coeffs = coeffs.new_empty(6, num_chunks * chunk_size) if ctx.needs_input_grad[0] else None
+        minus_basis_t = basis.T.neg()
+        blocks = tile_blocks(chunk_first, max(GRADIENT_BLOCK_ELEMENTS // (chunk_size * pixels), 1))
+        scratch = _Scratch.make(blocks, chunk_size, pixels, num_channels + 1, table)
+        for start, end in blocks:
+            buffers = scratch.first(end - start)
+            block_first = chunk_first[start:end] - start
+            weights, trans, gain = _weights_and_gains(coeffs[start:end], basis, block_first, ctx.alpha_max, buffers)
+            slot_channels = _gather_rows(table, slot_rows[start:end], buffers.channels)
+            grad_chunk = torch.index_select(grad_tiles, 0, chunk_tiles[start:end], out=buffers.grad_chunk)
+            if grad_table is not None:
+                grad_slots = torch.bmm(weights, grad_chunk.transpose(1, 2), out=buffers.grad_slots)
+                # index_add_, not index_put_(accumulate=True): that one adds in an order that depends on
+                # the threads, and training must repeat bit for bit (a resumed run equals a straight one).
+                grad_table.index_add_(0, slot_rows[start:end].flatten(), grad_slots.flatten(0, 1))
+            if grad_coeffs is None:  # frozen geometry (label lifting): the channels' gradient is all
+                continue
+            # The loss is sum_j w_j v_j with v_j = c_j . g per pixel (alpha included as a channel of
+            # ones); dL/de_j = alpha_j dL/dalpha_j = r_j (T_j v_j - S_j), T_j the transmittance after
+            # slot j and S_j = sum_{k > j} w_k v_k over the rest of the tile, r_j = alpha_j / (1 - alpha_j).
+            # Past the stop T_j (zeroed there) and S_j are exactly 0, and so is the gradient.
+            value = torch.bmm(slot_channels, grad_chunk, out=buffers.value)  # [m, B, P]
+            suffix = torch.mul(value, weights, out=weights).cumsum_(dim=1)  # prefix sums, turned into S_j
+            chunk_sum = suffix[:, -1, :]
+            later = _later_chunk_sums(chunk_sum.double(), tile_end[start:end] - start).to(suffix.dtype)
+            torch.sub((chunk_sum + later)[:, None, :], suffix, out=suffix)
+            # gain = -r (0 where alpha is clamped), so gain * (S - T v) is dL/de.
+            grad_exponent = suffix.sub_(value.mul_(trans)).mul_(gain).view(-1, pixels)
+            # dL/dcoeffs = -dL/de @ basis, computed transposed: [6, P] @ [P, m B] is ~3x faster.
+            grad_coeffs[:, start * chunk_size : end * chunk_size] = torch.mm(minus_basis_t, grad_exponent.T)
+        if grad_coeffs is not None:
+            grad_coeffs = grad_coeffs.T.view(num_chunks, chunk_size, 6)
+        if grad_table is not None:
+            grad_table = grad_table[:-1, :num_channels]
+        return grad_coeffs, grad_table, None, None, None, None, None, None
 
-        # w_j (c_j . g): what each slot adds to the loss through its colour.
-        weighted = torch.bmm(colors, grad_chunk.transpose(1, 2)).mul_(weights)  # [M, B, P]
-        within = torch.cumsum(weighted, dim=1)
-        chunk_sum = within[:, -1, :]
-        chunk_sum64 = chunk_sum.double()
-        tile_sum = chunk_sum64.new_zeros(tile_alphas.shape).index_add_(0, chunk_tiles, chunk_sum64)
-        later = tile_sum[chunk_tiles] - segment_exclusive_cumsum(chunk_sum64, chunk_first) - chunk_sum64
-        # The alpha output's gradient enters every slot as -T_final * dL/dA (A = 1 - T_final).
-        final_term = (1.0 - tile_alphas) * grad_alphas
-        beyond_chunk = (later - final_term.index_select(0, chunk_tiles).double()).to(within.dtype)
-        suffix = (chunk_sum[:, None, :] - within).add_(beyond_chunk[:, None, :])
-        # alpha_j * dL/dalpha_j, the gradient of the exponent with the opposite sign.
-        grad_exponent = weighted.masked_fill_(clamped, 0.0).sub_(suffix.mul_(ratio))
-        grad_coeffs = -torch.matmul(grad_exponent, basis)  # [M, B, 6]
-        return grad_coeffs, grad_colors_in, None, None, None, None, None
 
+@dataclass(frozen=True)
+class _Scratch:
+    """`CompositeChunks`' buffers for its largest block; `first(m)` views them for a block of m chunks.
+
+    Attributes:
+        ratio, weights, value: [m, B, P]; trans: [m, B + 1, P]; channels, grad_slots: [m, B, K + 1];
+        grad_chunk: [m, K + 1, P] (the forward's chunk sums, the backward's upstream gradient).
+    Buffers a pass leaves unused cost nothing: pages are only faulted in when first written.
+    """
+
+    ratio: Tensor
+    trans: Tensor
+    weights: Tensor
+    value: Tensor
+    channels: Tensor
+    grad_slots: Tensor
+    grad_chunk: Tensor
+
+    @staticmethod
+    def make(blocks: list[tuple[int, int]], chunk_size: int, pixels: int, width: int, like: Tensor) -> _Scratch:
+        most = max((end - start for start, end in blocks), default=0)
+        return _Scratch(
+            ratio=like.new_empty(most, chunk_size, pixels),
+            trans=like.new_empty(most, chunk_size + 1, pixels),
+            weights=like.new_empty(most, chunk_size, pixels),
+            value=like.new_empty(most, chunk_size, pixels),
+            channels=like.new_empty(most, chunk_size, width),
+            grad_slots=like.new_empty(most, chunk_size, width),
+            grad_chunk=like.new_empty(most, width, pixels),
+        )
+
+    def first(self, num_chunks: int) -> _Scratch:
+        return _Scratch(*(getattr(self, f.name)[:num_chunks] for f in fields(self)))
+
+
+def _gather_rows(table: Tensor, rows: Tensor, out: Tensor) -> Tensor:
+    """`table` rows [R, K] of each slot [m, B], into out. -> [m, B, K]"""
+    return torch.index_select(table, 0, rows.flatten(), out=out.view(-1, table.shape[1])).view(out.shape)
+
+
+def _weights_and_gains(
+    coeffs: Tensor, basis: Tensor, chunk_first: Tensor, alpha_max: float, buffers: _Scratch
+) -> tuple[Tensor, Tensor, Tensor]:
+    """What `CompositeChunks` blends with and differentiates through, for whole tiles, in `buffers`.
+    [m, B, 6] -> weights w = T_before * alpha, transmittances after each slot T, and gains
+    -alpha / (1 - alpha), all [m, B, P]. w and T are 0 from the transmittance stop on, the gain where
+    alpha is clamped at alpha_max (no gradient there)."""
+    ratio, trans = buffers.ratio, buffers.trans
+    # The alphas as `slot_alphas` computes them, into the buffer.
+    torch.mm(coeffs.reshape(-1, 6), basis.T.neg(), out=ratio.view(-1, basis.shape[0]))
+    ratio.clamp_(min=EXPONENT_FLOOR).exp_().clamp_(max=alpha_max)
+    # threshold_ is exactly masked_fill_(alpha < ALPHA_THRESHOLD, 0), ~20x faster on a CPU.
+    torch.nn.functional.threshold_(ratio, _float_below(ALPHA_THRESHOLD, ratio.dtype), 0.0)
+    trans[:, 0] = 1.0
+    torch.sub(1.0, ratio, out=trans[:, 1:])
+    ratio.div_(trans[:, 1:])  # alpha / (1 - alpha), so that w = ratio * T
+    trans.cumprod_(dim=1)
+    chunk_total = trans[:, -1, :].double().clamp_min(1e-300).log()
+    trans.mul_(segment_exclusive_cumsum(chunk_total, chunk_first).exp().to(ratio.dtype)[:, None, :])
+    after = trans[:, 1:]
+    # The stop: a slot contributes while the transmittance after it stays above TRANSMITTANCE_MIN.
+    torch.nn.functional.threshold_(after, TRANSMITTANCE_MIN, 0.0)
+    weights = torch.mul(ratio, after, out=buffers.weights)
+    # Clamped alphas all equal alpha_max, so their ratios equal the largest one exactly: zero them
+    # with threshold_ (x <= limit -> 0) on the negated ratios.
+    limit = torch.tensor(alpha_max, dtype=ratio.dtype)
+    torch.nn.functional.threshold_(ratio.neg_(), (-limit / (1.0 - limit)).item(), 0.0)
+    return weights, after, ratio
+
+
+def _later_chunk_sums(chunk_sums: Tensor, tile_end: Tensor) -> Tensor:
+    """Per chunk, the sum of the later chunks of its tile, exactly 0 where those are all 0.
+
+    Args:
+        chunk_sums: [M, P]; tile_end: one past the last chunk of each chunk's tile. [M]
+
+    Differences of suffix sums rather than of prefix sums: past the transmittance stop the chunks sum
+    to exact zeros, and adding zeros leaves a suffix sum bitwise unchanged.
+    """
+    suffix = torch.cat([chunk_sums, chunk_sums.new_zeros(1, chunk_sums.shape[1])]).flip(0).cumsum(0).flip(0)
+    return suffix[1:] - suffix.index_select(0, tile_end)

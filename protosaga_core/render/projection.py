@@ -1,7 +1,9 @@
 """EWA projection of 3D Gaussians to image-plane conics, as gsplat's fused projection kernel does.
 
-The differentiable maths is gsplat's own pure-PyTorch reference (`gsplat.cuda._torch_impl`); this module
-adds the culling and opacity-aware radii of gsplat's CUDA kernel, which that reference leaves out.
+The maths is that of gsplat's pure-PyTorch reference (`gsplat.cuda._torch_impl`), rearranged for speed:
+instead of batches of tiny 3x3 matrix products (and their backward), the 2D covariance J W R S (J W R S)^T
+is built from one GEMM per camera and elementwise products. This module adds the culling and
+opacity-aware radii of gsplat's CUDA kernel, which that reference leaves out.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from gsplat.cuda._torch_impl import _persp_proj, _quat_scale_to_covar_preci, _world_to_cam
+from gsplat.cuda._torch_impl import _quat_to_rotmat
 from torch import Tensor
 
 from .settings import ALPHA_THRESHOLD, RasterSettings
@@ -52,8 +54,8 @@ def project(
         means: [N, 3]; quats: unit or raw wxyz [N, 4]; scales: activated [N, 3];
         opacities: activated [N]; viewmats: [C, 4, 4]; Ks: [C, 3, 3].
     """
-    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False)
-    means_c, covars_c = _world_to_cam(means, covars, viewmats)
+    rot_c, trans_c = viewmats[:, :3, :3], viewmats[:, :3, 3]
+    means_c = torch.matmul(means, rot_c.transpose(1, 2)) + trans_c[:, None, :]  # [C, N, 3]
     depths = means_c[..., 2]
     with torch.no_grad():
         in_range = (depths > settings.near_plane) & (depths < settings.far_plane)
@@ -61,10 +63,12 @@ def project(
     # stay finite: near z = 0 the perspective divide's derivative is infinite, and zero upstream gradient
     # times infinity is NaN. A point on the optical axis stands in for them.
     on_axis = torch.tensor([0.0, 0.0, 1.0], dtype=means.dtype, device=means.device)
-    means2d, covars2d = _persp_proj(torch.where(in_range[..., None], means_c, on_axis), covars_c, Ks, width, height)
-    eye = torch.eye(2, dtype=means.dtype, device=means.device)
-    covars2d = covars2d + settings.eps2d * eye
-    cxx, cxy, cyy = covars2d[..., 0, 0], covars2d[..., 0, 1], covars2d[..., 1, 1]
+    means_c = torch.where(in_range[..., None], means_c, on_axis)
+    means2d = torch.matmul(means_c, Ks[:, :2, :3].transpose(1, 2)) / means_c[..., 2:]
+    rows_x, rows_y = _jacobian_rows(means_c, _camera_factors(quats, scales, rot_c), Ks, width, height)
+    cxx = (rows_x * rows_x).sum(-1) + settings.eps2d
+    cxy = (rows_x * rows_y).sum(-1)
+    cyy = (rows_y * rows_y).sum(-1) + settings.eps2d
     det = cxx * cyy - cxy * cxy
 
     # Culled entries get a harmless determinant so their (unused) conics stay finite.
@@ -74,6 +78,32 @@ def project(
     conics = torch.stack([cyy / safe_det, -cxy / safe_det, cxx / safe_det], dim=-1)
     radii = _radii(means2d.detach(), cxx.detach(), cyy.detach(), opacities.detach(), valid, width, height, settings)
     return Projection(means2d=means2d, conics=conics, depths=depths, radii=radii)
+
+
+def _camera_factors(quats: Tensor, scales: Tensor, rot_c: Tensor) -> Tensor:
+    """W R S per camera and Gaussian, whose product with its transpose is the camera-space covariance.
+    [N, 4], [N, 3], [C, 3, 3] -> [C, 3, N, 3] (row i of W R S at [:, i])"""
+    factors = _quat_to_rotmat(quats) * scales[:, None, :]  # R S, [N, 3, 3]
+    num_cameras, num_gaussians = rot_c.shape[0], quats.shape[0]
+    # One [3, 3] @ [3, 3 N] GEMM per camera instead of N tiny matrix products.
+    columns = factors.permute(1, 0, 2).reshape(3, 3 * num_gaussians)
+    return torch.matmul(rot_c, columns).view(num_cameras, 3, num_gaussians, 3)
+
+
+def _jacobian_rows(means_c: Tensor, factors_c: Tensor, Ks: Tensor, width: int, height: int) -> tuple[Tensor, Tensor]:
+    """The two rows of J W R S, J the perspective Jacobian with gsplat's clamp of the view direction to
+    1.3x the field of view. means_c: [C, N, 3] (in front of the camera); factors_c: [C, 3, N, 3];
+    Ks: [C, 3, 3] -> [C, N, 3] each"""
+    fx, fy, cx, cy = (Ks[:, i, j, None] for i, j in ((0, 0), (1, 1), (0, 2), (1, 2)))  # [C, 1] each
+    tx, ty, tz = means_c.unbind(-1)
+    margin_x, margin_y = 0.3 * 0.5 * width / fx, 0.3 * 0.5 * height / fy
+    slope_x = torch.clamp(tx / tz, min=-(cx / fx + margin_x), max=(width - cx) / fx + margin_x)
+    slope_y = torch.clamp(ty / tz, min=-(cy / fy + margin_y), max=(height - cy) / fy + margin_y)
+    # J = [[fx / z, 0, -fx x / z²], [0, fy / z, -fy y / z²]] with x / z, y / z the clamped slopes.
+    depth_row = factors_c[:, 2]
+    rows_x = (fx / tz)[..., None] * (factors_c[:, 0] - slope_x[..., None] * depth_row)
+    rows_y = (fy / tz)[..., None] * (factors_c[:, 1] - slope_y[..., None] * depth_row)
+    return rows_x, rows_y
 
 
 @torch.no_grad()

@@ -75,7 +75,7 @@ def bin_gaussians(
         means2d: [C, N, 2]; radii: [C, N, 2] (0 = culled); depths: [C, N] (positive where not culled).
     """
     device = means2d.device
-    num_cameras, num_gaussians = depths.shape
+    num_cameras = depths.shape[0]
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     tiles_per_image = tiles_x * tiles_y
 
@@ -89,33 +89,37 @@ def bin_gaussians(
     span = hi - lo  # [C, N, 2]
     tiles_per_gauss = span[..., 0] * span[..., 1] * (radii > 0).all(dim=-1)
 
+    # Every per-intersection quantity is a per-Gaussian one gathered once plus a function of the rank
+    # within the Gaussian's rectangle, computed in place: each fresh [I] buffer costs page faults.
     counts = tiles_per_gauss.flatten()
     num_isects = int(counts.sum())
     gauss = torch.repeat_interleave(torch.arange(counts.numel(), device=device), counts)
-    first = torch.cumsum(counts, 0) - counts
-    # index_select rather than indexing: several times faster for these million-row gathers on a CPU.
-    local = torch.arange(num_isects, device=device) - first.index_select(0, gauss)
-    span_x = span[..., 0].flatten().index_select(0, gauss).clamp_min_(1)
-    tile_col = lo[..., 0].flatten().index_select(0, gauss) + local % span_x
-    tile_row = lo[..., 1].flatten().index_select(0, gauss) + local // span_x
-    camera = gauss // num_gaussians
-    tile = tile_row * tiles_x + tile_col
-
+    span_x = span[..., 0].clamp_min(1)
+    corner = lo[..., 1] * tiles_x + lo[..., 0]  # the rectangle's first tile
     tile_bits = tiles_per_image.bit_length()
-    depth_bits = depths.detach().float().flatten().index_select(0, gauss).view(torch.int32).long() & 0xFFFFFFFF
-    keys = (camera << (tile_bits + 32)) | (tile << 32) | depth_bits
+    camera = torch.arange(num_cameras, device=device)[:, None]
+    depth_bits = depths.detach().float().view(torch.int32).long() & 0xFFFFFFFF
+    # gsplat's key `camera << (tile_bits + 32) | tile << 32 | depth`, less the tile's offset from the corner.
+    key_base = (camera << (tile_bits + 32)) | (corner << 32) | depth_bits  # [C, N]
+    # index_select rather than indexing: several times faster for these million-row gathers on a CPU.
+    local = torch.arange(num_isects, device=device).sub_((torch.cumsum(counts, 0) - counts).index_select(0, gauss))
+    row = torch.div(local, span_x.flatten().index_select(0, gauss), rounding_mode="floor")
+    # tile - corner = row * tiles_x + column = local + row * (tiles_x - span_x)
+    offset = local.add_(row.mul_((tiles_x - span_x).flatten().index_select(0, gauss)))
+    keys = offset.bitwise_left_shift_(32).add_(key_base.flatten().index_select(0, gauss))
     isect_ids, order = torch.sort(keys, stable=True)
     flatten_ids = gauss.index_select(0, order)
-    isect_tiles = (camera * tiles_per_image + tile).index_select(0, order)
+    tile = isect_ids >> 32
+    isect_tiles = (tile >> tile_bits).mul_(tiles_per_image).add_(tile.bitwise_and_((1 << tile_bits) - 1))
 
     num_tiles = num_cameras * tiles_per_image
     tile_counts = torch.bincount(isect_tiles, minlength=num_tiles)
     tile_first = torch.cumsum(tile_counts, 0) - tile_counts
     chunks_per_tile = (tile_counts + chunk_size - 1) // chunk_size
     chunk_offset = torch.cumsum(chunks_per_tile, 0) - chunks_per_tile
-
-    rank = torch.arange(num_isects, device=device) - tile_first.index_select(0, isect_tiles)
-    isect_slots = (chunk_offset.index_select(0, isect_tiles) + rank // chunk_size) * chunk_size + rank % chunk_size
+    # A tile's intersections fill its chunks in order: slot = first slot of the tile + rank in the tile.
+    slot_shift = chunk_offset * chunk_size - tile_first
+    isect_slots = torch.arange(num_isects, device=device).add_(slot_shift.index_select(0, isect_tiles))
     chunk_tiles = torch.repeat_interleave(torch.arange(num_tiles, device=device), chunks_per_tile)
 
     return TileBins(

@@ -10,7 +10,7 @@ from torch import Tensor
 from .composite import CompositeChunks, composite_forward, pixel_basis
 from .labels import LabelWeights, tile_label_weights, tile_local_labels
 from .projection import project
-from .settings import RasterSettings
+from .settings import ALPHA_THRESHOLD, RasterSettings
 from .tiles import TileBins, bin_gaussians
 
 _PADDING_EXPONENT = 1e4
@@ -59,17 +59,15 @@ def rasterize_torch(
     proj = project(means, quats, scales, opacities, viewmats, Ks, width, height, settings)
     tile_size = settings.tile_size_for("torch", gradients)
     bins = bin_gaussians(proj.means2d, proj.radii, proj.depths, width, height, tile_size, settings.chunk_size)
-    coeffs = _exponent_coefficients(proj.means2d, proj.conics, opacities, bins)
     basis = pixel_basis(tile_size, means.dtype, means.device)
     flat_colors = colors.reshape(num_cameras * num_gaussians, channels)
     label_weights = None
     if gradients:
-        isect_colors = flat_colors.index_select(0, bins.flatten_ids)
-        padding = coeffs.new_zeros(1, 6)
-        padding[0, 0] = _PADDING_EXPONENT
+        slot_rows = _slot_rows(bins)
         tile_colors, tile_alphas = CompositeChunks.apply(
-            _to_chunks(coeffs, padding, bins),
-            _to_chunks(isect_colors, isect_colors.new_zeros(1, channels), bins),
+            SlotCoefficients.apply(proj.means2d, proj.conics, opacities, slot_rows, bins),
+            flat_colors,
+            slot_rows,
             basis,
             bins.chunk_tiles,
             bins.chunk_first,
@@ -77,6 +75,7 @@ def rasterize_torch(
             settings.alpha_max,
         )
     else:
+        coeffs = exponent_coefficients(proj.means2d, proj.conics, opacities, bins)
         tile_colors, tile_alphas, label_weights = _composite_without_grad(
             coeffs, flat_colors, labels, basis, bins, settings.alpha_max
         )
@@ -113,16 +112,13 @@ def _composite_without_grad(
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
     """`composite_forward` of the intersections: tile colours [T, P, K], alphas [T, P] and, for labels
     [N], the (ids, best, total) of `LabelWeights` per tile pixel, each [T, P]."""
-    num_isects, channels = coeffs.shape[0], flat_colors.shape[-1]
-    padding = coeffs.new_zeros(1, 6)
-    padding[0, 0] = _PADDING_EXPONENT
-    empty = torch.full((bins.num_chunks * bins.chunk_size,), num_isects, device=coeffs.device)
-    slot_isects = empty.index_copy_(0, bins.isect_slots, torch.arange(num_isects, device=coeffs.device))
+    channels = flat_colors.shape[-1]
+    slots = slot_isects(bins)
 
     def per_slot(isect_values: Tensor, empty_value: int) -> Tensor:
         """Per-intersection values [I] in the chunk layout [M, B], `empty_value` in empty slots."""
         padded = torch.cat([isect_values, isect_values.new_full((1,), empty_value)])
-        return padded.index_select(0, slot_isects).view(bins.num_chunks, bins.chunk_size)
+        return padded.index_select(0, slots.flatten()).view_as(slots)
 
     slot_bins, tile_labels, num_bins = None, None, 0
     if labels is not None:
@@ -135,8 +131,8 @@ def _composite_without_grad(
         isect_bins = bins.isect_tiles * tile_labels.width + tile_labels.columns
         slot_bins = per_slot(torch.where(tile_labels.columns >= 0, isect_bins, num_bins), num_bins)
     out, binned = composite_forward(
-        torch.cat([coeffs, padding]),
-        slot_isects.view(bins.num_chunks, bins.chunk_size),
+        with_padding(coeffs),
+        slots,
         torch.cat([flat_colors, flat_colors.new_zeros(1, channels)]),  # empty slots: alpha 0 anyway
         per_slot(bins.flatten_ids, len(flat_colors)),
         basis,
@@ -155,8 +151,26 @@ def _composite_without_grad(
     return out[..., :channels], out[..., channels], label_weights
 
 
-def _exponent_coefficients(means2d: Tensor, conics: Tensor, opacities: Tensor, bins: TileBins) -> Tensor:
-    """Per intersection, the coefficients q with `log(opacity) - sigma(pixel) = -q . basis(pixel)`. [I, 6]
+def slot_isects(bins: TileBins) -> Tensor:
+    """The intersection in each slot of the chunk layout, I (the padding row, `with_padding`) in empty
+    slots. [M, B] int64"""
+    num_isects = bins.isect_slots.numel()
+    device = bins.isect_slots.device
+    flat = torch.full((bins.num_chunks * bins.chunk_size,), num_isects, device=device)
+    flat.index_copy_(0, bins.isect_slots, torch.arange(num_isects, device=device))
+    return flat.view(bins.num_chunks, bins.chunk_size)
+
+
+def with_padding(coeffs: Tensor) -> Tensor:
+    """Exponent coefficients [I, 6] and one more row for empty slots (alpha exactly 0). [I + 1, 6]"""
+    padding = coeffs.new_zeros(1, 6)
+    padding[0, 0] = _PADDING_EXPONENT
+    return torch.cat([coeffs, padding])
+
+
+def exponent_coefficients(means2d: Tensor, conics: Tensor, opacities: Tensor, bins: TileBins) -> Tensor:
+    """Per intersection, the coefficients q with `log(opacity) - sigma(pixel) = -q . basis(pixel)`, a
+    view of a [6, I] buffer; without autograd (`SlotCoefficients` is the differentiable twin). [I, 6]
 
     sigma = a/2 dx² + b dx dy + c/2 dy² with (dx, dy) = centre - pixel, expanded in pixel coordinates
     relative to the tile centre.
@@ -165,33 +179,109 @@ def _exponent_coefficients(means2d: Tensor, conics: Tensor, opacities: Tensor, b
     ids = bins.flatten_ids
     centre = means2d.reshape(-1, 2).index_select(0, ids)
     a, b, c = conics.reshape(-1, 3).index_select(0, ids).unbind(-1)
-    tile = bins.isect_tiles % (bins.tiles_x * bins.tiles_y)
-    half = bins.tile_size / 2
-    u = centre[:, 0] - ((tile % bins.tiles_x) * bins.tile_size + half)
-    v = centre[:, 1] - (torch.div(tile, bins.tiles_x, rounding_mode="floor") * bins.tile_size + half)
-    # Gather before the log: culled Gaussians may have opacity exactly 0, and log(0) would put 0/0 in
-    # their gradient.
+    u, v = (centre - _tile_centres(bins.isect_tiles, bins)).unbind(-1)
     log_opacity = torch.log(opacities.index_select(0, ids % num_gaussians))
-    return torch.stack(
-        [
-            0.5 * a * u * u + b * u * v + 0.5 * c * v * v - log_opacity,
-            -(a * u + b * v),
-            -(b * u + c * v),
-            0.5 * a,
-            0.5 * c,
-            b,
-        ],
-        dim=-1,
-    )
+    return _quadratic(u, v, a, b, c, log_opacity).T
 
 
-def _to_chunks(values: Tensor, padding: Tensor, bins: TileBins) -> Tensor:
-    """Per-intersection rows [I, K] into the chunk layout [M, B, K], empty slots filled with `padding` [1, K].
+def _tile_centres(tiles: Tensor, bins: TileBins) -> Tensor:
+    """Pixel coordinates of the centres of global tiles. [...] int64 -> [..., 2]"""
+    tile = tiles % (bins.tiles_x * bins.tiles_y)
+    column, row = tile % bins.tiles_x, torch.div(tile, bins.tiles_x, rounding_mode="floor")
+    return torch.stack([column, row], dim=-1) * bins.tile_size + bins.tile_size / 2
 
-    `index_copy` rather than a gather, because its backward is a plain gather too.
+
+def _quadratic(u: Tensor, v: Tensor, a: Tensor, b: Tensor, c: Tensor, log_opacity: Tensor) -> Tensor:
+    """The six coefficients of `log_opacity - sigma` (negated) for centre offsets (u, v) from the tile
+    centre and conic (a, b, c), stacked. [...] each -> [6, ...]
+
+    Written into one buffer with out= and in-place ops (so not differentiable by autograd): every
+    temporary the size of the intersections costs page faults on a CPU.
     """
-    slots = padding.expand(bins.num_chunks * bins.chunk_size, -1).contiguous()
-    return slots.index_copy(0, bins.isect_slots, values).reshape(bins.num_chunks, bins.chunk_size, values.shape[-1])
+    out = u.new_empty(6, *u.shape)
+    q0, q1, q2, q3, q4, q5 = out
+    torch.mul(a, u, out=q1).addcmul_(b, v).neg_()
+    torch.mul(b, u, out=q2).addcmul_(c, v).neg_()
+    # sigma = (a u² + 2 b u v + c v²) / 2 = -(u q1 + v q2) / 2
+    torch.mul(u, q1, out=q0).addcmul_(v, q2).mul_(-0.5).sub_(log_opacity)
+    torch.mul(a, 0.5, out=q3)
+    torch.mul(c, 0.5, out=q4)
+    q5.copy_(b)
+    return out
+
+
+def _slot_rows(bins: TileBins) -> Tensor:
+    """The flattened [C * N] Gaussian in each chunk slot, C * N in empty slots. [M, B] int64"""
+    empty = bins.tiles_per_gauss.numel()
+    rows = bins.flatten_ids.new_full((bins.num_chunks * bins.chunk_size,), empty)
+    return rows.index_copy_(0, bins.isect_slots, bins.flatten_ids).view(bins.num_chunks, bins.chunk_size)
+
+
+class SlotCoefficients(torch.autograd.Function):
+    """`exponent_coefficients` gathered straight into the chunk layout, with a hand-written backward:
+    autograd through the gathers and the polynomial would cost a dozen passes over the intersections
+    and a slow multi-column index_add_ per input.
+
+    Forward inputs:
+        means2d: [C, N, 2]; conics: [C, N, 3]; opacities: [N];
+        slot_rows: `_slot_rows`. [M, B] int64
+        bins: the `TileBins` the slots belong to.
+
+    Returns:
+        coeffs as `CompositeChunks` takes them, a view of a [6, M, B] buffer; empty slots get
+        `_PADDING_EXPONENT` and zeros. [M, B, 6]
+    """
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, slot_rows, bins):
+        num_cameras, num_gaussians, _ = means2d.shape
+        rows = num_cameras * num_gaussians
+        table = means2d.new_empty(6, rows + 1)  # one column per Gaussian: rows of the gather are contiguous
+        table[:2, :rows] = means2d.reshape(rows, 2).T
+        table[2:5, :rows] = conics.reshape(rows, 3).T
+        # Culled Gaussians may have opacity 0: their log is never gathered (they have no slots).
+        table[5, :rows] = torch.log(opacities).expand(num_cameras, -1).flatten()
+        # The empty column makes the polynomial the constant _PADDING_EXPONENT.
+        table[:, rows] = table.new_tensor([0.0, 0.0, 0.0, 0.0, 0.0, -_PADDING_EXPONENT])
+        gathered = table.index_select(1, slot_rows.flatten()).view(6, *slot_rows.shape)  # [6, M, B]
+        centres = _tile_centres(bins.chunk_tiles, bins).to(table.dtype).T[..., None]  # [2, M, 1]
+        u, v = gathered[:2] - centres
+        a, b, c, log_o = gathered[2:]
+        coeffs = _quadratic(u, v, a, b, c, log_o)  # [6, M, B]
+        ctx.shape = (num_cameras, num_gaussians)
+        ctx.save_for_backward(u, v, gathered[2:5], slot_rows, opacities)
+        return coeffs.permute(1, 2, 0)
+
+    @staticmethod
+    def backward(ctx, grad_coeffs):
+        u, v, conic, slot_rows, opacities = ctx.saved_tensors
+        num_cameras, num_gaussians = ctx.shape
+        a, b, c = conic
+        g0, g1, g2, g3, g4, g5 = grad_coeffs.permute(2, 0, 1)
+        # The derivatives of q0 = (a u² + 2 b u v + c v²) / 2 - log o, q1 = -(a u + b v),
+        # q2 = -(b u + c v), q3 = a / 2, q4 = c / 2, q5 = b by (u, v, a, b, c), written in place into
+        # one buffer (each fresh temporary costs page faults), with p = g0 u - g1 and q = g0 v - g2.
+        p = torch.mul(g0, u).sub_(g1)
+        q = torch.mul(g0, v).sub_(g2)
+        grads = u.new_empty(5, *u.shape)
+        grad_u, grad_v, grad_a, grad_b, grad_c = grads
+        torch.mul(a, p, out=grad_u).addcmul_(b, q)
+        torch.mul(b, p, out=grad_v).addcmul_(c, q)
+        torch.sub(p, g1, out=grad_a).mul_(u).add_(g3).mul_(0.5)
+        torch.mul(v, p, out=grad_b).addcmul_(g2, u, value=-1.0).add_(g5)
+        torch.sub(q, g2, out=grad_c).mul_(v).add_(g4).mul_(0.5)
+        index = slot_rows.flatten()
+        # One index_add_ per component: on a CPU, ~2x faster than accumulating [M B, 6] rows at once.
+        sums = grad_coeffs.new_zeros(6, num_cameras * num_gaussians + 1)
+        for total, grad in zip(sums, (*grads, g0)):
+            total.index_add_(0, index, grad.flatten())
+        grad_means2d = sums[:2, :-1].T.reshape(num_cameras, num_gaussians, 2)
+        grad_conics = sums[2:5, :-1].T.reshape(num_cameras, num_gaussians, 3)
+        # dq0 / dlog(o) = -1 and dlog(o) / do = 1 / o; Gaussians with slots have o >= ALPHA_THRESHOLD,
+        # the rest a zero sum.
+        grad_log_opacity = -sums[5, :-1].view(num_cameras, num_gaussians).sum(0)
+        grad_opacities = grad_log_opacity / opacities.clamp_min(ALPHA_THRESHOLD)
+        return grad_means2d, grad_conics, grad_opacities, None, None
 
 
 def _untile(tile_values: Tensor, bins: TileBins, width: int, height: int) -> Tensor:

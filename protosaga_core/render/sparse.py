@@ -1,0 +1,326 @@
+"""Frozen geometry's blending weights, computed once per view and reused as a sparse matrix (DESIGN §3).
+
+Rendering any per-Gaussian channels c is Ĉ(p) = Σ_i w_i(p) c_i with w_i(p) = T_i(p) α_i(p), a linear map
+W [H*W, N] that only the geometry and the camera decide; lifting masks onto Gaussians is its transpose
+Wᵀ. Stages that never move the Gaussians (association, prototypes, lifted labels, the Cls baseline)
+render and transpose the same views with several channel sets, each time paying for projection,
+binning and compositing (and, for the transpose, a backward pass per 64-channel block). Here the
+forward-only compositor's arithmetic (`blend_weights`: same alpha clamp, 1/255 skip, 1e-4 transmittance
+stop, depth order) emits each view's nonzero (pixel, Gaussian, weight) triples once, and every later
+render or transpose is one sparse product.
+
+Only for the portable torch backend on the CPU: gsplat renders on CUDA faster than any sparse product,
+and torch's sparse kernels on MPS are incomplete. Memory is ~8 bytes per (pixel, contributing Gaussian)
+pair: `WeightsCache` bounds it, and a view that alone exceeds the budget is not computed to the end
+(callers then rasterize as before).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.sparse
+import torch
+from torch import Tensor
+
+from ..cameras import Cameras
+from ..gaussians import Gaussians
+from .composite import BLOCK_ELEMENTS, blend_weights, pixel_basis, tile_blocks
+from .projection import project
+from .settings import RasterSettings
+from .tiles import TileBins, bin_gaussians
+from .torch_backend import exponent_coefficients, slot_isects, with_padding
+
+DEFAULT_BUDGET_BYTES = 512 << 20
+"""Weights kept at most by a cache. The demo's 36 training views (128x96, ~50 contributing Gaussians per
+pixel) take 176 MB; one 1080p view of a large scene (2M pixels x ~50) would take ~800 MB, and rasterizes."""
+
+
+@dataclass(frozen=True)
+class ViewWeights:
+    """One camera's blending weights w_i(p), the matrix W [H*W, N] stored by its nonempty rows: row r is
+    pixel `pixels[r]` (y * W + x), its entries `row_offsets[r]:row_offsets[r + 1]`. Rows come in the order
+    the compositor emits them (tile by tile), which spares sorting every entry by pixel; pixels no
+    Gaussian reaches have no row.
+
+    Attributes:
+        pixels: the image pixel of each row. [R] int64
+        row_offsets: where each row's entries start, then nnz. [R + 1] int32 (int64 past 2^31 entries)
+        gaussians: the Gaussian of each entry, front to back within a row. [nnz], dtype of row_offsets
+        weights: w_i(p) of each entry. [nnz] float32
+        height, width: the image size.
+        num_gaussians: N.
+    """
+
+    pixels: Tensor
+    row_offsets: Tensor
+    gaussians: Tensor
+    weights: Tensor
+    height: int
+    width: int
+    num_gaussians: int
+
+    @property
+    def nnz(self) -> int:
+        return self.weights.numel()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.pixels, self.row_offsets, self.gaussians, self.weights))
+
+    @property
+    def alpha(self) -> Tensor:
+        """Accumulated opacity Σ_i w_i(p), as `render(...).alphas` (a blend of ones). [H, W]"""
+        return self.render(self.weights.new_ones(self.num_gaussians, 1))[..., 0]
+
+    def render(self, channels: Tensor) -> Tensor:
+        """W @ channels: the channels blended at every pixel, no background; differentiable in
+        `channels`. [N, K] -> [H, W, K]"""
+        return _Blend.apply(channels, self)
+
+    def transpose(self, targets: Tensor) -> Tensor:
+        """Wᵀ @ targets: Σ_p w_i(p) g(p) for every Gaussian (`lifting.transpose_render` of one view).
+        [H, W, K] -> [N, K]"""
+        rows = targets.detach().reshape(self.height * self.width, -1).to(self.weights.dtype).index_select(0, self.pixels)
+        # scipy's transposed CSR product scatters row by row; torch converts to CSC on every call
+        # (~10x slower on the demo views).
+        return torch.from_numpy(np.ascontiguousarray(self._scipy().T @ rows.numpy()))
+
+    def _product(self, channels: Tensor) -> Tensor:
+        shape = (len(self.pixels), self.num_gaussians)
+        with warnings.catch_warnings():  # torch's "CSR support is in beta" notice is not for our users
+            warnings.simplefilter("ignore", UserWarning)
+            matrix = torch.sparse_csr_tensor(self.row_offsets, self.gaussians, self.weights, shape, check_invariants=False)
+        rows = matrix @ channels.to(self.weights.dtype).contiguous()
+        image = rows.new_zeros(self.height * self.width, rows.shape[1]).index_copy_(0, self.pixels, rows)
+        return image.view(self.height, self.width, -1)
+
+    def _scipy(self) -> scipy.sparse.csr_matrix:
+        """The same arrays as a scipy matrix [R, N] (no copy)."""
+        arrays = (self.weights.numpy(), self.gaussians.numpy(), self.row_offsets.numpy())
+        return scipy.sparse.csr_matrix(arrays, shape=(len(self.pixels), self.num_gaussians), copy=False)
+
+
+class _Blend(torch.autograd.Function):
+    """W @ channels with the gradient Wᵀ @ grad (the Cls baseline trains features through it)."""
+
+    @staticmethod
+    def forward(ctx, channels: Tensor, view: ViewWeights) -> Tensor:
+        ctx.view, ctx.dtype = view, channels.dtype
+        return view._product(channels)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return ctx.view.transpose(grad).to(ctx.dtype), None
+
+
+@torch.no_grad()
+def compute_view_weights(
+    gaussians: Gaussians, camera: Cameras, settings: RasterSettings = RasterSettings(), max_bytes: int | None = None
+) -> ViewWeights | None:
+    """One camera's blending weights, as the torch backend's forward-only path composites them.
+
+    Args:
+        gaussians: on the CPU (gradients are ignored).
+        camera: a batch of one camera.
+        max_bytes: stop and return None once the weights would take more.
+    """
+    if camera.num_cameras != 1:
+        raise ValueError(f"compute_view_weights takes one camera, got {camera.num_cameras}")
+    width, height = camera.width, camera.height
+    opacities = gaussians.activated_opacities
+    proj = project(
+        gaussians.means, gaussians.activated_quats, gaussians.activated_scales, opacities,
+        camera.viewmats, camera.Ks, width, height, settings,
+    )  # fmt: skip
+    tile_size = settings.tile_size_for("torch", gradients=False)
+    bins = bin_gaussians(proj.means2d, proj.radii, proj.depths, width, height, tile_size, settings.chunk_size)
+    coeffs = with_padding(exponent_coefficients(proj.means2d, proj.conics, opacities, bins))
+    slots = slot_isects(bins)  # [M, B]
+    basis = pixel_basis(tile_size, coeffs.dtype, coeffs.device)
+    tile_rows = _tile_pixel_rows(bins, width, height)  # [T, P]
+    # Entries are kept compact from the start (int32 pixel and Gaussian, float32 weight): the peak while
+    # assembling the view is about three times its final 8 bytes per entry.
+    compact = torch.int32 if max(width * height, len(gaussians)) < 2**31 else torch.int64
+    parts, nbytes = [], 0
+    for start, end in tile_blocks(bins.chunk_first, max(BLOCK_ELEMENTS // slots.shape[1] // basis.shape[0], 1)):
+        block = slots[start:end]
+        weights = blend_weights(
+            coeffs.index_select(0, block.flatten()).view(*block.shape, 6), basis, bins.chunk_first[start:end] - start, settings.alpha_max
+        )
+        pixels, isects, values = _pixel_major_entries(weights, block, tile_rows.index_select(0, bins.chunk_tiles[start:end]))
+        parts.append((pixels.to(compact), bins.flatten_ids.index_select(0, isects).to(compact), values))
+        nbytes += pixels.numel() * (compact.itemsize + values.element_size())
+        if max_bytes is not None and nbytes > max_bytes:
+            return None
+    pixels, columns, values = (torch.cat(p) for p in zip(*parts)) if parts else _no_entries(coeffs.dtype)
+    index_dtype = compact if pixels.numel() < 2**31 else torch.int64  # one dtype for scipy and torch
+    # Each pixel's entries are one run (`_pixel_major_entries`): the runs are the rows.
+    starts = (pixels[1:] != pixels[:-1]).nonzero()[:, 0] + 1
+    starts = torch.cat([starts.new_zeros(min(pixels.numel(), 1)), starts])
+    return ViewWeights(
+        pixels.index_select(0, starts).long(),
+        torch.cat([starts, starts.new_full((1,), pixels.numel())]).to(index_dtype),
+        columns.to(index_dtype),
+        values,
+        height,
+        width,
+        len(gaussians),
+    )
+
+
+def _pixel_major_entries(weights: Tensor, slots: Tensor, chunk_rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The nonzero weights of whole tiles ordered by tile pixel, then chunk and slot, so that each image
+    pixel's entries are consecutive and front to back. Empty slots and skipped or stopped contributions
+    are exactly 0: the nonzeros are the contributions.
+
+    Args:
+        weights: `blend_weights` of consecutive chunks. [m, B, P]
+        slots: their intersections. [m, B] int64
+        chunk_rows: the image pixel of each chunk's tile pixels, -1 off the image. [m, P] int64
+
+    Returns:
+        image pixels, intersections, weights. [E] each
+    """
+    num_chunks, chunk_size, _ = weights.shape
+    by_pixel = weights.permute(2, 0, 1).reshape(-1)  # [P * m * B]
+    pixel_rows = chunk_rows.T.reshape(-1)  # [P * m]
+    keep = by_pixel != 0
+    off_image = pixel_rows < 0  # tiles overhanging the image's right and bottom edges
+    if off_image.any():
+        keep.view(-1, chunk_size).logical_and_(~off_image[:, None])
+    flat = keep.nonzero()[:, 0]
+    if by_pixel.numel() < 2**31:  # int32 divisions are ~2x faster
+        flat = flat.to(torch.int32)
+    return (
+        pixel_rows.index_select(0, flat // chunk_size),
+        slots.view(-1).index_select(0, flat % (num_chunks * chunk_size)),
+        by_pixel.index_select(0, flat),
+    )
+
+
+def _tile_pixel_rows(bins: TileBins, width: int, height: int) -> Tensor:
+    """The image pixel y * W + x of each tile pixel, -1 past the image's edges. [T, P] int64"""
+    size = bins.tile_size
+    tile = torch.arange(bins.tiles_x * bins.tiles_y)
+    local = torch.arange(size * size)
+    y = (tile // bins.tiles_x * size)[:, None] + local // size
+    x = (tile % bins.tiles_x * size)[:, None] + local % size
+    return torch.where((y < height) & (x < width), y * width + x, -1)
+
+
+def _no_entries(dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    empty = torch.zeros(0, dtype=torch.int64)
+    return empty, empty, torch.zeros(0, dtype=dtype)
+
+
+def geometry_key(gaussians: Gaussians) -> str:
+    """A digest of what decides the weights (means, scales, quats, opacities): stages that read the
+    same gaussians.ply into new tensors share a cache entry."""
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor in (gaussians.means, gaussians.scales, gaussians.quats, gaussians.opacities):
+        digest.update(tensor.detach().cpu().contiguous().numpy())
+    return digest.hexdigest()
+
+
+def camera_key(camera: Cameras) -> tuple:
+    """One camera's pose, intrinsics and image size, exactly."""
+    return (camera.viewmats.cpu().numpy().tobytes(), camera.Ks.cpu().numpy().tobytes(), camera.width, camera.height)
+
+
+class WeightsCache:
+    """Views' weights keyed by (geometry, camera, settings), least recently used evicted past `budget_bytes`."""
+
+    def __init__(self, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
+        self.budget_bytes = budget_bytes
+        self._entries: OrderedDict[tuple, ViewWeights] = OrderedDict()
+        self.used_bytes = 0
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nnz(self) -> int:
+        """Nonzero weights held, over all views."""
+        return sum(view.nnz for view in self._entries.values())
+
+    def views(
+        self, gaussians: Gaussians, cameras: Cameras, settings: RasterSettings = RasterSettings(), compute: bool = True
+    ) -> list[ViewWeights] | None:
+        """Every camera's weights, missing ones computed and kept when `compute`; None when a view is
+        missing and not to be computed, or the missing views together exceed the budget."""
+        geometry = geometry_key(gaussians)
+        result, fresh = [], 0
+        for index in range(cameras.num_cameras):
+            camera = cameras[index]
+            key = (geometry, camera_key(camera), settings)
+            view = self._entries.get(key)
+            if view is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
+                remaining = self.budget_bytes - fresh
+                view = compute_view_weights(gaussians, camera, settings, remaining) if compute and remaining > 0 else None
+                if view is None:
+                    return None
+                fresh += view.nbytes
+                self._insert(key, view)
+            result.append(view)
+        return result
+
+    def _insert(self, key: tuple, view: ViewWeights) -> None:
+        self._entries[key] = view
+        self.used_bytes += view.nbytes
+        while self.used_bytes > self.budget_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.used_bytes -= evicted.nbytes
+
+
+_shared: WeightsCache | None = None
+
+
+@contextmanager
+def shared_weights(budget_bytes: int = DEFAULT_BUDGET_BYTES) -> Iterator[WeightsCache]:
+    """Within the block, frozen-geometry stages read and fill one cache: in `protosaga run`, the training
+    views' weights that association computes serve the prototypes stage. A block inside another one uses
+    the outer cache; the cache is freed when the outermost block ends. A budget of 0 turns the sparse
+    path off within the block (the benchmarks' old path)."""
+    global _shared
+    if _shared is not None:
+        yield _shared
+        return
+    _shared = WeightsCache(budget_bytes)
+    try:
+        yield _shared
+    finally:
+        _shared = None
+
+
+Compute = Literal["never", "shared", "always"]
+
+
+def frozen_weights(gaussians: Gaussians, cameras: Cameras, compute: Compute = "shared") -> list[ViewWeights] | None:
+    """Each camera's blending weights (default raster settings), cached ones first; views not cached are
+    computed per `compute`: "never"; "shared": within `shared_weights` (kept for later stages); "always":
+    also outside, for this call alone.
+
+    Computing a view's weights costs a little more than one transpose on the rasterizer (a forward and
+    a backward pass; ~1.1-1.3x on the demo) or two forward renders, and applying them a few milliseconds:
+    they pay where a view is rendered or transposed again, or with more channels than one rasterizer
+    pass takes. None where the sparse path does not apply (not on the CPU, over the memory budget, not
+    computed): rasterize.
+    """
+    if gaussians.device.type != "cpu":
+        return None
+    if _shared is not None:
+        return _shared.views(gaussians, cameras.to("cpu"), compute=compute != "never")
+    return WeightsCache().views(gaussians, cameras.to("cpu")) if compute == "always" else None

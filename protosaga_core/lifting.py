@@ -12,7 +12,9 @@ their Gaussians to the real objects.
 The votes are the transpose of rendering: rendering channels c gives Ĉ(p) = Σ_i w_i(p) c_i, so the
 gradient of Σ_p <g(p), Ĉ(p)> with respect to c_i is Σ_p w_i(p) g(p). One backward pass of the renderer
 with g = the one-hot consistent mask yields every Gaussian's votes for every label exactly, on either
-backend, without materialising the weights.
+backend, without materialising the weights. On the CPU, where stages share a view's weights
+(`render.sparse.shared_weights`) or the channels need several passes, the weights are computed once as
+a sparse matrix instead and the votes are one sparse product Wᵀ g.
 
 2D then follows 3D: rendering the one-hot per-Gaussian labels and taking the argmax per pixel gives
 label maps that agree with what isolate, delete and export act on (`render(labels=...)` computes that
@@ -32,10 +34,12 @@ from .cameras import Cameras
 from .gaussians import Gaussians
 from .render import render
 from .render.labels import LabelWeights
+from .render.sparse import frozen_weights
 
 CHANNEL_CHUNK = 64
-"""Channels transposed at once: bounds the per-intersection channel memory of scenes with hundreds of
-instances (the render is repeated per chunk of channels)."""
+"""Channels transposed at once by the rasterizer: bounds the per-intersection channel memory of scenes
+with hundreds of instances (the render is repeated per chunk of channels; on the CPU more channels take
+the sparse weights instead)."""
 COVERED_WEIGHT = 0.5
 """A rendered label map labels a pixel where the labelled Gaussians' accumulated weight reaches this,
 the coverage rule the synthetic GT and the viewer use for opacity."""
@@ -79,6 +83,10 @@ def transpose_render(gaussians: Gaussians, cameras: Cameras, targets: Tensor) ->
     Returns:
         Σ_p w_i(p) g(p) for every Gaussian i, summed over the cameras. [N, K]
     """
+    # More channels than one pass takes would repeat the rasterizer per block: the weights pay at once.
+    views = frozen_weights(gaussians, cameras, "always" if targets.shape[-1] > CHANNEL_CHUNK else "shared")
+    if views is not None:
+        return sum(view.transpose(target.cpu()) for view, target in zip(views, targets)).to(gaussians.device)
     frozen = gaussians.detach()
     result = []
     for block in targets.split(CHANNEL_CHUNK, dim=-1):

@@ -15,6 +15,7 @@ from .evaluate import EvalConfig, EvalReport, evaluate
 from .masks import MasksConfig, generate_masks
 from .masks.generate import resolve as resolve_masks
 from .prototypes import PrototypesConfig, compute_prototypes
+from .render.sparse import shared_weights
 from .scene_dir import SceneDir, config_record
 from .train import PRESETS, TrainConfig, train
 
@@ -77,19 +78,22 @@ def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool 
         resume = rerun == NOT_DONE and checkpoint.exists()
         _stage("train", "resuming from the last checkpoint" if resume else f"{rerun}: {config.train.iterations} iterations")
         train(dataset, output, config.train, resume=resume, overwrite=rerun != NOT_DONE)
-    rerun = stage_decision(scene_dir, "associate", config.associate, config.force)
-    if rerun is None:
-        _stage("associate", "done earlier with these flags; reused")
-    else:
-        how = "view consensus" if config.associate.grouping == "consensus" else f"memory bank, criterion {config.associate.criterion}"
-        _stage("associate", f"{rerun}: {how}")
-        associate(scene_dir, config.associate, progress=progress)
-    rerun = stage_decision(scene_dir, "prototypes", config.prototypes, config.force)
-    if rerun is None:
-        _stage("prototypes", "done earlier with these flags; reused")
-    else:
-        _stage("prototypes", f"{rerun}: per-view prototypes, their ensemble and {config.prototypes.gaussian_labels} per-Gaussian labels")
-        compute_prototypes(scene_dir, config.prototypes, progress=progress)
+    # Association and prototypes render the training views of the same frozen geometry: association
+    # computes their blending weights and the prototypes stage reuses them (DESIGN §3).
+    with shared_weights():
+        rerun = stage_decision(scene_dir, "associate", config.associate, config.force)
+        if rerun is None:
+            _stage("associate", "done earlier with these flags; reused")
+        else:
+            how = "view consensus" if config.associate.grouping == "consensus" else f"memory bank, criterion {config.associate.criterion}"
+            _stage("associate", f"{rerun}: {how}")
+            associate(scene_dir, config.associate, progress=progress)
+        rerun = stage_decision(scene_dir, "prototypes", config.prototypes, config.force)
+        if rerun is None:
+            _stage("prototypes", "done earlier with these flags; reused")
+        else:
+            _stage("prototypes", f"{rerun}: per-view prototypes, their ensemble and {config.prototypes.gaussian_labels} per-Gaussian labels")
+            compute_prototypes(scene_dir, config.prototypes, progress=progress)
     _stage("eval", "test-view rendering and segmentation")
     return evaluate(scene_dir, config.eval, progress=progress)
 

@@ -32,6 +32,7 @@ from .label_edits import ViewSums
 from .labelmaps import load_label_map
 from .lifting import fill_from_neighbours, labels_from_votes, lift_votes
 from .render import render
+from .render.sparse import frozen_weights
 from .scene_dir import InstanceInfo, SceneDir, SceneDirError
 
 DEFAULT_TEMPERATURE = 10.0
@@ -246,13 +247,18 @@ def render_features(
 ) -> Iterator[tuple[View, Tensor]]:
     """Each view with its rendered features F̂ [H, W, D] (on the CPU, no gradient), in the given order.
 
-    `gaussians` should already be on the device to render on (`default_device()`).
+    `gaussians` should already be on the device to render on (`default_device()`). Views whose blending
+    weights an earlier stage cached (`render.sparse.shared_weights`) are rendered from them.
     """
     with tqdm(total=len(views), desc=desc, unit="view", disable=not progress) as bar:
         for batch in view_batches(views, chunk_views):
             cameras = scene.cameras(batch).to(gaussians.device)
             with torch.no_grad():
-                features = render(gaussians, cameras, rgb=False, extras=gaussians.features).extras
+                weights = frozen_weights(gaussians, cameras, "never")  # one render: only if cached
+                if weights is not None:
+                    features = torch.stack([view.render(gaussians.features) for view in weights])
+                else:
+                    features = render(gaussians, cameras, rgb=False, extras=gaussians.features).extras
             bar.update(len(batch))
             yield from zip(batch, features.cpu())
 

@@ -17,8 +17,9 @@ Methods:
   5 nearest neighbours, self included, weight 2 / (T + 1)); Adam with Gaga's rates (features 2.5e-3,
   classifier 5e-4). Gaga trains 10k iterations on a GPU; the CPU default here is 300 (documented in
   `SegmentConfig`). Since geometry is frozen the neighbours are computed once, over all Gaussians (Gaga
-  recomputes them on a random subset when there are more than 300k). Prediction takes the argmax over
-  the instance classes only, so 0 is never predicted (DESIGN §5: label 0 is not an instance). The trained
+  recomputes them on a random subset when there are more than 300k), and on the CPU each training view's
+  blending weights are computed once and kept as a sparse matrix (`render.sparse`). Prediction takes
+  the argmax over the instance classes only, so 0 is never predicted (DESIGN §5: label 0 is not an instance). The trained
   classifier and features live in `SCENE/segment/cls/model.pt`; gaussians.ply is never modified.
 
 Every method writes one `<stem>.png` uint16 label map per view of the split. The feature methods label
@@ -42,6 +43,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .atomic import atomic_open
+from .cameras import Cameras
 from .datasets.scene import Scene, Split
 from .gaussians import Gaussians
 from .labelmaps import save_label_map
@@ -60,6 +62,7 @@ from .prototypes import (
 )
 from .lifting import render_label_maps
 from .render import render
+from .render.sparse import frozen_weights, shared_weights
 from .scene_dir import SceneDir
 
 Method = Literal["lifted", "proto", "cls", "kmeans"]
@@ -331,21 +334,33 @@ def train_cls(
     classifier_optimizer = torch.optim.Adam([weight, bias], lr=config.cls_lr_classifier)
     neighbours = _neighbours(frozen.means, REG3D_NEIGHBOURS) if config.cls_reg3d_lambda > 0 else None
     order: list[int] = []
-    for iteration in tqdm(range(1, config.cls_iterations + 1), desc="train cls", disable=not progress):
-        if not order:  # Gaga's viewpoint stack: every view once per epoch, in random order
-            order = torch.randperm(len(views), generator=generator).tolist()
-        index = order.pop()
-        rendered = render(frozen, views[index].cameras.to(device), rgb=False, extras=features).extras[0]
-        logits = rendered.reshape(-1, dim) @ weight.T + bias
-        loss = F.cross_entropy(logits, targets[index]) / math.log(num_classes)
-        if neighbours is not None and iteration % REG3D_INTERVAL == 0:
-            loss = loss + config.cls_reg3d_lambda * _neighbourhood_kl(features, weight, bias, neighbours, generator)
-        feature_optimizer.zero_grad(set_to_none=True)
-        classifier_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        feature_optimizer.step()
-        classifier_optimizer.step()
+    # Every view is rendered about iterations / views times with the geometry frozen: its blending
+    # weights are computed once and each render (and its backward) is a sparse product.
+    with shared_weights():
+        for iteration in tqdm(range(1, config.cls_iterations + 1), desc="train cls", disable=not progress):
+            if not order:  # Gaga's viewpoint stack: every view once per epoch, in random order
+                order = torch.randperm(len(views), generator=generator).tolist()
+            index = order.pop()
+            rendered = _render_features_of(frozen, views[index].cameras.to(device), features)
+            logits = rendered.reshape(-1, dim) @ weight.T + bias
+            loss = F.cross_entropy(logits, targets[index]) / math.log(num_classes)
+            if neighbours is not None and iteration % REG3D_INTERVAL == 0:
+                loss = loss + config.cls_reg3d_lambda * _neighbourhood_kl(features, weight, bias, neighbours, generator)
+            feature_optimizer.zero_grad(set_to_none=True)
+            classifier_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            feature_optimizer.step()
+            classifier_optimizer.step()
     return ClsModel(class_ids, weight.detach(), bias.detach(), features.detach())
+
+
+def _render_features_of(frozen: Gaussians, camera: Cameras, features: Tensor) -> Tensor:
+    """`features` [N, D] rendered from one camera with the geometry of `frozen`, differentiable in the
+    features: the view's cached blending weights where they apply, else the rasterizer. [H, W, D]"""
+    weights = frozen_weights(frozen, camera)
+    if weights is not None:
+        return weights[0].render(features)
+    return render(frozen, camera, rgb=False, extras=features).extras[0]
 
 
 def _neighbours(means: Tensor, k: int) -> Tensor:

@@ -1,0 +1,134 @@
+"""Cached sparse blending weights (render/sparse.py) against the rasterizer, and the stages that use them."""
+
+import numpy as np
+import pytest
+import torch
+
+from protosaga_core.cameras import Cameras, intrinsics, look_at
+from protosaga_core.consensus import cluster_masks, mask_membership
+from protosaga_core.gaussians import Gaussians
+from protosaga_core.lifting import CHANNEL_CHUNK, transpose_render
+from protosaga_core.prototypes import collect_view_prototypes, ensemble_prototypes, lifted_gaussian_labels, read_consistent_mask
+from protosaga_core.render import render
+from protosaga_core.render.sparse import WeightsCache, compute_view_weights, frozen_weights, shared_weights
+from protosaga_core.scene_dir import SceneDir
+
+
+def _random_scene(seed: int, count: int = 60, width: int = 30, height: int = 21) -> tuple[Gaussians, Cameras]:
+    """Gaussians in front of two cameras; 30x21 leaves the forward path's 8-pixel tiles overhanging."""
+    generator = torch.Generator().manual_seed(seed)
+    means = torch.rand(count, 3, generator=generator) - 0.5
+    gaussians = Gaussians(
+        means=means,
+        scales=torch.full((count, 3), -2.6) + 0.5 * torch.rand(count, 3, generator=generator),
+        quats=torch.randn(count, 4, generator=generator),
+        opacities=torch.randn(count, generator=generator) + 1.0,
+        sh0=torch.rand(count, 1, 3, generator=generator),
+        shN=torch.zeros(count, 0, 3),
+        features=torch.randn(count, 5, generator=generator),
+    )
+    eye = torch.tensor([[0.2, -0.1, 2.0], [-0.4, 0.3, 1.8]])
+    viewmats = look_at(eye, torch.zeros(2, 3), torch.tensor([0.0, 1.0, 0.0]))
+    return gaussians, Cameras(viewmats, intrinsics(30.0, 30.0, width / 2, height / 2, count=2), width, height)
+
+
+def _rasterized_transpose(gaussians: Gaussians, cameras: Cameras, targets: torch.Tensor) -> torch.Tensor:
+    """`transpose_render` on the rasterizer (a budget of 0 turns the sparse path off)."""
+    with shared_weights(0):
+        return transpose_render(gaussians, cameras, targets)
+
+
+@pytest.mark.parametrize("seed, width, height", [(0, 30, 21), (1, 32, 24), (2, 41, 9)])
+def test_weights_render_transpose_and_alpha_match_the_rasterizer(seed, width, height):
+    gaussians, cameras = _random_scene(seed, width=width, height=height)
+    targets = torch.rand(2, height, width, 4, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        expected = render(gaussians, cameras, rgb=False, extras=gaussians.features)
+    for index in range(2):
+        weights = compute_view_weights(gaussians, cameras[index])
+        assert weights.nnz > 100 and weights.gaussians.dtype == torch.int32
+        assert weights.weights.min() > 0 and len(torch.unique(weights.pixels)) == len(weights.pixels)
+        torch.testing.assert_close(weights.render(gaussians.features), expected.extras[index], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(weights.alpha, expected.alphas[index, ..., 0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            weights.transpose(targets[index]), _rasterized_transpose(gaussians, cameras[index], targets[index : index + 1]), rtol=1e-4, atol=1e-5
+        )
+
+
+def test_a_view_that_sees_no_gaussian_has_no_weights():
+    gaussians, cameras = _random_scene(6)
+    away = Cameras(look_at(torch.tensor([[0.0, 0.0, 2.0]]), torch.tensor([[0.0, 0.0, 5.0]]), torch.tensor([0.0, 1.0, 0.0])), cameras.Ks[:1], 30, 21)
+    weights = compute_view_weights(gaussians, away)
+    assert weights.nnz == 0 and len(weights.pixels) == 0
+    assert not weights.render(gaussians.features).any() and weights.render(gaussians.features).shape == (21, 30, 5)
+    assert not weights.transpose(torch.ones(21, 30, 2)).any()
+
+
+def test_the_gradient_of_a_weights_render_is_the_rasterizers():
+    gaussians, cameras = _random_scene(3)
+    grad_out = torch.randn(cameras.height, cameras.width, 5, generator=torch.Generator().manual_seed(0))
+    sparse = gaussians.features.clone().requires_grad_(True)
+    (compute_view_weights(gaussians, cameras[0]).render(sparse) * grad_out).sum().backward()
+    dense = gaussians.features.clone().requires_grad_(True)
+    (render(gaussians, cameras[0], rgb=False, extras=dense).extras[0] * grad_out).sum().backward()
+    torch.testing.assert_close(sparse.grad, dense.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_transpose_render_of_many_channels_takes_the_weights_and_agrees():
+    gaussians, cameras = _random_scene(4)
+    targets = torch.rand(2, cameras.height, cameras.width, CHANNEL_CHUNK + 6, generator=torch.Generator().manual_seed(1))
+    assert frozen_weights(gaussians, cameras) is None  # outside a shared block: rasterize ...
+    assert len(frozen_weights(gaussians, cameras, "always")) == 2  # ... unless the channels need several passes
+    torch.testing.assert_close(transpose_render(gaussians, cameras, targets), _rasterized_transpose(gaussians, cameras, targets), rtol=1e-4, atol=1e-4)
+
+
+def test_the_cache_shares_views_evicts_past_its_budget_and_falls_back():
+    gaussians, cameras = _random_scene(5)
+    one_view = compute_view_weights(gaussians, cameras[0]).nbytes
+    with shared_weights() as cache:
+        with shared_weights(0) as inner:  # a nested block uses the outer cache
+            assert inner is cache
+        first = frozen_weights(gaussians, cameras)
+        moved = Gaussians(**{**gaussians.tensors(), "means": gaussians.means + 0.01})
+        assert frozen_weights(gaussians.map(torch.clone), cameras, "never")[0] is first[0]  # same geometry, new tensors
+        assert frozen_weights(moved, cameras, "never") is None
+        assert frozen_weights(moved, cameras)[0] is not first[0]
+        assert (cache.hits, cache.misses, len(cache)) == (2, 5, 4)
+    small = WeightsCache(int(1.5 * one_view))
+    assert small.views(gaussians, cameras[0]) is not None and small.views(gaussians, cameras[1]) is not None
+    assert len(small) == 1 and small.used_bytes <= small.budget_bytes  # the least recently used went
+    assert WeightsCache(one_view // 2).views(gaussians, cameras[0]) is None  # not even one view fits
+    assert compute_view_weights(gaussians, cameras[0], max_bytes=100) is None
+
+
+def test_stages_on_the_trained_scene_give_the_rasterizers_results(trained_scene_readonly):
+    """Association's memberships, the prototypes and the lifted labels with cached weights (as in
+    `protosaga run`) equal the rasterizer's up to float rounding: the same clusters, ids and labels."""
+    scene_dir = SceneDir(trained_scene_readonly)
+    gaussians, scene = scene_dir.read_gaussians(), scene_dir.load_dataset()
+    views = scene.split("train")
+    camera, mask = views[0].cameras, read_consistent_mask(scene_dir, views[0])
+    weights = compute_view_weights(gaussians, camera)
+    with torch.no_grad():
+        expected = render(gaussians, camera, rgb=False, extras=gaussians.features).extras[0]
+    torch.testing.assert_close(weights.render(gaussians.features), expected, rtol=1e-5, atol=1e-5)
+    one_hot = torch.nn.functional.one_hot(mask, int(mask.max()) + 1).float()
+    torch.testing.assert_close(weights.transpose(one_hot), _rasterized_transpose(gaussians, camera, one_hot[None]), rtol=1e-4, atol=1e-4)
+
+    def stages():
+        membership = mask_membership(gaussians, ((view.cameras, view.load_mask()[None]) for view in views))
+        per_view = collect_view_prototypes(scene_dir, gaussians, scene, progress=False)
+        ids = ensemble_prototypes([p[0] for p in per_view], [p[1] for p in per_view]).ids
+        return membership, per_view, lifted_gaussian_labels(scene_dir, gaussians, scene, ids, progress=False)
+
+    with shared_weights(0):
+        old_membership, old_views, old_labels = stages()
+    with shared_weights() as cache:
+        membership, per_view, labels = stages()
+        assert len(cache) == len(views) and cache.hits == 2 * len(views)  # association filled it
+    assert np.array_equal(cluster_masks(membership)[0], cluster_masks(old_membership)[0])
+    assert abs(membership.members - old_membership.members).max() < 1e-4 * abs(old_membership.members).max()
+    for (ids, vectors, counts), (old_ids, old_vectors, old_counts) in zip(per_view, old_views):
+        assert torch.equal(ids, old_ids) and torch.equal(counts, old_counts)
+        torch.testing.assert_close(vectors, old_vectors, rtol=1e-4, atol=1e-5)
+    assert torch.equal(labels, old_labels)

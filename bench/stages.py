@@ -84,8 +84,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--cls-iterations", type=int, default=100)
     parser.add_argument("--json", type=Path, help="also write the records here")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         scene_path = args.scene or train_scene(Path(tmp))
         records, memory = run_bench(SceneDir(scene_path), args.runs, args.cls_iterations)

@@ -1,9 +1,14 @@
-"""`protosaga`: the command line, one subcommand per stage, each a thin shell over a library function."""
+"""`protosaga`: the command line, one subcommand per stage, each a thin shell over a library function.
+
+The installed `protosaga` command is `protosaga_app.command:main`, which calls `main` here with the viewer
+for `protosaga demo` to open at its end: this package never imports the app.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Union
@@ -263,18 +268,19 @@ class Demo:
     port: int = 8080
     """the viewer's port"""
 
-    def run(self) -> None:
+    def run(self, open_viewer: "ViewerLauncher | None" = None) -> None:
         scene, _ = run_demo(self.output, self.config)
         print(f"\ndemo scene ready: {scene}")
         print(f"label maps: {scene / 'segment'}; metrics: {scene / 'eval' / 'metrics.json'}")
-        if not self.view:
+        if not self.view or open_viewer is None:
             print(f"open it with: protosaga-view {scene}")
             return
-        # The viewer lives in protosaga_app, which depends on this package, not the other way round.
-        from protosaga_app.viewer import ViewerConfig, serve_forever
-
-        if serve_forever(ViewerConfig(scene, port=self.port)) != 0:
+        if open_viewer(scene, self.port) != 0:
             raise ValueError(f"the viewer could not open {scene}")
+
+
+ViewerLauncher = Callable[[Path, int], int]
+"""Serves a scene in the viewer on a port until Ctrl+C and returns the exit status (protosaga_app's)."""
 
 
 def default_preset() -> Preset:
@@ -349,7 +355,8 @@ def threads_in(argv: list[str]) -> tuple[list[str], int | None]:
     return rest, threads
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, open_viewer: ViewerLauncher | None = None) -> int:
+    """Run one subcommand; `open_viewer` lets `demo` open its scene at the end (else it prints how)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         argv, threads = threads_in(argv)
@@ -360,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     name = next((arg for arg in argv if not arg.startswith("-")), "")
     configure_threads(name or "protosaga", threads)
     try:
-        command.run()
+        command.run(open_viewer) if isinstance(command, Demo) else command.run()
     except (OSError, ValueError, ImportError) as error:
         print(f"protosaga {name}: {error_message(error)}", file=sys.stderr)
         return 2

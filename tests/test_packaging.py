@@ -23,7 +23,7 @@ def test_ci_runs_the_readme_test_command():
 
 def test_console_scripts_are_declared():
     text = (ROOT / "pyproject.toml").read_text()
-    assert 'protosaga = "protosaga_core.cli:main"' in text
+    assert 'protosaga = "protosaga_app.command:main"' in text
     assert 'protosaga-view = "protosaga_app.viewer:main"' in text
 
 
@@ -33,3 +33,16 @@ def test_viewer_entry_point_runs_and_documents_its_options():
     )
     assert result.returncode == 0
     assert "SCENE" in result.stdout and "--host" in result.stdout and "127.0.0.1" in result.stdout
+
+
+def test_the_core_never_imports_the_app():
+    """protosaga_core is the library; protosaga_app (viewer, the `protosaga` entry point) sits on top."""
+    code = (
+        "import importlib, pkgutil, sys, protosaga_core\n"
+        "for module in pkgutil.walk_packages(protosaga_core.__path__, 'protosaga_core.'):\n"
+        "    importlib.import_module(module.name)\n"
+        "print(sorted(name for name in sys.modules if name.startswith('protosaga_app')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from protosaga_app import viewer
+from protosaga_app import command, viewer
 from protosaga_core import pipeline
 from protosaga_core.cli import main
 from protosaga_core.datasets import DatasetConfig
@@ -85,8 +85,8 @@ def test_demo_runs_on_the_bundled_scene_and_opens_the_viewer(tmp_path, monkeypat
         app.server.stop()
         return 0
 
-    monkeypatch.setattr(viewer, "serve_forever", serve_once)
-    assert main(["demo", "--preset", "cpu", *TINY, "--port", "8765"]) == 0
+    monkeypatch.setattr(command, "serve_forever", serve_once)
+    assert command.main(["demo", "--preset", "cpu", *TINY, "--port", "8765"]) == 0  # the installed `protosaga`
     out = capsys.readouterr().out
     scene = tmp_path / "cache" / "protosaga" / "demo"
     assert f"demo scene ready: {scene}" in out

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from protosaga_core.lifting import render_label_maps
-from protosaga_core.prototypes import instance_color, read_consistent_mask
+from protosaga_core.palette import instance_color
+from protosaga_core.stages import read_consistent_mask
 from protosaga_core.scene_dir import SceneDir
 
 GREY = 128

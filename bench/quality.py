@@ -45,7 +45,8 @@ from protosaga_core.evaluate import EvalConfig, evaluate, gaussian_object_score
 from protosaga_core.labelmaps import load_label_map
 from protosaga_core.masks import MasksConfig, generate_masks
 from protosaga_core.metrics import instance_metrics
-from protosaga_core.prototypes import PrototypesConfig, compute_prototypes, read_consistent_mask
+from protosaga_core.prototypes import PrototypesConfig, compute_prototypes
+from protosaga_core.stages import read_consistent_mask
 from protosaga_core.segment import SegmentConfig, segment
 from protosaga_core.synthetic import synthesize
 from protosaga_core.train import PRESETS, train

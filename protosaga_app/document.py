@@ -36,14 +36,8 @@ from protosaga_core.editing import (
 from protosaga_core.gaussians import Gaussians
 from protosaga_core.label_edits import LabelEdit, Merge, Split, ViewSums, split_region
 from protosaga_core.lifting import render_label_maps
-from protosaga_core.prototypes import (
-    Prototypes,
-    classify,
-    default_device,
-    ensemble_prototypes,
-    read_consistent_mask,
-    render_features,
-)
+from protosaga_core.prototypes import Prototypes, classify, ensemble_prototypes
+from protosaga_core.stages import default_device, read_consistent_mask, render_features
 from protosaga_core.render import render
 
 from .edit_log import EditLog, export_edits

@@ -48,7 +48,8 @@ import torch
 import torch.nn.functional as F
 
 from protosaga_core.association import AssociateConfig, AssociationRecord
-from protosaga_core.prototypes import Prototypes, instance_color
+from protosaga_core.palette import instance_color
+from protosaga_core.prototypes import Prototypes
 
 Color = tuple[int, int, int]
 

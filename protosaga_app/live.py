@@ -24,7 +24,8 @@ from torch import Tensor
 from protosaga_core.cameras import Cameras
 from protosaga_core.gaussians import Gaussians
 from protosaga_core.lifting import covered_labels
-from protosaga_core.prototypes import Prototypes, classify, instance_color
+from protosaga_core.palette import instance_color
+from protosaga_core.prototypes import Prototypes, classify
 from protosaga_core.render import render
 
 from .splats import DIMMED, HIGHLIGHT_MIX, HIGHLIGHT_RGB

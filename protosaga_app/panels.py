@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import viser
 
 from protosaga_core.editing import ExportError
-from protosaga_core.prototypes import instance_color
+from protosaga_core.palette import instance_color
 
 from .edit_log import EditLog, describe
 from .inspector_panel import InspectorPanel

@@ -26,7 +26,7 @@ import viser
 import viser.transforms as vtf
 
 from protosaga_core.datasets.scene import View
-from protosaga_core.prototypes import instance_color
+from protosaga_core.palette import instance_color
 
 from . import panels
 from .browser_camera import BrowserPose, camera_from_pose, frustum_scale, is_drawable_pose, pose_from_camera

@@ -19,6 +19,7 @@ import torch
 import tyro
 
 from protosaga_core.scene_dir import SceneDirError
+from protosaga_core.stages import default_device
 from protosaga_core.threads import configure as configure_threads
 
 from .document import SceneDocument
@@ -70,7 +71,7 @@ class ViewerConfig:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
     return torch.device(name)

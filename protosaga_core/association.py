@@ -54,7 +54,7 @@ from .consensus import ConsensusSettings, cluster_masks, mask_membership
 from .datasets.scene import View
 from .gaussians import Gaussians
 from .labelmaps import MAX_LABEL, save_label_map
-from .prototypes import default_device
+from .stages import default_device
 from .scene_dir import Classifiers, SceneDir, SceneDirError, read_versioned_json
 
 ASSOCIATION_FORMAT = "protosaga-association"

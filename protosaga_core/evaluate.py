@@ -28,7 +28,7 @@ from .gaussians import Gaussians
 from .labelmaps import load_label_map
 from .metrics import InstanceMetrics, instance_metrics, psnr, ssim
 from .metrics3d import ObjectMetrics3D, gaussian_gt_objects, object_metrics_3d
-from .prototypes import DEFAULT_CHUNK_VIEWS, default_device, read_consistent_mask, view_batches
+from .stages import DEFAULT_CHUNK_VIEWS, default_device, read_consistent_mask, view_batches
 from .render import render
 from .scene_dir import SceneDir
 from .segment import Method, SegmentConfig, cls_model_path, output_dir, predictions_current, segment

@@ -12,10 +12,8 @@ one prototype exists. The `prototypes` stage writes `prototypes.npz`, the per-Ga
 
 from __future__ import annotations
 
-import colorsys
-import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,17 +24,15 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .atomic import atomic_open
-from .datasets.scene import Scene, View
+from .datasets.scene import Scene
 from .gaussians import Gaussians
 from .label_edits import ViewSums
-from .labelmaps import load_label_map
 from .lifting import fill_from_neighbours, labels_from_votes, lift_votes
-from .render import render
-from .render.sparse import frozen_weights
+from .palette import instance_color
 from .scene_dir import InstanceInfo, SceneDir, SceneDirError
+from .stages import DEFAULT_CHUNK_VIEWS, default_device, read_consistent_mask, render_features, view_batches
 
 DEFAULT_TEMPERATURE = 10.0
-DEFAULT_CHUNK_VIEWS = 4
 CLASSIFY_CHUNK = 1 << 16
 """Rows classified at once: bounds the [rows, T] similarity matrix (a million Gaussians x hundreds of
 instances would not fit otherwise)."""
@@ -215,62 +211,6 @@ def gaussian_labels(features: Tensor, prototypes: Prototypes, temperature: float
     return classify(features, prototypes, temperature)
 
 
-# --- rendering and masks ---------------------------------------------------------------------------
-
-
-def default_device() -> torch.device:
-    """CUDA when there is one (gsplat backend), else the CPU (the torch rasterizer)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def view_batches(views: Sequence[View], size: int) -> Iterator[list[View]]:
-    """Consecutive runs of at most `size` views sharing one image size, in the given order."""
-    if size < 1:
-        raise ValueError(f"batch size must be positive, got {size}")
-    batch: list[View] = []
-    for view in views:
-        if batch and (len(batch) == size or (view.width, view.height) != (batch[0].width, batch[0].height)):
-            yield batch
-            batch = []
-        batch.append(view)
-    if batch:
-        yield batch
-
-
-def render_features(
-    gaussians: Gaussians,
-    scene: Scene,
-    views: Sequence[View],
-    chunk_views: int = DEFAULT_CHUNK_VIEWS,
-    progress: bool = True,
-    desc: str = "features",
-) -> Iterator[tuple[View, Tensor]]:
-    """Each view with its rendered features F̂ [H, W, D] (on the CPU, no gradient), in the given order.
-
-    `gaussians` should already be on the device to render on (`default_device()`). Views whose blending
-    weights an earlier stage cached (`render.sparse.shared_weights`) are rendered from them.
-    """
-    with tqdm(total=len(views), desc=desc, unit="view", disable=not progress) as bar:
-        for batch in view_batches(views, chunk_views):
-            cameras = scene.cameras(batch).to(gaussians.device)
-            with torch.no_grad():
-                weights = frozen_weights(gaussians, cameras, "never")  # one render: only if cached
-                if weights is not None:
-                    features = torch.stack([view.render(gaussians.features) for view in weights])
-                else:
-                    features = render(gaussians, cameras, rgb=False, extras=gaussians.features).extras
-            bar.update(len(batch))
-            yield from zip(batch, features.cpu())
-
-
-def read_consistent_mask(scene_dir: SceneDir, view: View) -> Tensor:
-    """The associated mask of a training view at its render size. [H, W] int64"""
-    path = scene_dir.association_dir / f"{view.name}.png"
-    if not path.is_file():
-        raise SceneDirError(f"{path}: missing consistent mask of training view {view.name}; run protosaga associate first")
-    return load_label_map(path, view.width, view.height)
-
-
 def collect_view_prototypes(
     scene_dir: SceneDir,
     gaussians: Gaussians,
@@ -290,18 +230,6 @@ def collect_view_prototypes(
 
 
 # --- the instance table ----------------------------------------------------------------------------
-
-GOLDEN_RATIO_CONJUGATE = (math.sqrt(5) - 1) / 2
-
-
-def instance_color(instance_id: int) -> tuple[int, int, int]:
-    """A deterministic RGB colour per id: golden-ratio hue steps spread consecutive ids around the wheel;
-    saturation and value cycle with other periods so that ids whose hues coincide after rounding still differ."""
-    hue = (instance_id * GOLDEN_RATIO_CONJUGATE) % 1.0
-    saturation = 0.55 + 0.4 * ((instance_id * math.sqrt(2)) % 1.0)
-    value = 0.7 + 0.3 * ((instance_id * math.sqrt(3)) % 1.0)
-    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, saturation, value))
-
 
 def instance_table(prototypes: Prototypes, labels: Tensor) -> list[InstanceInfo]:
     """One row per prototype: colour, Gaussians labelled with it (labels [N] int64), views it was seen in."""

@@ -48,18 +48,8 @@ from .datasets.scene import Scene, Split
 from .gaussians import Gaussians
 from .labelmaps import save_label_map
 from .outputs import check_output_dir
-from .prototypes import (
-    CLASSIFY_CHUNK,
-    DEFAULT_CHUNK_VIEWS,
-    DEFAULT_TEMPERATURE,
-    Prototypes,
-    classify,
-    collect_view_prototypes,
-    default_device,
-    read_consistent_mask,
-    render_features,
-    view_batches,
-)
+from .prototypes import CLASSIFY_CHUNK, DEFAULT_TEMPERATURE, Prototypes, classify, collect_view_prototypes
+from .stages import DEFAULT_CHUNK_VIEWS, default_device, read_consistent_mask, render_features, view_batches
 from .lifting import render_label_maps
 from .render import render
 from .render.sparse import frozen_weights, shared_weights

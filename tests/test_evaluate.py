@@ -22,7 +22,8 @@ from protosaga_core.evaluate import EvalConfig, evaluate
 from protosaga_core.gaussians import Gaussians, rgb_to_sh0
 from protosaga_core.labelmaps import load_label_map, save_label_map
 from protosaga_core.metrics import instance_metrics
-from protosaga_core.prototypes import Prototypes, PrototypesConfig, compute_prototypes, read_consistent_mask
+from protosaga_core.prototypes import Prototypes, PrototypesConfig, compute_prototypes
+from protosaga_core.stages import read_consistent_mask
 from protosaga_core.render import render
 from protosaga_core.scene_dir import SceneDir, SceneDirError, SceneMeta
 from protosaga_core.segment import SegmentConfig, cls_model_path, predictions_current, segment

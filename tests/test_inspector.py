@@ -30,7 +30,8 @@ from protosaga_app.inspector import (
 from protosaga_app.inspector_panel import COMPACT_WIDTH, EXPANDED_WIDTH, LAYOUTS, NO_SUSPECT, InspectorPanel
 from protosaga_app.selection import EditModel
 from protosaga_core.association import AssociateConfig, AssociationRecord, MaskAssociation, ViewRecord
-from protosaga_core.prototypes import Prototypes, instance_color
+from protosaga_core.palette import instance_color
+from protosaga_core.prototypes import Prototypes
 
 from viser_client import free_port
 

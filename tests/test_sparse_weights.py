@@ -8,7 +8,8 @@ from protosaga_core.cameras import Cameras, intrinsics, look_at
 from protosaga_core.consensus import cluster_masks, mask_membership
 from protosaga_core.gaussians import Gaussians
 from protosaga_core.lifting import CHANNEL_CHUNK, transpose_render
-from protosaga_core.prototypes import collect_view_prototypes, ensemble_prototypes, lifted_gaussian_labels, read_consistent_mask
+from protosaga_core.prototypes import collect_view_prototypes, ensemble_prototypes, lifted_gaussian_labels
+from protosaga_core.stages import read_consistent_mask
 from protosaga_core.render import render
 from protosaga_core.render.sparse import WeightsCache, compute_view_weights, frozen_weights, shared_weights
 from protosaga_core.scene_dir import SceneDir

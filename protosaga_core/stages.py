@@ -1,0 +1,77 @@
+"""What every stage that renders the training views shares: the device to render on, batches of views,
+their rendered features, and their consistent masks.
+
+Association, prototypes, segmentation, evaluation and the viewer all use these; none of them belongs to
+one paper equation (the equations live in association.py, prototypes.py and segment.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from .datasets.scene import Scene, View
+from .gaussians import Gaussians
+from .labelmaps import load_label_map
+from .render import render
+from .render.sparse import frozen_weights
+from .scene_dir import SceneDir, SceneDirError
+
+DEFAULT_CHUNK_VIEWS = 4
+"""Views rendered at once."""
+
+
+def default_device() -> torch.device:
+    """CUDA when there is one (gsplat backend), else the CPU (the torch rasterizer)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def view_batches(views: Sequence[View], size: int) -> Iterator[list[View]]:
+    """Consecutive runs of at most `size` views sharing one image size, in the given order."""
+    if size < 1:
+        raise ValueError(f"batch size must be positive, got {size}")
+    batch: list[View] = []
+    for view in views:
+        if batch and (len(batch) == size or (view.width, view.height) != (batch[0].width, batch[0].height)):
+            yield batch
+            batch = []
+        batch.append(view)
+    if batch:
+        yield batch
+
+
+def render_features(
+    gaussians: Gaussians,
+    scene: Scene,
+    views: Sequence[View],
+    chunk_views: int = DEFAULT_CHUNK_VIEWS,
+    progress: bool = True,
+    desc: str = "features",
+) -> Iterator[tuple[View, Tensor]]:
+    """Each view with its rendered features F̂ [H, W, D] (on the CPU, no gradient), in the given order.
+
+    `gaussians` should already be on the device to render on (`default_device()`). Views whose blending
+    weights an earlier stage cached (`render.sparse.shared_weights`) are rendered from them.
+    """
+    with tqdm(total=len(views), desc=desc, unit="view", disable=not progress) as bar:
+        for batch in view_batches(views, chunk_views):
+            cameras = scene.cameras(batch).to(gaussians.device)
+            with torch.no_grad():
+                weights = frozen_weights(gaussians, cameras, "never")  # one render: only if cached
+                if weights is not None:
+                    features = torch.stack([view.render(gaussians.features) for view in weights])
+                else:
+                    features = render(gaussians, cameras, rgb=False, extras=gaussians.features).extras
+            bar.update(len(batch))
+            yield from zip(batch, features.cpu())
+
+
+def read_consistent_mask(scene_dir: SceneDir, view: View) -> Tensor:
+    """The associated mask of a training view at its render size. [H, W] int64"""
+    path = scene_dir.association_dir / f"{view.name}.png"
+    if not path.is_file():
+        raise SceneDirError(f"{path}: missing consistent mask of training view {view.name}; run protosaga associate first")
+    return load_label_map(path, view.width, view.height)

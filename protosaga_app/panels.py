@@ -19,7 +19,7 @@ from protosaga_core.palette import instance_color
 from .edit_log import EditLog, describe
 from .inspector_panel import InspectorPanel
 from .live import RenderMode
-from .selection import Action, EditState
+from .selection import Action, EditState, button_label
 
 if TYPE_CHECKING:
     from .server import ViewerApp
@@ -31,15 +31,16 @@ MODES: dict[str, RenderMode] = {
     "Feature PCA": "pca",
 }
 EDIT_BUTTONS: tuple[tuple[str, Action], ...] = (
-    ("Hide (H)", "hide"),
-    ("Isolate (I)", "isolate"),
+    ("Hide", "hide"),
+    ("Isolate", "isolate"),
     ("Show all", "show_all"),
-    ("Delete (Del)", "delete"),
+    ("Delete", "delete"),
     ("Invert selection", "invert_selection"),
-    ("Clear selection (Esc)", "clear_selection"),
-    ("Undo (Ctrl+Z)", "undo"),
-    ("Redo (Ctrl+Shift+Z)", "redo"),
+    ("Clear selection", "clear_selection"),
+    ("Undo", "undo"),
+    ("Redo", "redo"),
 )
+"""The edit buttons (their hotkeys are added to their names from `selection.KEY_BINDINGS`)."""
 NO_SELECTION = "(none)"
 
 
@@ -83,8 +84,8 @@ def build(app: "ViewerApp") -> Gui:
         mode.on_update(lambda _: app.set_mode(MODES[mode.value]))
         selection = gui.add_markdown("")
         buttons = {}
-        for label, action in EDIT_BUTTONS:
-            buttons[action] = gui.add_button(label)
+        for name, action in EDIT_BUTTONS:
+            buttons[action] = gui.add_button(button_label(name, action))
             buttons[action].on_click(lambda _, action=action: app.run_action(action))
         unassigned = gui.add_checkbox("Unassigned Gaussians", initial_value=app.document.show_unassigned)
         unassigned.on_update(lambda _: _show_unassigned(app, unassigned.value))

@@ -16,6 +16,8 @@ Decisions:
 - Delete is a soft delete (a set of ids), so undo restores it; an export of the edited scene keeps every
   Gaussian whose label, after merges, is not deleted (`EditState.kept`).
 - Listeners run while the lock is held, so every tab receives the states in the order they happened.
+- Buttons, hotkeys (`KEY_BINDINGS`, which also name the buttons) and clicks all end in `apply_action` or
+  an `EditModel` method.
 - The edits of a state (all of it but the selection) are saved to the scene (edit_log.py) and restored as
   the model's `initial` state; *discard edits* returns to the computed labels as one more undoable edit,
   so a mistaken discard is one Ctrl+Z away.
@@ -278,25 +280,40 @@ class EditModel:
                 logger.exception("edit listener %r failed", listener)
 
 
-def action_for_key(key: str, shift: bool = False, ctrl: bool = False) -> Action | None:
-    """The action of a key press (browser `KeyboardEvent.key` names; Cmd counts as Ctrl); None if unbound.
+@dataclass(frozen=True)
+class KeyBinding:
+    """A hotkey: viser's key name and modifier (e.g. "Z", "cmd/ctrl+shift"), the command palette's label,
+    and the action it runs."""
 
-    Delete/Backspace delete, H hides, I isolates, Esc clears the selection, Ctrl+Z undoes, and
-    Ctrl+Shift+Z or Ctrl+Y redoes.
-    """
-    name = key.lower()
-    if ctrl:
-        if name == "z":
-            return "redo" if shift else "undo"
-        return "redo" if name == "y" else None
-    return {
-        "delete": "delete",
-        "backspace": "delete",
-        "h": "hide",
-        "i": "isolate",
-        "escape": "clear_selection",
-        "esc": "clear_selection",
-    }.get(name)
+    label: str
+    key: str
+    modifier: str | None
+    action: Action
+
+    def text(self) -> str:
+        """How a button names it, e.g. "Ctrl+Shift+Z", "Del"."""
+        modifiers = {None: "", "cmd/ctrl": "Ctrl+", "cmd/ctrl+shift": "Ctrl+Shift+"}[self.modifier]
+        return modifiers + {"delete": "Del", "escape": "Esc"}.get(self.key, self.key.upper())
+
+
+KEY_BINDINGS: tuple[KeyBinding, ...] = (
+    KeyBinding("Delete selection", "delete", None, "delete"),
+    KeyBinding("Delete selection", "backspace", None, "delete"),
+    KeyBinding("Hide selection", "H", None, "hide"),
+    KeyBinding("Isolate selection", "I", None, "isolate"),
+    KeyBinding("Clear selection", "escape", None, "clear_selection"),
+    KeyBinding("Undo", "Z", "cmd/ctrl", "undo"),
+    KeyBinding("Redo", "Z", "cmd/ctrl+shift", "redo"),
+    KeyBinding("Redo", "Y", "cmd/ctrl", "redo"),
+)
+"""The viewer's hotkeys: the server registers them as viser commands and the buttons show the first one of
+their action."""
+
+
+def button_label(name: str, action: Action) -> str:
+    """A button's text with its action's first hotkey, e.g. "Undo (Ctrl+Z)"; just `name` without one."""
+    binding = next((b for b in KEY_BINDINGS if b.action == action), None)
+    return name if binding is None else f"{name} ({binding.text()})"
 
 
 def apply_action(model: EditModel, action: Action) -> None:

@@ -35,7 +35,7 @@ from .live import SERVER_MODES, FeaturePca, RenderMode
 from .live_view import LiveSettings, LiveView, client_pose
 from .feedback import ClickFeedback
 from .picking import gaussians_in_rectangle, pick_along_ray, pick_instance, pick_rectangle
-from .selection import Action, EditState, apply_action
+from .selection import KEY_BINDINGS, Action, EditState, apply_action
 from .splats import browser_subset, dimmed, drawable, highlighted, instance_groups, splat_arrays
 
 logger = logging.getLogger(__name__)
@@ -80,17 +80,6 @@ TYPICAL_CANVAS = (1280, 800)
 """The canvas (width, height) the start view is framed for; a wider canvas only shows more around it."""
 DEFAULT_FOV = math.radians(55.0)
 """Vertical field of view of the start view when the scene has no training camera to take it from."""
-HOTKEYS: tuple[tuple[str, str, str | None, Action], ...] = (
-    ("Delete selection", "delete", None, "delete"),
-    ("Delete selection", "backspace", None, "delete"),
-    ("Hide selection", "H", None, "hide"),
-    ("Isolate selection", "I", None, "isolate"),
-    ("Clear selection", "escape", None, "clear_selection"),
-    ("Undo", "Z", "cmd/ctrl", "undo"),
-    ("Redo", "Z", "cmd/ctrl+shift", "redo"),
-    ("Redo", "Y", "cmd/ctrl", "redo"),
-)
-"""(label, key, modifier, action): the viewer's hotkeys, registered as viser commands."""
 HOTKEY_HINT = "*Hotkeys work after a click in the 3D view, not while a list or field has focus.*"
 """Shown above the panel's tabs: viser ignores hotkeys while one of its dropdowns or text fields has focus."""
 
@@ -425,9 +414,9 @@ class ViewerApp:
         self.document.model.select_many(picked, additive=additive)
 
     def _add_hotkeys(self) -> None:
-        for label, key, modifier, action in HOTKEYS:
-            command = self.server.gui.add_command(label, hotkey=key, modifier=modifier)
-            command.on_trigger(lambda _, action=action: self.run_action(action))
+        for binding in KEY_BINDINGS:
+            command = self.server.gui.add_command(binding.label, hotkey=binding.key, modifier=binding.modifier)
+            command.on_trigger(lambda _, action=binding.action: self.run_action(action))
 
 
 def _extent(centers: np.ndarray) -> float:

@@ -49,6 +49,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .atomic import atomic_write_bytes, replace_dir, staging_dir
+from .classifier import cosine_logits
 from .cameras import NEAR_PLANE, project_to_pixels  # noqa: F401 (NEAR_PLANE: named in the docstring above)
 from .consensus import ConsensusSettings, cluster_masks, mask_membership
 from .datasets.scene import View
@@ -338,7 +339,7 @@ def class_log_probs(features: Tensor, weights: Tensor, rows: Tensor, temperature
     Returns:
         [V]
     """
-    logits = temperature * features @ F.normalize(weights.to(features.dtype), dim=-1).T
+    logits = cosine_logits(features, weights, temperature)
     return torch.log_softmax(logits, dim=-1).gather(1, rows[:, None]).squeeze(1)
 
 

@@ -19,11 +19,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
 from .atomic import atomic_open
+from .classifier import cosine_logits
 from .datasets.scene import Scene
 from .gaussians import Gaussians
 from .label_edits import ViewSums
@@ -171,14 +171,6 @@ def ensemble_prototypes(view_ids: Sequence[Tensor], view_vectors: Sequence[Tenso
     ids, rows, num_views = torch.unique(all_ids, return_inverse=True, return_counts=True)
     sums = all_vectors.new_zeros(len(ids), all_vectors.shape[1]).index_add_(0, rows, all_vectors)
     return Prototypes(ids, (sums / num_views[:, None].to(sums.dtype)).float(), num_views)
-
-
-def cosine_logits(features: Tensor, vectors: Tensor, temperature: float = DEFAULT_TEMPERATURE) -> Tensor:
-    """τ cos(v(t), F) for every row and prototype (Eq. 19 before the argmax). [M, D] x [T, D] -> [M, T]
-
-    A zero feature (a pixel no Gaussian reaches) has cosine 0 with every prototype.
-    """
-    return temperature * F.normalize(features, dim=-1) @ F.normalize(vectors, dim=-1).T
 
 
 def classify(features: Tensor, prototypes: Prototypes, temperature: float = DEFAULT_TEMPERATURE) -> Tensor:

@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .atomic import atomic_write_bytes
+from .classifier import cosine_logits
 from .datasets import DatasetConfig, Scene, View
 from .gaussians import DEFAULT_FEATURE_DIM, Gaussians
 from .metrics import ssim_loss
@@ -299,7 +300,7 @@ def training_loss(
     rgb, features = out.colors[0], out.extras[0]
     reconstruction = (1 - config.lambda_ssim) * (rgb - sample.image).abs().mean()
     reconstruction = reconstruction + config.lambda_ssim * ssim_loss(rgb, sample.image)
-    logits = config.temperature * F.normalize(features, dim=-1) @ F.normalize(classifier, dim=-1).T  # [H, W, L]
+    logits = cosine_logits(features, classifier, config.temperature)  # [H, W, L]
     if (sample.target != IGNORE).any():
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), sample.target.reshape(-1), ignore_index=IGNORE)
     else:

@@ -4,7 +4,8 @@ import threading
 import numpy as np
 import pytest
 
-from protosaga_app.selection import ACTIONS, EditModel, EditState, action_for_key, apply_action
+from protosaga_app.panels import EDIT_BUTTONS
+from protosaga_app.selection import ACTIONS, KEY_BINDINGS, EditModel, EditState, apply_action, button_label
 
 
 def _model():
@@ -169,15 +170,24 @@ def test_concurrent_clicks_keep_the_state_consistent():
     assert model.state == EditState() and not model.can_undo()
 
 
-def test_hotkeys_map_to_actions():
-    assert action_for_key("Delete") == action_for_key("Backspace") == "delete"
-    assert action_for_key("h") == action_for_key("H", shift=True) == "hide"
-    assert action_for_key("i") == "isolate"
-    assert action_for_key("Escape") == "clear_selection"
-    assert action_for_key("z", ctrl=True) == "undo"
-    assert action_for_key("Z", shift=True, ctrl=True) == action_for_key("y", ctrl=True) == "redo"
-    assert action_for_key("z") is None and action_for_key("h", ctrl=True) is None and action_for_key("q") is None
-    assert all(action in ACTIONS for action in ("delete", "hide", "isolate", "clear_selection", "undo", "redo"))
+def action_for_key(key: str, modifier: str | None = None) -> str | None:
+    """What the server's table (the one it registers with viser) does for a key."""
+    return next((b.action for b in KEY_BINDINGS if b.key.lower() == key.lower() and b.modifier == modifier), None)
+
+
+def test_one_table_binds_the_keys_and_names_the_buttons():
+    assert action_for_key("delete") == action_for_key("backspace") == "delete"
+    assert action_for_key("h") == "hide" and action_for_key("i") == "isolate"
+    assert action_for_key("escape") == "clear_selection"
+    assert action_for_key("z", "cmd/ctrl") == "undo"
+    assert action_for_key("z", "cmd/ctrl+shift") == action_for_key("y", "cmd/ctrl") == "redo"
+    assert action_for_key("z") is None and action_for_key("h", "cmd/ctrl") is None and action_for_key("q") is None
+    assert all(binding.action in ACTIONS for binding in KEY_BINDINGS)
+    labels = [button_label(name, action) for name, action in EDIT_BUTTONS]
+    assert labels == [
+        "Hide (H)", "Isolate (I)", "Show all", "Delete (Del)", "Invert selection", "Clear selection (Esc)",
+        "Undo (Ctrl+Z)", "Redo (Ctrl+Shift+Z)",
+    ]
 
 
 def test_hotkeys_and_buttons_share_one_path():
@@ -185,15 +195,15 @@ def test_hotkeys_and_buttons_share_one_path():
     model.click(1)
     apply_action(model, action_for_key("h"))
     assert model.visible_instances() == {2, 3, 4}
-    apply_action(model, action_for_key("z", ctrl=True))
+    apply_action(model, action_for_key("z", "cmd/ctrl"))
     assert model.state.selected == {1} and model.state.hidden == set()
-    apply_action(model, action_for_key("y", ctrl=True))
+    apply_action(model, action_for_key("y", "cmd/ctrl"))
     apply_action(model, "show_all")
     model.click(2)
     apply_action(model, "isolate")
     assert model.visible_instances() == {2}
     apply_action(model, "invert_selection")
-    apply_action(model, action_for_key("Delete"))  # nothing selected: nothing deleted
+    apply_action(model, action_for_key("delete"))  # nothing selected: nothing deleted
     assert model.state.deleted == set()
     with pytest.raises(ValueError, match="unknown action"):
         apply_action(model, "explode")

@@ -48,30 +48,32 @@ def test_run_chains_every_stage_and_reuses_finished_ones(dataset, tmp_path, monk
     assert main(argv) == 0
 
 
-def test_run_resumes_an_interrupted_training(dataset, tmp_path, monkeypatch):
+def test_run_resumes_an_interrupted_training_from_its_checkpoint(dataset, tmp_path, monkeypatch, capsys):
     from protosaga_core import train as train_module
 
-    config = replace(
-        pipeline.RunConfig(train=replace(PRESETS["cpu"], iterations=20, sh_degree=0)),
-        train=replace(PRESETS["cpu"], iterations=20, sh_degree=0, densify=DensifyConfig(refine_start_iter=1000)),
+    train = replace(
+        PRESETS["cpu"], iterations=20, sh_degree=0, checkpoint_every=5, densify=DensifyConfig(refine_start_iter=1000)
     )
+    config = pipeline.RunConfig(train=train)
     original = train_module.training_loss
-    calls = {"n": 0}
+    iterations = []
 
-    def crash_once(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
+    def crash_at_twelve(*args, **kwargs):
+        iterations.append(len(iterations))
+        if len(iterations) == 13:  # iteration 12 fails: the checkpoint of iteration 10 stays
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "training_loss", crash_once)
+    monkeypatch.setattr(train_module, "training_loss", crash_at_twelve)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(DatasetConfig(dataset), tmp_path / "scene", config, progress=False)
-    # An exception (not a signal) mid-iteration leaves the last periodic checkpoint, here none:
-    # nothing is half-written and the next run starts cleanly.
-    assert not (tmp_path / "scene" / "gaussians.ply").exists()
-    monkeypatch.setattr(train_module, "training_loss", original)
+    checkpoint = tmp_path / "scene" / "checkpoints" / "last.pt"
+    assert checkpoint.exists() and not (tmp_path / "scene" / "gaussians.ply").exists()  # nothing half-written
+    iterations.clear()
+    capsys.readouterr()
     report = pipeline.run(DatasetConfig(dataset), tmp_path / "scene", config, progress=False)
+    assert "train: resuming from the last checkpoint" in capsys.readouterr().out
+    assert len(iterations) == 10  # iterations 10..19 only: it continued, it did not start again
     assert report.psnr is not None
 
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics: image quality (PSNR, SSIM), instance segmentation (Gaga's protocol), boundary IoU.
+"""Evaluation metrics: image quality (PSNR, SSIM), instance segmentation (Gaga's protocol).
 
 Instance segmentation follows Gaga's protocol exactly (DESIGN.md §6), per scene over all test frames:
 
@@ -23,7 +23,6 @@ states which mode was used.
 from __future__ import annotations
 
 import json as _json  # aliased: MetricsCommand has a field named `json`
-import math
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -56,8 +55,6 @@ __all__ = [
     "size_mismatches",
     "evaluate_folders",
     "resize_nearest",
-    "mask_boundary",
-    "boundary_iou",
     "MetricsCommand",
 ]
 
@@ -464,74 +461,6 @@ def evaluate_folders(
         )
     overlaps = (frame_overlap(read_label_map(gt), read_label_map(pred)) for gt, pred in frames.pairs)
     return match_instances(mean_iou_matrix(overlaps, include_zero))
-
-
-# --------------------------------------------------------------------------------------------------
-# Boundary IoU (Cheng et al., CVPR 2021)
-# --------------------------------------------------------------------------------------------------
-
-
-def _as_bool_mask(mask: np.ndarray | Tensor, what: str) -> Tensor:
-    t = mask if isinstance(mask, Tensor) else torch.from_numpy(np.asarray(mask))
-    if t.ndim != 2:
-        raise ValueError(f"{what}: a mask must be [H, W], got shape {list(t.shape)}")
-    return t != 0
-
-
-def boundary_width(height: int, width: int, dilation_ratio: float = 0.02) -> int:
-    """d = max(1, round(dilation_ratio * image diagonal)) pixels, as in Cheng et al.'s reference code."""
-    return max(1, int(round(dilation_ratio * math.hypot(height, width))))
-
-
-def mask_boundary(mask: np.ndarray | Tensor, d: int) -> Tensor:
-    """The inner boundary region of a binary mask: the mask minus its erosion by d pixels.
-
-    Erosion by d pixels = d iterations of a 3x3 erosion = one (2d+1)x(2d+1) square erosion, with the
-    outside of the image treated as background (Cheng et al. pad the mask with one zero pixel before
-    eroding), so a mask touching the image edge has a boundary along that edge. Computed as a max-pool
-    of the background padded with background, i.e. vectorised on any device.
-
-    Args:
-        mask: nonzero = inside. [H, W]
-        d: erosion width in pixels, >= 1.
-
-    Returns:
-        The boundary region. [H, W] bool, on the mask's device.
-    """
-    inside = _as_bool_mask(mask, "mask")
-    background = (~inside).float()[None, None]  # [1, 1, H, W]
-    background = F.pad(background, (d, d, d, d), value=1.0)  # outside the image is background
-    near_background = F.max_pool2d(background, kernel_size=2 * d + 1, stride=1)[0, 0] > 0
-    return inside & near_background
-
-
-def boundary_iou(
-    gt_mask: np.ndarray | Tensor, pred_mask: np.ndarray | Tensor, dilation_ratio: float = 0.02
-) -> float:
-    """Boundary IoU (Cheng et al., "Boundary IoU: Improving Object-Centric Image Segmentation Evaluation", 2021).
-
-    Each mask's boundary region is the mask minus its erosion by d = max(1, round(dilation_ratio *
-    sqrt(H^2 + W^2))) pixels (see ``mask_boundary``); the result is the IoU of the two boundary regions.
-
-    Args:
-        gt_mask, pred_mask: binary masks (nonzero = inside). [H, W], same size.
-        dilation_ratio: boundary width as a fraction of the image diagonal.
-
-    Returns:
-        IoU in [0, 1]; 1.0 when both boundary regions are empty (both masks empty), where the reference
-        code would divide 0 by 0.
-    """
-    gt_t = _as_bool_mask(gt_mask, "gt_mask")
-    pred_t = _as_bool_mask(pred_mask, "pred_mask")
-    if gt_t.shape != pred_t.shape:
-        raise ValueError(f"masks differ in size: {list(gt_t.shape)} vs {list(pred_t.shape)}")
-    pred_t = pred_t.to(gt_t.device)
-    d = boundary_width(*gt_t.shape, dilation_ratio=dilation_ratio)
-    gt_b, pred_b = mask_boundary(gt_t, d), mask_boundary(pred_t, d)
-    union = int((gt_b | pred_b).sum().item())
-    if union == 0:
-        return 1.0
-    return int((gt_b & pred_b).sum().item()) / union
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Metrics: PSNR, SSIM, Gaga's instance protocol (hand-computed cases), boundary IoU, the folder CLI."""
+"""Metrics: PSNR, SSIM, Gaga's instance protocol (hand-computed cases), the folder CLI."""
 
 from __future__ import annotations
 
@@ -14,11 +14,9 @@ from protosaga_core.labelmaps import save_label_map
 from protosaga_core.metrics import (
     InstanceMetrics,
     MetricsCommand,
-    boundary_iou,
     evaluate_folders,
     frame_overlap,
     instance_metrics,
-    mask_boundary,
     mean_iou_matrix,
     psnr,
     resize_nearest,
@@ -309,48 +307,3 @@ def test_ssim_batched_and_differentiable():
     assert pred.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="channels last"):
         ssim_map(torch.zeros(3, 4), torch.zeros(3, 4))
-
-
-# ------------------------------------------------------------------------------------------------
-# Boundary IoU
-# ------------------------------------------------------------------------------------------------
-
-
-def test_boundary_iou_identical_and_disjoint():
-    mask = np.zeros((40, 40), dtype=bool)
-    mask[5:20, 8:30] = True
-    other = np.zeros_like(mask)
-    other[25:38, 2:12] = True
-    assert boundary_iou(mask, mask) == 1.0
-    assert boundary_iou(mask, other) == 0.0
-    assert boundary_iou(torch.from_numpy(mask), torch.from_numpy(mask.copy())) == 1.0
-    assert boundary_iou(np.zeros((4, 4)), np.zeros((4, 4))) == 1.0  # both empty: defined as 1
-
-
-def test_boundary_iou_small_hand_case():
-    # 5x5 image: diagonal 7.07, 0.02 * 7.07 rounds to 0 -> d = 1 (3x3 erosion)
-    # A = rows 1-3, cols 1-3: erosion keeps (2,2); boundary = the 8-pixel ring
-    # B = rows 1-3, cols 1-4: col 4 touches the image edge (outside = background), so the erosion
-    #     keeps (2,2), (2,3); boundary = 12 - 2 = 10 pixels
-    # A ring ∩ B boundary = ring minus (2,3) = 7; union = 8 + 10 - 7 = 11 -> 7/11
-    a = np.zeros((5, 5), dtype=np.uint8)
-    a[1:4, 1:4] = 1
-    b = np.zeros((5, 5), dtype=np.uint8)
-    b[1:4, 1:5] = 1
-    assert int(mask_boundary(a, 1).sum()) == 8
-    assert int(mask_boundary(b, 1).sum()) == 10
-    assert boundary_iou(a, b) == pytest.approx(7 / 11)
-
-
-def test_boundary_iou_wider_boundary_at_image_edges():
-    # 100x100: d = round(0.02 * 141.42) = round(2.83) = 3
-    # full mask: boundary = pixels within 3 of the edge = 100^2 - 94^2 = 1164
-    # top half (rows 0-49): erosion = rows 3-46 x cols 3-96 = 44 * 94 = 4136; boundary = 5000 - 4136 = 864
-    # intersection = rows 0-2 (300) + rows 3-49 at cols 0-2 and 97-99 (47 * 6 = 282) = 582
-    # union = 1164 + 864 - 582 = 1446 -> 582/1446 = 97/241
-    full = np.ones((100, 100), dtype=bool)
-    top = np.zeros_like(full)
-    top[:50] = True
-    assert int(mask_boundary(full, 3).sum()) == 1164
-    assert int(mask_boundary(top, 3).sum()) == 864
-    assert boundary_iou(full, top) == pytest.approx(97 / 241)

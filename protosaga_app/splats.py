@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from gsplat.cuda._torch_impl import _quat_to_rotmat
 
 from protosaga_core.gaussians import Gaussians, sh0_to_rgb
 
@@ -57,15 +58,7 @@ def splat_arrays(gaussians: Gaussians) -> SplatArrays:
     with torch.no_grad():
         quats = gaussians.activated_quats.detach().cpu().double()
         scales = gaussians.activated_scales.detach().cpu().double()
-        w, x, y, z = quats.unbind(-1)
-        rotations = torch.stack(
-            [
-                1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-            ],
-            dim=-1,
-        ).reshape(-1, 3, 3)
+        rotations = _quat_to_rotmat(quats)  # the rasterizer's own (render/projection.py)
         scaled = rotations * scales[:, None, :]
         covariances = scaled @ scaled.transpose(1, 2)
         rgbs = sh0_to_rgb(gaussians.sh0.detach().cpu().reshape(-1, 3)).clamp(0.0, 1.0)

@@ -11,6 +11,7 @@ waiting for the server to find the depth of what was clicked.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -61,10 +62,12 @@ class ClickFeedback:
         if entry is None:
             return
         position, mark, _ = entry
-        mark.color = DONE_RGB if text else MISS_RGB
-        label = None
-        if text:
-            label = client.scene.add_label("/click/label", text, position=position, anchor="bottom-left", font_screen_scale=0.9)
+        with warnings.catch_warnings():  # the tab may have closed while the server worked: nothing to show
+            warnings.filterwarnings("ignore", message="Queued a .* on a closed connection")
+            mark.color = DONE_RGB if text else MISS_RGB
+            label = None
+            if text:
+                label = client.scene.add_label("/click/label", text, position=position, anchor="bottom-left", font_screen_scale=0.9)
         with self._lock:
             if self._marks.get(client.client_id) is entry:
                 self._marks[client.client_id] = (position, mark, label)

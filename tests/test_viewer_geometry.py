@@ -26,15 +26,8 @@ from protosaga_app.browser_camera import frustum_depth, frustum_scale, is_drawab
 from protosaga_app.document import SceneDocument
 from protosaga_app.origins import start_viser_server
 from protosaga_app.scene import ViewerScene
-from protosaga_app.server import (
-    CONTROL_PANEL_PX,
-    HOTKEY_HINT,
-    ViewerApp,
-    ViewerOptions,
-    camera_counts,
-    object_bounds,
-    overview_pose,
-)
+from protosaga_app.framing import CONTROL_PANEL_PX, camera_counts, object_bounds, overview_pose
+from protosaga_app.server import HOTKEY_HINT, ViewerApp, ViewerOptions
 from protosaga_app.splats import browser_subset, drawable, splat_arrays
 from protosaga_app.viewer import ViewerConfig, serve
 from protosaga_core.cameras import project_to_pixels

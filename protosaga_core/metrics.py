@@ -326,18 +326,24 @@ def hungarian_match(iou: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return padded[rows, cols], cols  # rows come back as 0..G-1: every GT row is assigned
 
 
+def match_scores(matched: np.ndarray, num_pred: int, threshold: float = 0.5) -> tuple[float, float, float]:
+    """mIoU, precision and recall of matched IoUs (one per GT object, 0 where none matched; [G]): a hit is
+    an IoU above `threshold`, so padding columns (IoU 0) never are."""
+    hits = int((matched > threshold).sum())
+    return float(matched.mean()), hits / num_pred if num_pred else 0.0, hits / len(matched)
+
+
 def match_instances(matrix: IoUMatrix) -> InstanceMetrics:
     """Hungarian matching on the zero-padded |G| x max(|G|, |P|) matrix and Gaga's mIoU, precision, recall."""
     num_gt, num_pred = len(matrix.gt_ids), len(matrix.pred_ids)
     if num_gt == 0:
         mode = "with" if matrix.include_zero else "without"
         raise ValueError(f"no ground-truth ids to evaluate ({mode} id 0): mIoU and recall are undefined")
-    matched, _ = hungarian_match(matrix.iou)
-    hits = int((matched > 0.5).sum())  # padding columns are 0, never hits
+    miou, precision, recall = match_scores(hungarian_match(matrix.iou)[0], num_pred)
     return InstanceMetrics(
-        miou=float(matched.mean()),
-        precision=hits / num_pred if num_pred else 0.0,
-        recall=hits / num_gt,
+        miou=miou,
+        precision=precision,
+        recall=recall,
         num_gt=num_gt,
         num_pred=num_pred,
         include_zero=matrix.include_zero,

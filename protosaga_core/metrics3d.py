@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .cameras import project_to_pixels
 from .datasets.scene import View
-from .metrics import hungarian_match
+from .metrics import hungarian_match, match_scores
 
 __all__ = [
     "UNKNOWN",
@@ -253,11 +253,11 @@ def object_metrics_3d(pred: Tensor, gt: Tensor, weights: Tensor, iou_threshold: 
     column_ids = np.zeros(max(num_gt, num_pred), dtype=np.int64)  # padding columns stand for "no prediction": 0
     column_ids[:num_pred] = pred_ids.cpu().numpy()
     matched_ids = np.where(matched > 0, column_ids[cols], 0)
-    hits = int((matched > iou_threshold).sum())  # padding columns are 0, never hits
+    miou, precision, recall = match_scores(matched, num_pred, iou_threshold)
     return ObjectMetrics3D(
-        miou=float(matched.mean()),
-        precision=hits / num_pred if num_pred else 0.0,
-        recall=hits / num_gt,
+        miou=miou,
+        precision=precision,
+        recall=recall,
         num_gt=num_gt,
         num_pred=num_pred,
         iou_threshold=iou_threshold,

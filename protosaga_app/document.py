@@ -35,7 +35,7 @@ from protosaga_core.editing import (
 )
 from protosaga_core.gaussians import Gaussians
 from protosaga_core.label_edits import LabelEdit, Merge, Split, ViewSums, split_region
-from protosaga_core.lifting import render_label_maps
+from protosaga_core.lifting import covered_labels, render_label_maps
 from protosaga_core.prototypes import Prototypes, classify, ensemble_prototypes
 from protosaga_core.stages import default_device, read_consistent_mask, render_features
 from protosaga_core.render import render
@@ -195,13 +195,14 @@ class SceneDocument:
         assert isinstance(split, Split)
         before = self.labels(EditState(label_edits=edits[:-1]))
         sources = torch.from_numpy(np.unique(before[split.index]))
-        after = torch.from_numpy(self.labels(EditState(label_edits=edits)))
-        ids = torch.unique(after[after > 0])
-        views = self._training_views()
+        after = torch.from_numpy(self.labels(EditState(label_edits=edits))).to(self.device)
         transfers, pixels = [], []
-        for index, (view, features) in enumerate(render_features(self._gaussians, self.scene.dataset, views, progress=False)):
+        for index, view in enumerate(self._training_views()):
             mask = self._edited_mask(index, view, edits[:-1])
-            rendered = render_label_maps(self._gaussians, view.cameras.to(self.device), after, ids)[0].cpu()
+            # One render gives the view's features and its label map after the split (as render_label_maps).
+            with torch.no_grad():
+                out = render(self._gaussians, view.cameras.to(self.device), rgb=False, extras=self._gaussians.features, labels=after)
+            features, rendered = out.extras[0].cpu(), covered_labels(out.labels)[0].cpu()
             region = split_region(mask, rendered, split.id, sources[sources > 0])
             pixels.append(region.reshape(-1).nonzero().squeeze(1))
             transfers.append(ViewSums.of(features, torch.where(region, mask, 0)))

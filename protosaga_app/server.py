@@ -143,6 +143,7 @@ class ViewerApp:
         changed (a merge or split made, undone or discarded) are sent again, nodes of instances that no
         longer exist removed. Returns the ids whose node was sent."""
         groups = instance_groups(self.document.labels(state), self._shown)
+        visible = self.document.model.visible_instances(state)
         for instance_id in set(self._nodes) - set(groups):
             self._nodes.pop(instance_id).handle.remove()
         sent = set()
@@ -154,7 +155,7 @@ class ViewerApp:
             name = "/splats/unassigned" if instance_id == 0 else f"/splats/instance_{instance_id}"
             handle = self.server.scene.add_gaussian_splats(  # replaces a node of the same name
                 name, splats.centers, splats.covariances, self._node_colors(instance_id, splats.rgbs, state), splats.opacities,
-                visible=self._node_visible(instance_id, state),
+                visible=self._node_visible(instance_id, visible),
             )
             self._nodes[instance_id] = SplatNode(handle, index)
             sent.add(instance_id)
@@ -174,10 +175,11 @@ class ViewerApp:
             node = self._nodes[instance_id]
             node.handle.rgbs = self._node_colors(instance_id, self._splats.rgbs[node.index], state)
 
-    def _node_visible(self, instance_id: int, state: EditState) -> bool:
+    def _node_visible(self, instance_id: int, visible: frozenset[int]) -> bool:
+        """Whether a node is drawn, given the visible instances of the edit state."""
         if self.mode in SERVER_MODES:
             return False
-        return self.document.show_unassigned if instance_id == 0 else instance_id in self.document.model.visible_instances(state)
+        return self.document.show_unassigned if instance_id == 0 else instance_id in visible
 
     def _add_frustums(self) -> None:
         """One frustum per training camera with a usable pose, all drawn `self._frustum_depth` deep."""
@@ -287,9 +289,10 @@ class ViewerApp:
         self._request_frames()
 
     def _update_visibility(self, state: EditState) -> None:
+        visible = self.document.model.visible_instances(state)
         with self.server.atomic():
             for instance_id, node in self._nodes.items():
-                node.handle.visible = self._node_visible(instance_id, state)
+                node.handle.visible = self._node_visible(instance_id, visible)
 
     # --- tabs ----------------------------------------------------------------------------------------
     def _on_connect(self, client: viser.ClientHandle) -> None:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from protosaga_core.association import AssociateConfig, AssociationView, associate_views
 from protosaga_core.cameras import intrinsics, look_at
+from protosaga_core.method.association import AssociateConfig, AssociationView, associate_views
 
 NUM_VIEWS, NUM_GAUSSIANS, WIDTH, HEIGHT, MASKS_PER_VIEW, FEATURE_DIM = 60, 100_000, 160, 120, 20, 16
 

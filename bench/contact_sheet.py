@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from protosaga_core.lifting import render_label_maps
+from protosaga_core.io.scene_dir import SceneDir
+from protosaga_core.method.lifting import render_label_maps
 from protosaga_core.palette import instance_color
 from protosaga_core.stages import read_consistent_mask
-from protosaga_core.scene_dir import SceneDir
 
 GREY = 128
 

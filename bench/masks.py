@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from protosaga_core.datasets import load_scene
 from protosaga_core.masks import FallbackMaskGenerator, flatten, simulate_sam_masks
-from protosaga_core.metrics import instance_metrics
+from protosaga_core.metrics.instances import instance_metrics
 from protosaga_core.synthetic import synthesize
 
 NOISE = ("low", "default", "high")

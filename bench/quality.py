@@ -12,7 +12,7 @@ measures, with Gaga's protocol (id 0 not counted):
 - test-view segmentation by Eq. 19 on rendered features (`proto`, the paper), by the rendered lifted
   per-Gaussian labels (`lifted`), and for the paper's association and the default one also the Table 4
   baselines (`cls`, `kmeans`);
-- the 3D object score (metrics3d.py) of the per-Gaussian labels: lifted, and for the paper's association
+- the 3D object score (protosaga_core/metrics/objects3d.py) of the per-Gaussian labels: lifted, and for the paper's association
   also Eq. 19 on each Gaussian's own feature (`features`, what the project shipped first);
 - PSNR on the test views and the minutes each part took.
 The paper's method is the row `bank-both` with `proto` in 2D and `features` in 3D.
@@ -38,18 +38,18 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the protosaga command d
 
 import torch  # noqa: E402
 
-from protosaga_core.association import AssociateConfig, associate
-from protosaga_core.cache import cache_dir
 from protosaga_core.datasets import DatasetConfig, load_scene
 from protosaga_core.evaluate import EvalConfig, evaluate, gaussian_object_score
-from protosaga_core.labelmaps import load_label_map
+from protosaga_core.io.cache import cache_dir
+from protosaga_core.io.labelmaps import load_label_map
 from protosaga_core.masks import MasksConfig, generate_masks
-from protosaga_core.metrics import instance_metrics
-from protosaga_core.prototypes import PrototypesConfig, compute_prototypes
+from protosaga_core.method.association import AssociateConfig, associate
+from protosaga_core.method.prototypes import PrototypesConfig, compute_prototypes
+from protosaga_core.method.segment import SegmentConfig, segment
+from protosaga_core.method.train import PRESETS, train
+from protosaga_core.metrics.instances import instance_metrics
 from protosaga_core.stages import read_consistent_mask
-from protosaga_core.segment import SegmentConfig, segment
 from protosaga_core.synthetic import synthesize
-from protosaga_core.train import PRESETS, train
 
 PAPER = "bank-both"
 DEFAULT = "consensus"

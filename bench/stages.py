@@ -33,11 +33,11 @@ import numpy as np
 import torch
 
 from protosaga_core.cli import main as cli_main
-from protosaga_core.consensus import cluster_masks, mask_membership
-from protosaga_core.prototypes import collect_view_prototypes, ensemble_prototypes, lifted_gaussian_labels
+from protosaga_core.io.scene_dir import SceneDir
+from protosaga_core.method.baselines import ClsSettings, train_cls
+from protosaga_core.method.consensus import cluster_masks, mask_membership
+from protosaga_core.method.prototypes import collect_view_prototypes, ensemble_prototypes, lifted_gaussian_labels
 from protosaga_core.render.sparse import DEFAULT_BUDGET_BYTES, WeightsCache, shared_weights
-from protosaga_core.scene_dir import SceneDir
-from protosaga_core.segment import SegmentConfig, train_cls
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
 QUICK_TRAINING = ["--preset", "cpu", "--iterations", "300", "--sh-degree", "0", "--masks.method", "simulated"]
@@ -118,7 +118,7 @@ def run_bench(scene_dir: SceneDir, runs: int, cls_iterations: int) -> tuple[list
         return lifted_gaussian_labels(scene_dir, gaussians, scene, ids, progress=False)
 
     def cls():
-        return train_cls(scene_dir, gaussians, scene, SegmentConfig(cls_iterations=cls_iterations), progress=False)
+        return train_cls(scene_dir, gaussians, scene, ClsSettings(iterations=cls_iterations), progress=False)
 
     per_view = collect_view_prototypes(scene_dir, gaussians, scene, progress=False)
     ids = ensemble_prototypes([p[0] for p in per_view], [p[1] for p in per_view]).ids

@@ -37,14 +37,14 @@ from protosaga_app.browser_camera import camera_from_pose, pose_from_camera
 from protosaga_app.live import FeaturePca, render_frame
 from protosaga_app.scene import ViewerScene
 from protosaga_core import threads
-from protosaga_core.association import AssociateConfig, associate
-from protosaga_core.atomic import atomic_write_bytes
 from protosaga_core.datasets import DatasetConfig
-from protosaga_core.metrics import psnr
-from protosaga_core.prototypes import PrototypesConfig, compute_prototypes
+from protosaga_core.io.atomic import atomic_write_bytes
+from protosaga_core.io.scene_dir import SceneDir
+from protosaga_core.method.association import AssociateConfig, associate
+from protosaga_core.method.prototypes import PrototypesConfig, compute_prototypes
+from protosaga_core.method.train import PRESETS, train
+from protosaga_core.metrics.image import psnr
 from protosaga_core.render import render
-from protosaga_core.scene_dir import SceneDir
-from protosaga_core.train import PRESETS, train
 
 DEMO = Path(__file__).resolve().parent.parent / "assets" / "demo"
 BESIDE_ITERATIONS = 300

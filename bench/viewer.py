@@ -62,13 +62,13 @@ from protosaga_app.live_view import encode_depth, send_background
 from protosaga_app.picking import pick_along_ray, pick_instance
 from protosaga_app.scene import ViewerScene
 from protosaga_app.server import ViewerApp, ViewerOptions
-from protosaga_core.atomic import atomic_write_bytes
 from protosaga_core.cameras import intrinsics, look_at
 from protosaga_core.gaussians import Gaussians, num_sh_rest, rgb_to_sh0
-from protosaga_core.prototypes import Prototypes, gaussian_labels, instance_table
+from protosaga_core.io.atomic import atomic_write_bytes
+from protosaga_core.io.scene_dir import SceneDir, SceneMeta
+from protosaga_core.method.prototypes import Prototypes, gaussian_labels, instance_table
 from protosaga_core.render.projection import project
 from protosaga_core.render.settings import RasterSettings
-from protosaga_core.scene_dir import SceneDir, SceneMeta
 
 WIDTH, HEIGHT, MOVING_SIZE = 640, 480, 256
 """The target frame (480p) and the longer side of the frames the viewer renders on the CPU while the

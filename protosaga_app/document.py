@@ -4,7 +4,7 @@ Free of viser, so the viewer, its tests and bench/viewer.py share it. Derived da
 the Gaussians on screen, prototypes after merges) is cached per edit state: a frame or a click at the
 same state reuses it, and an edit invalidates it by changing the state.
 
-Merges and splits follow Eq. 17-18 exactly (protosaga_core/label_edits.py): each training view keeps its
+Merges and splits follow Eq. 17-18 exactly (protosaga_core/method/label_edits.py): each training view keeps its
 prototypes as sums over the consistent masks, rendered once on the first merge or split; a merge adds two
 instances' sums, and a split renders every training view once to move the pixels its new instance takes
 from its sources. The per-Gaussian labels are relabelled (`apply_label_edits`) rather than re-classified,
@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from protosaga_core.datasets.scene import View
-from protosaga_core.editing import (
+from protosaga_core.gaussians import Gaussians
+from protosaga_core.io.exports import (
     EDITS_FILE,
     ExportSource,
     LabelsFingerprint,
@@ -33,12 +34,11 @@ from protosaga_core.editing import (
     record_path,
     safe_export_name,
 )
-from protosaga_core.gaussians import Gaussians
-from protosaga_core.label_edits import LabelEdit, Merge, Split, ViewSums, split_region
-from protosaga_core.lifting import covered_labels, render_label_maps
-from protosaga_core.prototypes import Prototypes, classify, ensemble_prototypes
-from protosaga_core.stages import default_device, read_consistent_mask, render_features
+from protosaga_core.method.label_edits import LabelEdit, Merge, Split, ViewSums, split_region
+from protosaga_core.method.lifting import covered_labels, render_label_maps
+from protosaga_core.method.prototypes import Prototypes, classify, ensemble_prototypes
 from protosaga_core.render import render
+from protosaga_core.stages import default_device, read_consistent_mask, render_features
 
 from .edit_log import EditLog, export_edits
 from .scene import ViewerScene

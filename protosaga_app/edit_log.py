@@ -35,10 +35,10 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from protosaga_core.atomic import atomic_write_bytes
-from protosaga_core.editing import Edit, EditOp, LabelsFingerprint
-from protosaga_core.label_edits import Merge, Split, new_instance_id
-from protosaga_core.scene_dir import SceneDirError, read_versioned_json
+from protosaga_core.io.atomic import atomic_write_bytes
+from protosaga_core.io.exports import Edit, EditOp, LabelsFingerprint
+from protosaga_core.io.scene_dir import SceneDirError, read_versioned_json
+from protosaga_core.method.label_edits import Merge, Split, new_instance_id
 
 from .selection import EditState
 

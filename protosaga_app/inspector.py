@@ -47,9 +47,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from protosaga_core.association import AssociateConfig, AssociationRecord
+from protosaga_core.method.association import AssociateConfig, AssociationRecord
+from protosaga_core.method.prototypes import Prototypes
 from protosaga_core.palette import instance_color
-from protosaga_core.prototypes import Prototypes
 
 Color = tuple[int, int, int]
 

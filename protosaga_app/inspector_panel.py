@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import viser
 
-from protosaga_core.scene_dir import SceneDirError
+from protosaga_core.io.scene_dir import SceneDirError
 
 from .inspector import (
     ALL_KINDS,

@@ -23,9 +23,9 @@ from torch import Tensor
 
 from protosaga_core.cameras import Cameras
 from protosaga_core.gaussians import Gaussians
-from protosaga_core.lifting import covered_labels
+from protosaga_core.method.lifting import covered_labels
+from protosaga_core.method.prototypes import Prototypes, classify
 from protosaga_core.palette import instance_color
-from protosaga_core.prototypes import Prototypes, classify
 from protosaga_core.render import render
 
 from .splats import DIMMED, HIGHLIGHT_MIX, HIGHLIGHT_RGB

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import viser
 
-from protosaga_core.editing import ExportError
+from protosaga_core.io.exports import ExportError
 from protosaga_core.palette import instance_color
 
 from .edit_log import EditLog, describe

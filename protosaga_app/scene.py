@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from protosaga_core.association import AssociationRecord, read_association
 from protosaga_core.datasets.scene import Scene, View
 from protosaga_core.gaussians import Gaussians
-from protosaga_core.prototypes import Prototypes
-from protosaga_core.scene_dir import InstanceInfo, SceneDir, SceneDirError, SceneMeta
+from protosaga_core.io.scene_dir import InstanceInfo, SceneDir, SceneDirError, SceneMeta
+from protosaga_core.method.association import AssociationRecord, read_association
+from protosaga_core.method.prototypes import Prototypes
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from protosaga_core.label_edits import LabelEdit, Merge, Split, apply_label_edits, instances_after, new_instance_id
+from protosaga_core.method.label_edits import LabelEdit, Merge, Split, apply_label_edits, instances_after, new_instance_id
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Annotated, Literal, TextIO
 import torch
 import tyro
 
-from protosaga_core.scene_dir import SceneDirError
+from protosaga_core.io.scene_dir import SceneDirError
 from protosaga_core.stages import default_device
 from protosaga_core.threads import configure as configure_threads
 

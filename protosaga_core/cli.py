@@ -6,6 +6,7 @@ for `protosaga demo` to open at its end: this package never imports the app.
 
 from __future__ import annotations
 
+import json as json_module  # Metrics has a field named `json`
 import os
 import sys
 from collections.abc import Callable
@@ -22,20 +23,20 @@ import torch  # noqa: E402
 import tyro  # noqa: E402
 
 from .datasets import DatasetConfig
-from .masks import MasksConfig, generate_masks
-from .association import AssociateConfig, associate
-from .editing import ExportConfig
 from .evaluate import EvalConfig, evaluate
-from .metrics import MetricsCommand
-from .outputs import check_output_dir, check_output_file
+from .io.exports import EDITS_FILE, export_scene, record_path
+from .io.outputs import check_output_dir, check_output_file
+from .io.scene_dir import SceneDir
+from .masks import MasksConfig, generate_masks
+from .method.association import AssociateConfig, associate
+from .method.prototypes import PrototypesConfig, compute_prototypes
+from .method.segment import SegmentConfig, segment
+from .method.train import PRESETS as TRAIN_PRESETS
+from .method.train import Preset, TrainConfig, train
+from .metrics.instances import evaluate_folders
 from .pipeline import RunConfig, run, run_demo
-from .prototypes import PrototypesConfig, compute_prototypes
-from .scene_dir import SceneDir
-from .segment import SegmentConfig, segment
 from .threads import configure as configure_threads
 from .threads import release as release_threads
-from .train import PRESETS as TRAIN_PRESETS
-from .train import Preset, TrainConfig, train
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Info:
     path: tyro.conf.Positional[Path]
 
     def run(self) -> None:
-        from .ply import read_ply
+        from .io.ply import read_ply
 
         contents = read_ply(self.path)
         gaussians = contents.gaussians
@@ -114,8 +115,8 @@ class Render:
     """replace an existing --output file"""
 
     def run(self) -> None:
+        from .io.ply import read_ply
         from .orbit import orbit_camera, save_png
-        from .ply import read_ply
         from .render import render
 
         if not (1 <= self.width <= MAX_RENDER_SIDE and 1 <= self.height <= MAX_RENDER_SIDE):
@@ -279,6 +280,105 @@ class Demo:
             raise ValueError(f"the viewer could not open {scene}")
 
 
+@dataclass
+class Metrics:
+    """Instance-segmentation metrics (Gaga's protocol) between a folder of GT and a folder of predicted label maps.
+
+    Frames are the GT <stem>.png files; each needs a predicted file with the same name and size (a missing
+    frame is an error unless --allow-missing; predictions are never resized). By default id 0
+    is NOT counted (removed from the GT and predicted ids, its pixels still counted as misses);
+    pass --include-zero to count it as an ordinary id, which is what Gaga's published numbers do.
+    The report always says which mode was used.
+    """
+
+    gt: Path
+    """folder of GT label maps (<stem>.png, uint8/uint16)"""
+    pred: Path
+    """folder of predicted label maps (<stem>.png, uint8/uint16), one per GT map, of its size"""
+    include_zero: bool = False
+    """count id 0 as an ordinary id (Gaga's setting); off by default"""
+    json: bool = False
+    """print exactly one JSON object instead of the table"""
+    allow_missing: bool = False
+    """score only the GT frames that have a prediction (a warning says how many of all) instead of failing;
+    predictions of another size are still refused"""
+
+    def run(self) -> None:
+        result = evaluate_folders(self.gt, self.pred, include_zero=self.include_zero, allow_missing=self.allow_missing)
+        if self.json:
+            print(json_module.dumps(result.to_json_dict()))
+            return
+        mode = (
+            "counted as an ordinary id (--include-zero, Gaga's setting)"
+            if result.include_zero
+            else "not counted (default; --include-zero counts it, as Gaga does)"
+        )
+        print(f"instance metrics (Gaga protocol): {self.pred} vs {self.gt}")
+        print(f"  id 0        {mode}")
+        print(f"  frames      {result.num_frames}")
+        print(f"  GT ids      {result.num_gt}")
+        print(f"  pred ids    {result.num_pred}")
+        print(f"  mIoU        {result.miou:.4f}")
+        print(f"  precision   {result.precision:.4f}")
+        print(f"  recall      {result.recall:.4f}")
+
+
+def parse_instance_ids(args: list[str]) -> tuple[int, ...]:
+    """`["3,7"]`, `["3", "7"]` or `["3,", "7"]` -> (3, 7): the command line accepts either spelling."""
+    parts = [part.strip() for arg in args for part in arg.split(",") if part.strip()]
+    try:
+        ids = tuple(int(part) for part in parts)
+    except ValueError as error:
+        raise ValueError(f"instance ids must be integers separated by commas or spaces, got {' '.join(args)!r}") from error
+    if any(i <= 0 for i in ids):
+        raise ValueError(f"instance ids are positive (0 means unassigned), got {list(ids)}")
+    return ids
+
+
+InstanceIds = Annotated[
+    tuple[int, ...],
+    tyro.constructors.PrimitiveConstructorSpec(
+        nargs="*",
+        metavar="ID[,ID...]",
+        instance_from_str=parse_instance_ids,
+        is_instance=lambda value: isinstance(value, tuple) and all(isinstance(i, int) for i in value),
+        str_from_instance=lambda ids: [",".join(map(str, ids))] if ids else [],
+    ),
+]
+"""A tuple of instance ids that tyro parses from `3,7` as well as from `3 7`."""
+
+
+@dataclass
+class Export:
+    """Export instances (or the whole scene) as a plain INRIA PLY that opens in SuperSplat, with a record of
+    what it holds beside it (same name, .json)."""
+
+    scene: tyro.conf.Positional[Path]
+    """the trained scene directory"""
+    instances: InstanceIds = ()
+    """instance ids to export, e.g. 3,7; none: every Gaussian of the scene"""
+    output: Annotated[Path | None, tyro.conf.arg(aliases=("-o",))] = None
+    """the PLY to write (its record goes beside it, .json); default: a new generated name under SCENE/exports/"""
+    with_instance_ids: bool = False
+    """add an integer `instance` column (other viewers ignore it)"""
+    overwrite: bool = False
+    """replace an existing --output file and its record"""
+
+    def run(self) -> Path:
+        """Write the PLY and its record, print what was written and return the PLY's path."""
+        scene_dir = SceneDir(self.scene)
+        path, record = export_scene(scene_dir, self.instances, self.output, self.with_instance_ids, self.overwrite)
+        what = "the whole scene" if not self.instances else f"instances {', '.join(map(str, sorted(set(self.instances))))}"
+        columns = "INRIA columns + instance" if self.with_instance_ids else "plain INRIA columns"
+        print(f"wrote {path}: {record.gaussians:,} Gaussians of {what} ({columns}); its record: {record_path(path).name}")
+        if (scene_dir.root / EDITS_FILE).exists():
+            print(
+                f"note: the viewer's saved edits ({scene_dir.root / EDITS_FILE}) are not applied: this exports the "
+                "computed labels; export from protosaga-view to include them"
+            )
+        return path
+
+
 ViewerLauncher = Callable[[Path, int], int]
 """Serves a scene in the viewer on a port until Ctrl+C and returns the exit status (protosaga_app's)."""
 
@@ -306,7 +406,7 @@ def command_type(preset: Preset):
     return Union[
         Annotated[Info, tyro.conf.subcommand("info")],
         Annotated[Render, tyro.conf.subcommand("render")],
-        Annotated[MetricsCommand, tyro.conf.subcommand("metrics")],
+        Annotated[Metrics, tyro.conf.subcommand("metrics")],
         Annotated[Weights, tyro.conf.subcommand("weights")],
         Annotated[Masks, tyro.conf.subcommand("masks")],
         Annotated[Synth, tyro.conf.subcommand("synth")],
@@ -317,7 +417,7 @@ def command_type(preset: Preset):
         Annotated[Eval, tyro.conf.subcommand("eval")],
         Annotated[Run, tyro.conf.subcommand("run", default=run_default)],
         Annotated[Demo, tyro.conf.subcommand("demo", default=demo_default)],
-        Annotated[ExportConfig, tyro.conf.subcommand("export")],
+        Annotated[Export, tyro.conf.subcommand("export")],
     ]
 
 

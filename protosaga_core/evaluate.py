@@ -6,7 +6,7 @@
   `segment` method on the test views that have GT instance maps; predictions are (re)computed into the
   default folder SCENE/segment/<method>/test/ when missing or older than their inputs.
 - The same metrics for the consistent masks (`association/`) on the training views with GT (paper Table 3).
-- The 3D object score of the per-Gaussian labels (`metrics3d.py`) where the training views have GT
+- The 3D object score of the per-Gaussian labels (`metrics/objects3d.py`) where the training views have GT
   instance and depth maps (the synthetic datasets write both).
 
 Whether id 0 counts is `include_zero` (default off; Gaga's published numbers count it); every report
@@ -22,16 +22,18 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .atomic import atomic_write_bytes
 from .datasets.scene import Scene, View
 from .gaussians import Gaussians
-from .labelmaps import load_label_map
-from .metrics import InstanceMetrics, instance_metrics, psnr, ssim
-from .metrics3d import ObjectMetrics3D, gaussian_gt_objects, object_metrics_3d
-from .stages import DEFAULT_CHUNK_VIEWS, default_device, read_consistent_mask, view_batches
+from .io.atomic import atomic_write_bytes
+from .io.labelmaps import load_label_map
+from .io.scene_dir import SceneDir
+from .method.baselines import cls_model_path
+from .method.segment import Method, SegmentConfig, output_dir, predictions_current, segment
+from .metrics.image import psnr, ssim
+from .metrics.instances import InstanceMetrics, instance_metrics
+from .metrics.objects3d import ObjectMetrics3D, gaussian_gt_objects, object_metrics_3d
 from .render import render
-from .scene_dir import SceneDir
-from .segment import Method, SegmentConfig, cls_model_path, output_dir, predictions_current, segment
+from .stages import DEFAULT_CHUNK_VIEWS, default_device, read_consistent_mask, view_batches
 
 
 @dataclass
@@ -57,7 +59,7 @@ class EvalReport:
         psnr, ssim: means over the test views (None without test views).
         segmentation: per method, instance metrics on the test views with GT (absent without GT).
         association: instance metrics of the consistent masks on the training views with GT, or None.
-        objects_3d: the 3D object score of the per-Gaussian labels (metrics3d.py), where training views
+        objects_3d: the 3D object score of the per-Gaussian labels (metrics/objects3d.py), where training views
             have GT instance and depth maps; else None.
     """
 

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .atomic import atomic_open
 from .cameras import Cameras, intrinsics, look_at
+from .io.atomic import atomic_open
 
 
 def orbit_camera(

@@ -8,16 +8,16 @@ from typing import Any
 
 import tyro
 
-from .association import AssociateConfig, associate
-from .cache import cache_dir
 from .datasets import DatasetConfig
 from .evaluate import EvalConfig, EvalReport, evaluate
+from .io.cache import cache_dir
+from .io.scene_dir import SceneDir, config_record
 from .masks import MasksConfig, generate_masks
 from .masks.generate import resolve as resolve_masks
-from .prototypes import PrototypesConfig, compute_prototypes
+from .method.association import AssociateConfig, associate
+from .method.prototypes import PrototypesConfig, compute_prototypes
+from .method.train import PRESETS, TrainConfig, train
 from .render.sparse import shared_weights
-from .scene_dir import SceneDir, config_record
-from .train import PRESETS, TrainConfig, train
 
 DEMO_DATASET = Path(__file__).resolve().parents[1] / "assets" / "demo"
 

@@ -2,7 +2,7 @@
 their rendered features, and their consistent masks.
 
 Association, prototypes, segmentation, evaluation and the viewer all use these; none of them belongs to
-one paper equation (the equations live in association.py, prototypes.py and segment.py).
+one paper equation (the equations live in method/).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from tqdm import tqdm
 
 from .datasets.scene import Scene, View
 from .gaussians import Gaussians
-from .labelmaps import load_label_map
+from .io.labelmaps import load_label_map
+from .io.scene_dir import SceneDir, SceneDirError
 from .render import render
 from .render.sparse import frozen_weights
-from .scene_dir import SceneDir, SceneDirError
 
 DEFAULT_CHUNK_VIEWS = 4
 """Views rendered at once."""

@@ -24,10 +24,10 @@ from plyfile import PlyData, PlyElement
 from torch import Tensor
 from tqdm import tqdm
 
-from .atomic import atomic_open, atomic_write_bytes
 from .cameras import Cameras, intrinsics, look_at
 from .gaussians import Gaussians, rgb_to_sh0, sh0_to_rgb
-from .labelmaps import save_label_map
+from .io.atomic import atomic_open, atomic_write_bytes
+from .io.labelmaps import save_label_map
 from .render import render
 
 Shape = Literal["box", "sphere", "cylinder"]

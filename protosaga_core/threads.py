@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write_bytes
-from .cache import cache_dir
+from .io.atomic import atomic_write_bytes
+from .io.cache import cache_dir
 
 logger = logging.getLogger(__name__)
 

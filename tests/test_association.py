@@ -14,7 +14,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from protosaga_core.association import (
+from protosaga_core.cameras import intrinsics, look_at
+from protosaga_core.gaussians import Gaussians
+from protosaga_core.io.labelmaps import MAX_LABEL, load_label_map, save_label_map
+from protosaga_core.io.scene_dir import Classifiers, SceneDir, SceneDirError, SceneMeta
+from protosaga_core.method.association import (
     AssociateConfig,
     AssociationView,
     Associator,
@@ -23,10 +27,6 @@ from protosaga_core.association import (
     project_to_pixels,
     read_association,
 )
-from protosaga_core.cameras import intrinsics, look_at
-from protosaga_core.gaussians import Gaussians
-from protosaga_core.labelmaps import MAX_LABEL, load_label_map, save_label_map
-from protosaga_core.scene_dir import Classifiers, SceneDir, SceneDirError, SceneMeta
 
 FOCAL = 50.0
 IDENTITY = torch.eye(4)

@@ -20,20 +20,21 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from viser_client import free_port, until
 
 from protosaga_app.browser_camera import camera_from_pose
 from protosaga_app.live_view import client_pose
 from protosaga_app.viewer import ViewerConfig, serve
-from protosaga_core.label_edits import Merge, Split
-from protosaga_core.ply import read_ply
+from protosaga_core.io.ply import read_ply
+from protosaga_core.method.label_edits import Merge, Split
 from protosaga_core.render import render
-from viser_client import free_port, until
 
 CHROMIUM = Path("/usr/bin/chromium")
 if os.environ.get("PROTOSAGA_REQUIRE_BROWSER") != "1":  # CI sets it: there a missing browser is a failure
     pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package")
     pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="the browser tests need Debian's chromium package")
 from playwright import sync_api  # noqa: E402
+
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",

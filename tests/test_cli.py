@@ -4,7 +4,7 @@ from PIL import Image
 
 from protosaga_core.cli import main
 from protosaga_core.gaussians import Gaussians
-from protosaga_core.ply import write_ply
+from protosaga_core.io.ply import write_ply
 
 
 def test_info_and_render_a_ply(tmp_path, capsys):

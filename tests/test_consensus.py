@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from protosaga_core.association import AssociateConfig
 from protosaga_core.cameras import Cameras
-from protosaga_core.consensus import ConsensusSettings, cluster_masks, mask_membership
-from protosaga_core.lifting import render_label_maps
+from protosaga_core.method.association import AssociateConfig
+from protosaga_core.method.consensus import ConsensusSettings, cluster_masks, mask_membership
+from protosaga_core.method.lifting import render_label_maps
 from protosaga_core.synthetic import PRESETS, build_objects, objects_to_gaussians, trajectory
 
 NUM_VIEWS = 20

@@ -19,7 +19,7 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from protosaga_core.datasets import DatasetConfig, DatasetError, View, detect_format, load_scene
-from protosaga_core.metrics import resize_nearest
+from protosaga_core.metrics.instances import resize_nearest
 
 STATUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "statue_colmap"
 

@@ -6,11 +6,11 @@ import torch
 
 from protosaga_app.document import SceneDocument
 from protosaga_app.scene import ViewerScene
-from protosaga_core.lifting import render_label_maps
-from protosaga_core.ply import read_ply
-from protosaga_core.prototypes import ensemble_prototypes, view_prototypes
+from protosaga_core.io.ply import read_ply
+from protosaga_core.io.scene_dir import SceneDirError
+from protosaga_core.method.lifting import render_label_maps
+from protosaga_core.method.prototypes import ensemble_prototypes, view_prototypes
 from protosaga_core.stages import read_consistent_mask, render_features
-from protosaga_core.scene_dir import SceneDirError
 
 
 @pytest.fixture()

@@ -9,17 +9,17 @@ from datetime import datetime
 import numpy as np
 import pytest
 import torch
+from viser_client import ViserTestClient, free_port, until
 
 from protosaga_app.document import SceneDocument
 from protosaga_app.edit_log import describe, edits_of, read_edit_log, replay, set_aside
 from protosaga_app.scene import ViewerScene
 from protosaga_app.selection import EditModel, EditState, apply_action
 from protosaga_app.viewer import ViewerConfig, serve
-from protosaga_core.editing import Edit, ExportConfig, LabelsFingerprint
-from protosaga_core.label_edits import Merge, Split
-from protosaga_core.ply import read_ply
-
-from viser_client import ViserTestClient, free_port, until
+from protosaga_core.cli import Export
+from protosaga_core.io.exports import Edit, LabelsFingerprint
+from protosaga_core.io.ply import read_ply
+from protosaga_core.method.label_edits import Merge, Split
 
 INSTANCES = frozenset(range(1, 9))
 
@@ -296,7 +296,7 @@ def test_exports_record_the_edits_they_include(trained_scene, capsys):
     assert record["unassigned"] == int((kept == 0).sum()) and record["gaussians"] == len(kept) == scene.count
 
     # The command line exports the computed labels: no edits applied, and it says so.
-    path = ExportConfig(trained_scene, instances=(a,)).run()
+    path = Export(trained_scene, instances=(a,)).run()
     record = record_of(path)
     assert record["edits"] == [] and record["instances"] == [
         {"id": a, "name": name, "gaussians": int((document.scene.labels == a).sum())}
@@ -308,12 +308,12 @@ def test_exports_record_the_edits_they_include(trained_scene, capsys):
 def test_the_command_line_never_replaces_a_record(trained_scene, tmp_path):
     (tmp_path / "obj.json").write_text("someone's file")
     with pytest.raises(ValueError, match="obj.json: exists"):
-        ExportConfig(trained_scene, output=tmp_path / "obj.ply").run()
+        Export(trained_scene, output=tmp_path / "obj.ply").run()
     assert not (tmp_path / "obj.ply").exists()
     with pytest.raises(ValueError, match="another suffix"):
-        ExportConfig(trained_scene, output=tmp_path / "obj.json", overwrite=True).run()
+        Export(trained_scene, output=tmp_path / "obj.json", overwrite=True).run()
     assert (tmp_path / "obj.json").read_text() == "someone's file"
-    ExportConfig(trained_scene, output=tmp_path / "obj.ply", overwrite=True).run()
+    Export(trained_scene, output=tmp_path / "obj.ply", overwrite=True).run()
     assert record_of(tmp_path / "obj.ply")["ply"] == "obj.ply"
 
 

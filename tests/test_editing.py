@@ -6,16 +6,15 @@ import pytest
 import torch
 import tyro
 
-from protosaga_core.editing import (
-    ExportConfig,
+from protosaga_core.cli import Export, parse_instance_ids
+from protosaga_core.gaussians import Gaussians
+from protosaga_core.io.exports import (
     ExportError,
     export_instances,
-    parse_instance_ids,
     safe_export_name,
 )
-from protosaga_core.gaussians import Gaussians
-from protosaga_core.ply import property_groups, read_ply
-from protosaga_core.scene_dir import InstanceInfo, SceneDir, SceneMeta
+from protosaga_core.io.ply import property_groups, read_ply
+from protosaga_core.io.scene_dir import InstanceInfo, SceneDir, SceneMeta
 
 NOW = datetime(2026, 11, 24, 10, 45, 12)
 INRIA_COLUMNS = [name for names in property_groups(1, 0).values() for name in names]
@@ -98,29 +97,29 @@ def test_export_command_as_in_the_issue(tmp_path, monkeypatch, capsys):
     """`protosaga export SCENE --instances 3,7 -o obj.ply` (parsed by tyro, as cli.py would)."""
     scene_dir, gaussians, _ = _scene(tmp_path)
     monkeypatch.chdir(tmp_path)
-    config = tyro.cli(ExportConfig, args=[str(scene_dir.root), "--instances", "3,7", "-o", "obj.ply"])
+    config = tyro.cli(Export, args=[str(scene_dir.root), "--instances", "3,7", "-o", "obj.ply"])
     assert config.instances == (3, 7)
     assert config.run().name == "obj.ply"
     assert len(read_ply(tmp_path / "obj.ply").gaussians) == 22
     assert "wrote obj.ply: 22 Gaussians of instances 3, 7 (plain INRIA columns)" in capsys.readouterr().out
-    assert tyro.cli(ExportConfig, args=["S", "--instances", "3", "7"]).instances == (3, 7)
+    assert tyro.cli(Export, args=["S", "--instances", "3", "7"]).instances == (3, 7)
 
 
 def test_export_command_defaults_to_a_generated_name(tmp_path, capsys):
     scene_dir, _, _ = _scene(tmp_path)
-    path = ExportConfig(scene_dir.root, with_instance_ids=True).run()
+    path = Export(scene_dir.root, with_instance_ids=True).run()
     assert path.parent == scene_dir.root / "exports" and path.name.startswith("scene_")
     assert read_ply(path).instance_ids.tolist() == [3] * 10 + [7] * 12 + [0] * 8
     with pytest.raises(ExportError, match="unknown"):
-        ExportConfig(scene_dir.root, instances=(5,)).run()
+        Export(scene_dir.root, instances=(5,)).run()
     assert sorted((scene_dir.root / "exports").iterdir()) == [path.with_suffix(".json"), path]  # the failed export left no file
 
 
 def test_whole_scene_export_needs_no_labels(tmp_path, capsys):
     scene_dir, _, _ = _scene(tmp_path, with_labels=False)
-    assert len(read_ply(ExportConfig(scene_dir.root).run()).gaussians) == 30
+    assert len(read_ply(Export(scene_dir.root).run()).gaussians) == 30
     with pytest.raises(ValueError, match="labels.npy"):
-        ExportConfig(scene_dir.root, instances=(3,)).run()
+        Export(scene_dir.root, instances=(3,)).run()
 
 
 def test_parse_instance_ids():

@@ -20,13 +20,14 @@ from PIL import Image
 from protosaga_core.cameras import Cameras, intrinsics, look_at
 from protosaga_core.evaluate import EvalConfig, evaluate
 from protosaga_core.gaussians import Gaussians, rgb_to_sh0
-from protosaga_core.labelmaps import load_label_map, save_label_map
-from protosaga_core.metrics import instance_metrics
-from protosaga_core.prototypes import Prototypes, PrototypesConfig, compute_prototypes
-from protosaga_core.stages import read_consistent_mask
+from protosaga_core.io.labelmaps import load_label_map, save_label_map
+from protosaga_core.io.scene_dir import SceneDir, SceneDirError, SceneMeta
+from protosaga_core.method.baselines import cls_model_path
+from protosaga_core.method.prototypes import Prototypes, PrototypesConfig, compute_prototypes
+from protosaga_core.method.segment import SegmentConfig, predictions_current, segment
+from protosaga_core.metrics.instances import instance_metrics
 from protosaga_core.render import render
-from protosaga_core.scene_dir import SceneDir, SceneDirError, SceneMeta
-from protosaga_core.segment import SegmentConfig, cls_model_path, predictions_current, segment
+from protosaga_core.stages import read_consistent_mask
 
 WIDTH, HEIGHT, NUM_VIEWS, TEST_VIEWS = 40, 32, 8, (2, 5)
 INSTANCES = (1, 2, 3, 4)  # 1 = the wall behind, 2-4 = coloured blobs

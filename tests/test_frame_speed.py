@@ -14,7 +14,7 @@ from PIL import Image
 from protosaga_app.live_view import encode_depth, send_background
 from protosaga_core.cameras import Cameras, intrinsics, look_at
 from protosaga_core.gaussians import Gaussians
-from protosaga_core.lifting import covered_labels, labels_from_weights, render_label_maps
+from protosaga_core.method.lifting import covered_labels, labels_from_weights, render_label_maps
 from protosaga_core.render import api, composite, render
 from protosaga_core.render.composite import tile_blocks
 from protosaga_core.render.labels import LabelWeights, tile_label_weights, tile_local_labels

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import viser
+from viser_client import free_port
 
 from protosaga_app.inspector import (
     ALL_KINDS,
@@ -29,11 +30,9 @@ from protosaga_app.inspector import (
 )
 from protosaga_app.inspector_panel import COMPACT_WIDTH, EXPANDED_WIDTH, LAYOUTS, NO_SUSPECT, InspectorPanel
 from protosaga_app.selection import EditModel
-from protosaga_core.association import AssociateConfig, AssociationRecord, MaskAssociation, ViewRecord
+from protosaga_core.method.association import AssociateConfig, AssociationRecord, MaskAssociation, ViewRecord
+from protosaga_core.method.prototypes import Prototypes
 from protosaga_core.palette import instance_color
-from protosaga_core.prototypes import Prototypes
-
-from viser_client import free_port
 
 DELTA = 0.1
 NO_COUNTS: dict[int, int] = {}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from protosaga_core.label_edits import (
+from protosaga_core.method.label_edits import (
     Merge,
     Split,
     ViewSums,
@@ -13,7 +13,7 @@ from protosaga_core.label_edits import (
     new_instance_id,
     split_region,
 )
-from protosaga_core.prototypes import view_prototypes
+from protosaga_core.method.prototypes import view_prototypes
 
 
 def test_edits_apply_in_order_to_a_copy():

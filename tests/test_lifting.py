@@ -5,7 +5,7 @@ import torch
 
 from protosaga_core.cameras import Cameras, intrinsics, look_at
 from protosaga_core.gaussians import Gaussians
-from protosaga_core.lifting import (
+from protosaga_core.method.lifting import (
     LabelVotes,
     compact_labels,
     fill_from_neighbours,

@@ -3,12 +3,12 @@
 import numpy as np
 import torch
 
-from protosaga_app.browser_camera import pose_from_camera, camera_from_pose
+from protosaga_app.browser_camera import camera_from_pose, pose_from_camera
 from protosaga_app.live import COVERED_ALPHA, FAR_DEPTH, FeaturePca, render_frame, reselect_frame
 from protosaga_app.scene import ViewerScene
 from protosaga_app.splats import DIMMED
-from protosaga_core.lifting import render_label_maps
-from protosaga_core.prototypes import classify
+from protosaga_core.method.lifting import render_label_maps
+from protosaga_core.method.prototypes import classify
 from protosaga_core.render import render
 
 

@@ -15,7 +15,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 
 import protosaga_core.masks.generate as generate_module
 from protosaga_core.datasets.scene import Scene, View
-from protosaga_core.labelmaps import load_label_map, save_label_map
+from protosaga_core.io.labelmaps import load_label_map, save_label_map
 from protosaga_core.masks import (
     FallbackMaskGenerator,
     MaskRecord,

@@ -10,19 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from protosaga_core.labelmaps import save_label_map
-from protosaga_core.metrics import (
+from protosaga_core.cli import Metrics
+from protosaga_core.io.labelmaps import save_label_map
+from protosaga_core.metrics.image import psnr, ssim, ssim_loss, ssim_map
+from protosaga_core.metrics.instances import (
     InstanceMetrics,
-    MetricsCommand,
     evaluate_folders,
     frame_overlap,
     instance_metrics,
     mean_iou_matrix,
-    psnr,
     resize_nearest,
-    ssim,
-    ssim_loss,
-    ssim_map,
 )
 
 A = np.array  # brevity in the hand-computed label maps
@@ -207,22 +204,22 @@ def test_evaluate_folders_errors(tmp_path):
 
 def test_metrics_command_json_and_table(tmp_path, capsys):
     gt_dir, pred_dir = write_scene(tmp_path)
-    MetricsCommand(gt=gt_dir, pred=pred_dir, json=True).run()
+    Metrics(gt=gt_dir, pred=pred_dir, json=True).run()
     out = json.loads(capsys.readouterr().out)  # exactly one JSON object
     assert out == {
         "miou": 0.875, "precision": 1.0, "recall": 1.0, "num_gt": 2, "num_pred": 2,
         "include_zero": False, "num_frames": 2,
     }
-    MetricsCommand(gt=gt_dir, pred=pred_dir, include_zero=True).run()
+    Metrics(gt=gt_dir, pred=pred_dir, include_zero=True).run()
     table = capsys.readouterr().out
     assert "0.8750" in table and "--include-zero" in table and "counted as an ordinary id" in table
 
 
 def test_metrics_command_flags_parse():
     tyro = pytest.importorskip("tyro")
-    command = tyro.cli(MetricsCommand, args=["--gt", "a", "--pred", "b", "--include-zero", "--json"])
+    command = tyro.cli(Metrics, args=["--gt", "a", "--pred", "b", "--include-zero", "--json"])
     assert command.include_zero is True and command.json is True
-    assert tyro.cli(MetricsCommand, args=["--gt", "a", "--pred", "b"]).include_zero is False
+    assert tyro.cli(Metrics, args=["--gt", "a", "--pred", "b"]).include_zero is False
 
 
 # ------------------------------------------------------------------------------------------------

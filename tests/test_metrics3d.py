@@ -18,13 +18,13 @@ import torch
 from PIL import Image
 
 from protosaga_core.datasets import View
-from protosaga_core.labelmaps import save_label_map
-from protosaga_core.metrics import instance_metrics
-from protosaga_core.metrics3d import (
+from protosaga_core.io.labelmaps import save_label_map
+from protosaga_core.metrics.instances import instance_metrics
+from protosaga_core.metrics.objects3d import (
     ID_STRIDE,
+    UNKNOWN,
     ObjectMetrics3D,
     gaussian_gt_objects,
-    UNKNOWN,
     majority_vote,
     merge_votes,
     object_metrics_3d,

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import protosaga_core.association as association_module
-import protosaga_core.prototypes as prototypes_module
-from protosaga_core.cli import main
-from protosaga_core.scene_dir import SceneDir
-
 from conftest import QUICK_TRAINING
+
+import protosaga_core.method.association as association_module
+import protosaga_core.method.prototypes as prototypes_module
+from protosaga_core.cli import main
+from protosaga_core.io.scene_dir import SceneDir
 
 TINY_TRAINING = ["--preset", "cpu", "--iterations", "2", "--sh-degree", "0"]
 

@@ -22,9 +22,9 @@ from PIL import Image
 
 from protosaga_core.cli import main
 from protosaga_core.datasets import DatasetConfig, DatasetError, load_scene
-from protosaga_core.labelmaps import save_label_map
-from protosaga_core.metrics import resize_nearest
-from protosaga_core.train import PRESETS, TrainConfig, train
+from protosaga_core.io.labelmaps import save_label_map
+from protosaga_core.method.train import PRESETS, TrainConfig, train
+from protosaga_core.metrics.instances import resize_nearest
 
 WIDTH, HEIGHT = 160, 120
 NAMES = [f"r_{i}" for i in range(4)]  # the "auto" split holds r_0 out as the test view

@@ -11,8 +11,8 @@ from protosaga_app import command, viewer
 from protosaga_core import pipeline
 from protosaga_core.cli import main
 from protosaga_core.datasets import DatasetConfig
-from protosaga_core.scene_dir import SceneDir
-from protosaga_core.train import PRESETS, DensifyConfig
+from protosaga_core.io.scene_dir import SceneDir
+from protosaga_core.method.train import PRESETS, DensifyConfig
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
 TINY = ["--iterations", "40", "--sh-degree", "0"]
@@ -49,7 +49,7 @@ def test_run_chains_every_stage_and_reuses_finished_ones(dataset, tmp_path, monk
 
 
 def test_run_resumes_an_interrupted_training_from_its_checkpoint(dataset, tmp_path, monkeypatch, capsys):
-    from protosaga_core import train as train_module
+    from protosaga_core.method import train as train_module
 
     train = replace(
         PRESETS["cpu"], iterations=20, sh_degree=0, checkpoint_every=5, densify=DensifyConfig(refine_start_iter=1000)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from protosaga_core.gaussians import Gaussians, num_sh_rest
-from protosaga_core.ply import PlyFormatError, read_ply, write_ply
+from protosaga_core.io.ply import PlyFormatError, read_ply, write_ply
 
 INRIA_PLY = Path(__file__).resolve().parents[2] / "shared" / "data" / "inria_ply" / "point_cloud.ply"
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from protosaga_core.io.scene_dir import SceneDirError
+from protosaga_core.method.baselines import ClsModel, kmeans, kmeans_prototypes
+from protosaga_core.method.prototypes import Prototypes, classify, ensemble_prototypes, gaussian_labels, view_prototypes
 from protosaga_core.palette import instance_color
-from protosaga_core.prototypes import Prototypes, classify, ensemble_prototypes, gaussian_labels, view_prototypes
 from protosaga_core.stages import view_batches
-from protosaga_core.scene_dir import SceneDirError
-from protosaga_core.segment import ClsModel, kmeans, kmeans_prototypes
 
 
 def test_view_prototypes_are_masked_means_without_id_zero():

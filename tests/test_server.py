@@ -7,14 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from viser_client import ViserTestClient, free_port, until
 
 from protosaga_app.browser_camera import camera_from_pose, pose_from_camera
 from protosaga_app.viewer import ViewerConfig, main, serve
-from protosaga_core.label_edits import Merge
-from protosaga_core.ply import read_ply
+from protosaga_core.io.ply import read_ply
+from protosaga_core.method.label_edits import Merge
 from protosaga_core.render import render
-
-from viser_client import ViserTestClient, free_port, until
 
 WIDTH, HEIGHT = 256, 192
 

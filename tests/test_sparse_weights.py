@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from protosaga_core.cameras import Cameras, intrinsics, look_at
-from protosaga_core.consensus import cluster_masks, mask_membership
 from protosaga_core.gaussians import Gaussians
-from protosaga_core.lifting import CHANNEL_CHUNK, transpose_render
-from protosaga_core.prototypes import collect_view_prototypes, ensemble_prototypes, lifted_gaussian_labels
-from protosaga_core.stages import read_consistent_mask
+from protosaga_core.io.scene_dir import SceneDir
+from protosaga_core.method.consensus import cluster_masks, mask_membership
+from protosaga_core.method.lifting import CHANNEL_CHUNK, transpose_render
+from protosaga_core.method.prototypes import collect_view_prototypes, ensemble_prototypes, lifted_gaussian_labels
 from protosaga_core.render import render
 from protosaga_core.render.sparse import WeightsCache, compute_view_weights, frozen_weights, shared_weights
-from protosaga_core.scene_dir import SceneDir
+from protosaga_core.stages import read_consistent_mask
 
 
 def _random_scene(seed: int, count: int = 60, width: int = 30, height: int = 21) -> tuple[Gaussians, Cameras]:

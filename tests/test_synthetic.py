@@ -7,7 +7,7 @@ import torch
 
 from protosaga_core.cli import main
 from protosaga_core.datasets import load_scene
-from protosaga_core.labelmaps import load_label_map
+from protosaga_core.io.labelmaps import load_label_map
 from protosaga_core.synthetic import PRESETS, build_objects, objects_to_gaussians, synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_synthetic_depth_puts_room_pixels_on_the_room_planes(demo):
 
 def test_synthetic_depth_places_the_scene_gaussians_on_their_objects(demo):
     # The generating Gaussians, assigned from the written GT maps, get back their own instance ids.
-    from protosaga_core.metrics3d import gaussian_gt_objects
+    from protosaga_core.metrics.objects3d import gaussian_gt_objects
 
     rng = np.random.default_rng(3)
     gaussians, ids = objects_to_gaussians(build_objects(rng, PRESETS["demo"]), PRESETS["demo"], rng)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from protosaga_core import train as train_module
 from protosaga_core.datasets import DatasetConfig
-from protosaga_core.scene_dir import SceneDir
-from protosaga_core.train import PRESETS, DensifyConfig, prepare_views, train
+from protosaga_core.io.scene_dir import SceneDir
+from protosaga_core.method import train as train_module
+from protosaga_core.method.train import PRESETS, DensifyConfig, prepare_views, train
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
 

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..cameras import Cameras
-from ..labelmaps import DEPTH_MODES, LABEL_MODES, decoded_image, read_map_for_view
+from ..io.labelmaps import DEPTH_MODES, LABEL_MODES, decoded_image, read_map_for_view
 
 Split = Literal["train", "test"]
 

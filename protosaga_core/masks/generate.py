@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from ..datasets.scene import Scene, View
-from ..labelmaps import save_label_map
+from ..io.labelmaps import save_label_map
 from .fallback import FallbackMaskGenerator
 from .records import FlattenRule, MaskRecord, flatten
 from .sam import SamMaskGenerator, SamModel

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..labelmaps import MAX_LABEL
+from ..io.labelmaps import MAX_LABEL
 
 FlattenRule = Literal["score", "large", "small"]
 

@@ -28,7 +28,7 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ..labelmaps import MAX_LABEL
+from ..io.labelmaps import MAX_LABEL
 
 NoiseName = Literal["low", "default", "high"]
 

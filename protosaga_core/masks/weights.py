@@ -22,8 +22,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import atomic_open
-from ..cache import cache_dir
+from ..io.atomic import atomic_open
+from ..io.cache import cache_dir
 
 CHUNK = 1 << 20
 

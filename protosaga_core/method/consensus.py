@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
-from .cameras import Cameras
-from .gaussians import Gaussians
+from ..cameras import Cameras
+from ..gaussians import Gaussians
 from .lifting import compact_labels, transpose_render
 
 SEEN_WEIGHT = 1e-3

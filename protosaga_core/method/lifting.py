@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cameras import Cameras
-from .gaussians import Gaussians
-from .render import render
-from .render.labels import LabelWeights
-from .render.sparse import frozen_weights
+from ..cameras import Cameras
+from ..gaussians import Gaussians
+from ..render import render
+from ..render.labels import LabelWeights
+from ..render.sparse import frozen_weights
 
 CHANNEL_CHUNK = 64
 """Channels transposed at once by the rasterizer: bounds the per-intersection channel memory of scenes

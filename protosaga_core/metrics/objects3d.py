@@ -1,7 +1,7 @@
 """A 3D object score: how well per-Gaussian labels carve a scene into its real objects.
 
 Isolating, deleting or exporting an object hands the user a set of Gaussians, not a rendered mask. The 2D
-protocol (metrics.py, Gaga's) scores label maps rendered from test cameras, where Gaussians labelled wrongly
+protocol (instances.py, Gaga's) scores label maps rendered from test cameras, where Gaussians labelled wrongly
 can hide behind correct ones; once the object is isolated they show: a chunk of the table missing from the
 exported table, a piece of the wall floating next to the exported vase. This module scores the Gaussians
 themselves.
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cameras import project_to_pixels
-from .datasets.scene import View
-from .metrics import hungarian_match, match_scores
+from ..cameras import project_to_pixels
+from ..datasets.scene import View
+from .instances import hungarian_match, match_scores
 
 __all__ = [
     "UNKNOWN",

@@ -25,14 +25,14 @@ from gsplat.strategy import DefaultStrategy
 from torch import Tensor
 from tqdm import tqdm
 
-from .atomic import atomic_write_bytes
+from ..datasets import DatasetConfig, Scene, View
+from ..gaussians import DEFAULT_FEATURE_DIM, Gaussians
+from ..io.atomic import atomic_write_bytes
+from ..io.scene_dir import Classifiers, SceneDir, SceneMeta
+from ..metrics.image import ssim_loss
+from ..render import render
+from ..threads import rebalance as rebalance_threads
 from .classifier import cosine_logits
-from .datasets import DatasetConfig, Scene, View
-from .gaussians import DEFAULT_FEATURE_DIM, Gaussians
-from .metrics import ssim_loss
-from .render import render
-from .scene_dir import Classifiers, SceneDir, SceneMeta
-from .threads import rebalance as rebalance_threads
 
 IGNORE = -100
 """Cross-entropy target of pixels without a mask."""

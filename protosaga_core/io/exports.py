@@ -20,15 +20,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-import tyro
 
+from ..gaussians import Gaussians
+from ..method.label_edits import LabelEdit, Merge, Split
 from .atomic import atomic_write_bytes
-from .gaussians import Gaussians
-from .label_edits import LabelEdit, Merge, Split
 from .outputs import check_output_file
 from .ply import write_ply
 from .scene_dir import SceneDir, SceneDirError
@@ -235,79 +234,39 @@ def export_with_record(
     return record
 
 
-def parse_instance_ids(args: list[str]) -> tuple[int, ...]:
-    """`["3,7"]`, `["3", "7"]` or `["3,", "7"]` -> (3, 7): the command line accepts either spelling."""
-    parts = [part.strip() for arg in args for part in arg.split(",") if part.strip()]
+def export_scene(
+    scene_dir: SceneDir, instances: Iterable[int] = (), output: Path | None = None, with_instance_ids: bool = False, overwrite: bool = False
+) -> tuple[Path, ExportRecord]:
+    """`protosaga export`: the given instances (none: the whole scene) as a PLY with its record beside it.
+
+    Args:
+        output: the PLY to write; None: a new generated name under SCENE/exports/.
+        overwrite: replace an existing `output` and its record.
+
+    Returns:
+        the PLY's path and its record.
+    """
+    if output is not None:
+        if output.suffix.lower() == ".json":
+            raise ValueError(f"{output}: give the PLY another suffix; its record is written beside it as .json")
+        for path in (output, record_path(output)):
+            check_output_file(path, overwrite, scene_dir.root, free=(EXPORTS_DIR,))
+    gaussians = scene_dir.read_gaussians()
+    selection = set(instances) or None
+    if selection is not None or with_instance_ids:
+        labels = scene_dir.read_labels()
+    else:  # a whole-scene export needs no labels, so it works before `prototypes`; they name its instances
+        labels = _current_labels(scene_dir, len(gaussians))
+    fingerprint = None if labels is None else LabelsFingerprint.of(labels)
+    source = ExportSource(scene_dir.root.resolve(), fingerprint, _instance_names(scene_dir))
+    path = output if output is not None else safe_export_name(scene_dir, selection)
     try:
-        ids = tuple(int(part) for part in parts)
-    except ValueError as error:
-        raise ValueError(f"instance ids must be integers separated by commas or spaces, got {' '.join(args)!r}") from error
-    if any(i <= 0 for i in ids):
-        raise ValueError(f"instance ids are positive (0 means unassigned), got {list(ids)}")
-    return ids
-
-
-InstanceIds = Annotated[
-    tuple[int, ...],
-    tyro.constructors.PrimitiveConstructorSpec(
-        nargs="*",
-        metavar="ID[,ID...]",
-        instance_from_str=parse_instance_ids,
-        is_instance=lambda value: isinstance(value, tuple) and all(isinstance(i, int) for i in value),
-        str_from_instance=lambda ids: [",".join(map(str, ids))] if ids else [],
-    ),
-]
-"""A tuple of instance ids that tyro parses from `3,7` as well as from `3 7`."""
-
-
-@dataclass
-class ExportConfig:
-    """Export instances (or the whole scene) as a plain INRIA PLY that opens in SuperSplat, with a record of
-    what it holds beside it (same name, .json)."""
-
-    scene: tyro.conf.Positional[Path]
-    """the trained scene directory"""
-    instances: InstanceIds = ()
-    """instance ids to export, e.g. 3,7; none: every Gaussian of the scene"""
-    output: Annotated[Path | None, tyro.conf.arg(aliases=("-o",))] = None
-    """the PLY to write (its record goes beside it, .json); default: a new generated name under SCENE/exports/"""
-    with_instance_ids: bool = False
-    """add an integer `instance` column (other viewers ignore it)"""
-    overwrite: bool = False
-    """replace an existing --output file and its record"""
-
-    def run(self) -> Path:
-        """Write the PLY and its record, print what was written and return the PLY's path."""
-        scene_dir = SceneDir(self.scene)
-        if self.output is not None:
-            if self.output.suffix.lower() == ".json":
-                raise ValueError(f"{self.output}: give the PLY another suffix; its record is written beside it as .json")
-            for path in (self.output, record_path(self.output)):
-                check_output_file(path, self.overwrite, scene_dir.root, free=(EXPORTS_DIR,))
-        gaussians = scene_dir.read_gaussians()
-        selection = set(self.instances) or None
-        if selection is not None or self.with_instance_ids:
-            labels = scene_dir.read_labels()
-        else:  # a whole-scene export needs no labels, so it works before `prototypes`; they name its instances
-            labels = _current_labels(scene_dir, len(gaussians))
-        fingerprint = None if labels is None else LabelsFingerprint.of(labels)
-        source = ExportSource(scene_dir.root.resolve(), fingerprint, _instance_names(scene_dir))
-        path = self.output if self.output is not None else safe_export_name(scene_dir, selection)
-        try:
-            record = export_with_record(gaussians, labels, selection, path, source, self.with_instance_ids)
-        except BaseException:
-            if self.output is None:  # drop the name safe_export_name reserved
-                path.unlink(missing_ok=True)
-            raise
-        what = "the whole scene" if selection is None else f"instances {', '.join(map(str, sorted(selection)))}"
-        columns = "INRIA columns + instance" if self.with_instance_ids else "plain INRIA columns"
-        print(f"wrote {path}: {record.gaussians:,} Gaussians of {what} ({columns}); its record: {record_path(path).name}")
-        if (scene_dir.root / EDITS_FILE).exists():
-            print(
-                f"note: the viewer's saved edits ({scene_dir.root / EDITS_FILE}) are not applied: this exports the "
-                "computed labels; export from protosaga-view to include them"
-            )
-        return path
+        record = export_with_record(gaussians, labels, selection, path, source, with_instance_ids)
+    except BaseException:
+        if output is None:  # drop the name safe_export_name reserved
+            path.unlink(missing_ok=True)
+        raise
+    return path, record
 
 
 def _current_labels(scene_dir: SceneDir, num_gaussians: int) -> np.ndarray | None:

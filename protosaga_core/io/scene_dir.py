@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..datasets.scene import Scene
+from ..gaussians import Gaussians
 from .atomic import atomic_open, atomic_write_bytes, recover_dir, remove_stale_temporaries
-from .datasets.scene import Scene
-from .gaussians import Gaussians
 from .ply import read_ply, write_ply
 
 SCENE_FORMAT = "protosaga-scene"
@@ -181,7 +181,7 @@ class SceneDir:
 
     def load_dataset(self) -> Scene:
         """The dataset this scene was trained on, read exactly as training read it."""
-        from .datasets import load_scene
+        from ..datasets import load_scene
 
         meta = self.read_meta()
         return load_scene(Path(meta.dataset), meta.dataset_format, meta.downscale, meta.split_rule)

@@ -48,15 +48,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from .atomic import atomic_write_bytes, replace_dir, staging_dir
+from ..cameras import NEAR_PLANE, project_to_pixels  # noqa: F401 (NEAR_PLANE: named in the docstring above)
+from ..datasets.scene import View
+from ..gaussians import Gaussians
+from ..io.atomic import atomic_write_bytes, replace_dir, staging_dir
+from ..io.labelmaps import MAX_LABEL, save_label_map
+from ..io.scene_dir import Classifiers, SceneDir, SceneDirError, read_versioned_json
+from ..stages import default_device
 from .classifier import cosine_logits
-from .cameras import NEAR_PLANE, project_to_pixels  # noqa: F401 (NEAR_PLANE: named in the docstring above)
 from .consensus import ConsensusSettings, cluster_masks, mask_membership
-from .datasets.scene import View
-from .gaussians import Gaussians
-from .labelmaps import MAX_LABEL, save_label_map
-from .stages import default_device
-from .scene_dir import Classifiers, SceneDir, SceneDirError, read_versioned_json
 
 ASSOCIATION_FORMAT = "protosaga-association"
 ASSOCIATION_VERSION = 1

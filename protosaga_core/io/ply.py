@@ -27,8 +27,8 @@ import torch
 from plyfile import PlyData, PlyElement, PlyElementParseError, PlyListProperty, PlyParseError
 from torch import Tensor
 
-from protosaga_core.atomic import atomic_open
 from protosaga_core.gaussians import Gaussians, num_sh_rest
+from protosaga_core.io.atomic import atomic_open
 
 VERTEX = "vertex"
 INSTANCE = "instance"

@@ -1,10 +1,5 @@
-"""Label maps for any split (`protosaga segment SCENE --split {train,test}`), by Eq. 19 or a Table 4 baseline.
+"""The paper's Table 4 baselines, which `segment --method kmeans|cls` runs in place of Eq. 19.
 
-Methods:
-- `lifted` (the default; beyond the paper): the per-Gaussian labels of `labels.npy` rendered one-hot, the
-  instance with the largest rendered weight at each pixel (`lifting.render_label_maps`), so the 2D label
-  maps agree with what isolate, delete and export act on in 3D.
-- `proto` (the paper's Eq. 19): argmax of τ·cosine to the ensemble prototypes of `prototypes.npz`.
 - `kmeans`: k-means++ over all per-view prototypes v_k(t), L2-normalised first so that Euclidean k-means
   clusters by direction, with as many clusters as there are instance ids in the consistent masks; the
   centres become the prototypes of Eq. 19, each mapped to the id most of its member prototypes carry.
@@ -21,43 +16,29 @@ Methods:
   blending weights are computed once and kept as a sparse matrix (`render.sparse`). Prediction takes
   the argmax over the instance classes only, so 0 is never predicted (DESIGN §5: label 0 is not an instance). The trained
   classifier and features live in `SCENE/segment/cls/model.pt`; gaussians.ply is never modified.
-
-Every method writes one `<stem>.png` uint16 label map per view of the split. The feature methods label
-every pixel (0 only when the scene has no instance at all); `lifted` leaves 0 where labelled Gaussians
-cover less than half the pixel.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Literal
 
 import torch
-import tyro
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from .atomic import atomic_open
-from .cameras import Cameras
-from .datasets.scene import Scene, Split
-from .gaussians import Gaussians
-from .labelmaps import save_label_map
-from .outputs import check_output_dir
-from .prototypes import CLASSIFY_CHUNK, DEFAULT_TEMPERATURE, Prototypes, classify, collect_view_prototypes
-from .stages import DEFAULT_CHUNK_VIEWS, default_device, read_consistent_mask, render_features, view_batches
-from .lifting import render_label_maps
-from .render import render
-from .render.sparse import frozen_weights, shared_weights
-from .scene_dir import SceneDir
-
-Method = Literal["lifted", "proto", "cls", "kmeans"]
-METHODS: tuple[Method, ...] = ("lifted", "proto", "cls", "kmeans")
-DEFAULT_METHOD: Method = "lifted"
+from ..cameras import Cameras
+from ..datasets.scene import Scene
+from ..gaussians import Gaussians
+from ..io.atomic import atomic_open
+from ..io.scene_dir import SceneDir
+from ..render import render
+from ..render.sparse import frozen_weights, shared_weights
+from ..stages import read_consistent_mask
+from .prototypes import CLASSIFY_CHUNK, Prototypes
 
 REG3D_INTERVAL = 2
 """Gaga's `reg3d_interval`: the 3D neighbourhood term is added every this many iterations."""
@@ -67,90 +48,16 @@ REG3D_SAMPLE = 1000
 """Gaga's `reg3d_sample_size`: Gaussians sampled per 3D term."""
 
 
-@dataclass
-class SegmentConfig:
-    """Segment every view of a split (`protosaga segment SCENE --split test [-o DIR] [--method proto]`)."""
 
-    split: Split = "test"
-    """which views to segment"""
-    output: Annotated[Path | None, tyro.conf.arg(aliases=("-o",))] = None
-    """folder for the <stem>.png label maps; default SCENE/segment/<method>/<split>/"""
-    overwrite: bool = False
-    """write into an --output folder that already holds files"""
-    method: Method = DEFAULT_METHOD
-    """lifted: render the per-Gaussian labels; proto: Eq. 19 with the ensemble prototypes (the paper);
-    cls, kmeans: the paper's Table 4 baselines"""
-    chunk_views: int = DEFAULT_CHUNK_VIEWS
-    """views rendered per batch"""
-    cls_iterations: int = 300
-    """cls: training iterations, one training view each. Gaga uses 10k on a GPU; 300 keeps the CPU run to
-    minutes (each iteration renders a view forward and backward) at the cost of an under-trained classifier"""
-    cls_lr_features: float = 2.5e-3
-    """cls: Adam learning rate of the per-Gaussian features (Gaga's feature_lr)"""
-    cls_lr_classifier: float = 5e-4
-    """cls: Adam learning rate of the linear classifier (Gaga's)"""
-    cls_reg3d_lambda: float = 2.0
-    """cls: weight of Gaga's 3D neighbourhood term (0 disables it)"""
-    kmeans_restarts: int = 10
-    """kmeans: k-means++ initialisations; the run with the lowest inertia wins"""
-    kmeans_max_iterations: int = 300
-    """kmeans: Lloyd iterations per run at most (runs stop when assignments no longer change)"""
+@dataclass(frozen=True)
+class ClsSettings:
+    """How the Cls baseline trains (`SegmentConfig`'s cls_* options document each)."""
+
+    iterations: int = 300
+    lr_features: float = 2.5e-3
+    lr_classifier: float = 5e-4
+    reg3d_lambda: float = 2.0
     seed: int = 0
-    """seed of the cls initialisation and view order and of the k-means++ draws"""
-
-
-def output_dir(scene_dir: SceneDir, config: SegmentConfig) -> Path:
-    """Where `segment` writes: `config.output`, or SCENE/segment/<method>/<split>/."""
-    return config.output if config.output is not None else scene_dir.root / "segment" / config.method / config.split
-
-
-def segment(scene_dir: SceneDir, config: SegmentConfig = SegmentConfig(), progress: bool = True) -> Path:
-    """Write one uint16 `<stem>.png` label map per view of `config.split`; returns the folder."""
-    if config.method not in METHODS:
-        raise ValueError(f"unknown method {config.method!r}; expected one of {METHODS}")
-    scene = scene_dir.load_dataset()
-    views = scene.split(config.split)
-    if not views:
-        raise ValueError(f"{scene.root}: the dataset has no {config.split} views")
-    out = output_dir(scene_dir, config)
-    if config.output is not None:
-        check_output_dir(out, config.overwrite, scene_dir.root, free=("segment", "exports"))
-    gaussians = scene_dir.read_gaussians().to(default_device())
-    out.mkdir(parents=True, exist_ok=True)
-    desc = f"segment {config.split} ({config.method})"
-    if config.method == "lifted":
-        labels = torch.from_numpy(scene_dir.read_labels(len(gaussians)))
-        ids = torch.unique(labels[labels > 0])
-        with tqdm(total=len(views), desc=desc, unit="view", disable=not progress) as bar:
-            for batch in view_batches(views, config.chunk_views):
-                maps = render_label_maps(gaussians, scene.cameras(batch).to(gaussians.device), labels, ids)
-                for view, label_map in zip(batch, maps.cpu()):
-                    save_label_map(out / f"{view.name}.png", label_map)
-                bar.update(len(batch))
-        return out
-    gaussians, predict = _predictor(scene_dir, gaussians, scene, config, progress)
-    for view, features in render_features(gaussians, scene, views, config.chunk_views, progress, desc):
-        save_label_map(out / f"{view.name}.png", predict(features))
-    return out
-
-
-def _predictor(
-    scene_dir: SceneDir, gaussians: Gaussians, scene: Scene, config: SegmentConfig, progress: bool
-) -> tuple[Gaussians, Callable[[Tensor], Tensor]]:
-    """The Gaussians to render (cls renders its own trained features) and features [H, W, D] -> ids [H, W],
-    for the methods that classify rendered features."""
-    if config.method == "cls":
-        model = train_or_load_cls(scene_dir, gaussians, scene, config, progress)
-        return replace(gaussians, features=model.features.to(gaussians.device)), model.predict
-    temperature = float(scene_dir.read_meta().configs.get("prototypes", {}).get("temperature", DEFAULT_TEMPERATURE))
-    if config.method == "proto":
-        prototypes = Prototypes.load(scene_dir.prototypes_path)
-    else:
-        per_view = collect_view_prototypes(scene_dir, gaussians, scene, config.chunk_views, progress)
-        prototypes = kmeans_prototypes(
-            [p[0] for p in per_view], [p[1] for p in per_view], config.seed, config.kmeans_restarts, config.kmeans_max_iterations
-        )
-    return gaussians, lambda features: classify(features, prototypes, temperature)
 
 
 # --- k-means baseline ------------------------------------------------------------------------------
@@ -267,25 +174,18 @@ def cls_model_path(scene_dir: SceneDir) -> Path:
     return scene_dir.root / "segment" / "cls" / "model.pt"
 
 
-def _cls_key(config: SegmentConfig, num_gaussians: int) -> dict[str, float | int]:
+def _cls_key(settings: ClsSettings, num_gaussians: int) -> dict[str, float | int]:
     """What a saved model was trained with; a model is reused only when this matches."""
-    return {
-        "iterations": config.cls_iterations,
-        "lr_features": config.cls_lr_features,
-        "lr_classifier": config.cls_lr_classifier,
-        "reg3d_lambda": config.cls_reg3d_lambda,
-        "seed": config.seed,
-        "num_gaussians": num_gaussians,
-    }
+    return {**asdict(settings), "num_gaussians": num_gaussians}
 
 
 def train_or_load_cls(
-    scene_dir: SceneDir, gaussians: Gaussians, scene: Scene, config: SegmentConfig, progress: bool = True
+    scene_dir: SceneDir, gaussians: Gaussians, scene: Scene, settings: ClsSettings, progress: bool = True
 ) -> ClsModel:
     """The saved model when it was trained with this config after the Gaussians and masks last changed,
     else a newly trained (and saved) one."""
     path = cls_model_path(scene_dir)
-    key = _cls_key(config, len(gaussians))
+    key = _cls_key(settings, len(gaussians))
     inputs = (scene_dir.gaussians_path, scene_dir.association_dir)
     if path.is_file() and all(path.stat().st_mtime_ns >= p.stat().st_mtime_ns for p in inputs if p.exists()):
         try:
@@ -294,7 +194,7 @@ def train_or_load_cls(
                 return ClsModel(saved["class_ids"], saved["weight"], saved["bias"], saved["features"])
         except Exception:  # noqa: BLE001 - a stale or damaged cache is simply retrained and overwritten
             pass
-    model = train_cls(scene_dir, gaussians, scene, config, progress)
+    model = train_cls(scene_dir, gaussians, scene, settings, progress)
     payload = {"key": key, **{name: getattr(model, name).cpu() for name in ("class_ids", "weight", "bias", "features")}}
     with atomic_open(path) as handle:
         torch.save(payload, handle)
@@ -302,7 +202,7 @@ def train_or_load_cls(
 
 
 def train_cls(
-    scene_dir: SceneDir, gaussians: Gaussians, scene: Scene, config: SegmentConfig, progress: bool = True
+    scene_dir: SceneDir, gaussians: Gaussians, scene: Scene, settings: ClsSettings, progress: bool = True
 ) -> ClsModel:
     """Train Gaga's classifier jointly with the features on the consistent masks (see the module docstring)."""
     device = gaussians.device
@@ -311,23 +211,23 @@ def train_cls(
     class_ids = torch.unique(torch.cat([torch.zeros(1, dtype=torch.int64, device=device)] + [m.unique() for m in masks]))
     targets = [torch.searchsorted(class_ids, mask).reshape(-1) for mask in masks]
     num_classes, dim = len(class_ids), gaussians.feature_dim
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
     # PyTorch's default Conv2d/Linear initialisation (uniform, bound 1/sqrt(fan_in)), drawn from our generator.
     bound = 1.0 / math.sqrt(dim)
     weight = torch.nn.Parameter(((torch.rand(num_classes, dim, generator=generator) * 2 - 1) * bound).to(device))
     bias = torch.nn.Parameter(((torch.rand(num_classes, generator=generator) * 2 - 1) * bound).to(device))
     features = torch.nn.Parameter(gaussians.features.detach().clone())
-    if num_classes < 2 or config.cls_iterations <= 0:
+    if num_classes < 2 or settings.iterations <= 0:
         return ClsModel(class_ids, weight.detach(), bias.detach(), features.detach())
     frozen = gaussians.detach()
-    feature_optimizer = torch.optim.Adam([features], lr=config.cls_lr_features, eps=1e-15)
-    classifier_optimizer = torch.optim.Adam([weight, bias], lr=config.cls_lr_classifier)
-    neighbours = _neighbours(frozen.means, REG3D_NEIGHBOURS) if config.cls_reg3d_lambda > 0 else None
+    feature_optimizer = torch.optim.Adam([features], lr=settings.lr_features, eps=1e-15)
+    classifier_optimizer = torch.optim.Adam([weight, bias], lr=settings.lr_classifier)
+    neighbours = _neighbours(frozen.means, REG3D_NEIGHBOURS) if settings.reg3d_lambda > 0 else None
     order: list[int] = []
     # Every view is rendered about iterations / views times with the geometry frozen: its blending
     # weights are computed once and each render (and its backward) is a sparse product.
     with shared_weights():
-        for iteration in tqdm(range(1, config.cls_iterations + 1), desc="train cls", disable=not progress):
+        for iteration in tqdm(range(1, settings.iterations + 1), desc="train cls", disable=not progress):
             if not order:  # Gaga's viewpoint stack: every view once per epoch, in random order
                 order = torch.randperm(len(views), generator=generator).tolist()
             index = order.pop()
@@ -335,7 +235,7 @@ def train_cls(
             logits = rendered.reshape(-1, dim) @ weight.T + bias
             loss = F.cross_entropy(logits, targets[index]) / math.log(num_classes)
             if neighbours is not None and iteration % REG3D_INTERVAL == 0:
-                loss = loss + config.cls_reg3d_lambda * _neighbourhood_kl(features, weight, bias, neighbours, generator)
+                loss = loss + settings.reg3d_lambda * _neighbourhood_kl(features, weight, bias, neighbours, generator)
             feature_optimizer.zero_grad(set_to_none=True)
             classifier_optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -372,10 +272,3 @@ def _neighbourhood_kl(features: Tensor, weight: Tensor, bias: Tensor, neighbours
     return (probs[:, None] * log_ratio).sum(-1).mean() / weight.shape[0]
 
 
-def predictions_current(folder: Path, stems: Sequence[str], inputs: Sequence[Path]) -> bool:
-    """Whether `folder` holds `<stem>.png` for every stem, none older than any existing input path."""
-    files = [folder / f"{stem}.png" for stem in stems]
-    if not all(f.is_file() for f in files):
-        return False
-    newest_input = max((os.stat(p).st_mtime_ns for p in inputs if p.exists()), default=0)
-    return min(f.stat().st_mtime_ns for f in files) >= newest_input

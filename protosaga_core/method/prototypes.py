@@ -22,15 +22,15 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .atomic import atomic_open
+from ..datasets.scene import Scene
+from ..gaussians import Gaussians
+from ..io.atomic import atomic_open
+from ..io.scene_dir import InstanceInfo, SceneDir, SceneDirError
+from ..palette import instance_color
+from ..stages import DEFAULT_CHUNK_VIEWS, default_device, read_consistent_mask, render_features, view_batches
 from .classifier import cosine_logits
-from .datasets.scene import Scene
-from .gaussians import Gaussians
 from .label_edits import ViewSums
 from .lifting import fill_from_neighbours, labels_from_votes, lift_votes
-from .palette import instance_color
-from .scene_dir import InstanceInfo, SceneDir, SceneDirError
-from .stages import DEFAULT_CHUNK_VIEWS, default_device, read_consistent_mask, render_features, view_batches
 
 DEFAULT_TEMPERATURE = 10.0
 CLASSIFY_CHUNK = 1 << 16

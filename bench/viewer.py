@@ -18,9 +18,10 @@ checked and collected here). Cameras stand inside the room, so every pixel of a 
       depth PNG reused (encoded when the frame was first shown), as `LiveView.reselect` does;
    b. ray fallback (the browser modes rgb/instances, or a click on background): `pick_along_ray` over
       the visible Gaussians at 640x480, then `model.click` (the recoloured splat nodes are the feedback).
-2. A per-pixel segmentation frame <= 1 s at 640x480: `render_frame(..., "segmentation", ...)` of the
-   visible Gaussians with their per-Gaussian labels, as `LiveView` renders a scene with lifted labels
-   (the default); also the 256x192 frame rendered while the camera moves, and the PCA mode.
+2. A per-pixel segmentation frame <= 1 s at 640x480: `render_view(..., "segmentation", ...)`, the
+   function `LiveView` renders with (the visible Gaussians with their per-Gaussian labels, for a scene
+   with lifted labels, the default); also the 256x192 frame rendered while the camera moves, and the
+   PCA mode.
 3. Memory bounded when a 1M-Gaussian scene is opened: in a fresh process, the peak resident set
    (ru_maxrss, cross-checked with VmHWM) after `ViewerScene.load`, the SceneDocument, the ViewerApp
    (default max_splats: all 1M Gaussians go to the splat nodes), the first 256x192 frame and the first
@@ -57,8 +58,8 @@ import viser
 
 from protosaga_app.browser_camera import BrowserPose, camera_from_pose, pose_from_camera, render_size
 from protosaga_app.document import SceneDocument
-from protosaga_app.live import Frame, render_frame, reselect_frame
-from protosaga_app.live_view import encode_depth, send_background
+from protosaga_app.live import Frame, reselect_frame
+from protosaga_app.live_view import encode_depth, render_view, send_background
 from protosaga_app.picking import pick_along_ray, pick_instance
 from protosaga_app.scene import ViewerScene
 from protosaga_app.server import ViewerApp, ViewerOptions
@@ -364,15 +365,6 @@ def viser_server() -> Iterator[viser.ViserServer]:
             server.stop()
 
 
-def frame_of(document: SceneDocument, app: ViewerApp, pose: BrowserPose, size: tuple[int, int], mode: str) -> Frame:
-    """What `LiveView._render` does for one camera at one size."""
-    state = document.model.state
-    visible = document.visible(state)
-    camera = camera_from_pose(pose, *size)
-    labels = torch.from_numpy(visible.labels) if document.lifted else None
-    return render_frame(visible.gaussians, camera, mode, document.prototypes(state), app.pca, state.selected, labels)
-
-
 FrameCase = tuple[str, tuple[int, int], int]
 """(mode, (width, height), runs) of one frame measurement."""
 
@@ -393,10 +385,10 @@ def bench_frames(document: SceneDocument, app: ViewerApp, poses: list[BrowserPos
     n = len(document.scene.gaussians)
     records = []
     for mode, size, runs in cases:
-        frame_of(document, app, poses[0], size, mode)
+        render_view(document, app.pca, poses[0], mode, *size)
         times, covered, on_screen = [], [], []
         for k in range(runs):
-            seconds, frame = timed(lambda: frame_of(document, app, poses[k % len(poses)], size, mode))
+            seconds, frame = timed(lambda: render_view(document, app.pca, poses[k % len(poses)], mode, *size))
             times.append(seconds)
             covered.append(float((frame.labels > 0).mean()))
             on_screen.append(len(np.unique(frame.labels[frame.labels > 0])))
@@ -429,7 +421,7 @@ def bench_clicks(
     # clicks (rendered beforehand, untimed); the click reads it and edits the model.
     app.set_mode("segmentation")
     model.clear_selection()
-    frames = [frame_of(document, app, pose, (WIDTH, HEIGHT), "segmentation") for pose in poses]
+    frames = [render_view(document, app.pca, pose, "segmentation", WIDTH, HEIGHT) for pose in poses]
     label_maps = [frame.labels for frame in frames]
     depth_pngs = [encode_depth(frame.depth) for frame in frames]  # when the live view first showed them
     pick_times, edit_times, totals, feedback, changed = [], [], [], [], 0
@@ -531,8 +523,8 @@ def memory_case(root: Path, runs: int) -> dict:
     moving = render_size(WIDTH / HEIGHT, MOVING_SIZE)
     with viser_server() as server:
         app = step("ViewerApp (splat nodes, GUI)", lambda: ViewerApp(server, document, ViewerOptions(mode="segmentation")))
-        step(f"first {moving[0]}x{moving[1]} frame", lambda: frame_of(document, app, poses[0], moving, "segmentation"))
-        step(f"first {WIDTH}x{HEIGHT} frame", lambda: frame_of(document, app, poses[0], (WIDTH, HEIGHT), "segmentation"))
+        step(f"first {moving[0]}x{moving[1]} frame", lambda: render_view(document, app.pca, poses[0], "segmentation", *moving))
+        step(f"first {WIDTH}x{HEIGHT} frame", lambda: render_view(document, app.pca, poses[0], "segmentation", WIDTH, HEIGHT))
         records = []
         if runs:
             cases = [("segmentation", (WIDTH, HEIGHT), runs), ("segmentation", moving, runs)]

@@ -10,8 +10,8 @@ prototypes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import viser
@@ -30,10 +30,8 @@ from .inspector import (
     suspect_page,
     suspects_of_kind,
 )
+from .document import SceneDocument
 from .selection import EditState
-
-if TYPE_CHECKING:
-    from .server import ViewerApp
 
 NO_VIEW = "(choose a view)"
 NO_SUSPECT = "(none)"
@@ -54,7 +52,8 @@ def _set_options(dropdown: viser.GuiDropdownHandle, options: tuple[str, ...]) ->
 
 @dataclass
 class InspectorPanel:
-    app: "ViewerApp"
+    document: SceneDocument
+    go_to_view: Callable[[viser.ClientHandle, str], None]
     view: viser.GuiDropdownHandle
     large: viser.GuiCheckboxHandle
     mosaic: viser.GuiImageHandle
@@ -74,10 +73,10 @@ class InspectorPanel:
     _shown: tuple[str, tuple, bool] | None = None
 
     @classmethod
-    def build(cls, app: "ViewerApp") -> "InspectorPanel":
-        gui = app.server.gui
-        names = [view.name for view in app.document.scene.training_views()]
-        available = bool(names) and app.document.scene.association is not None
+    def build(cls, gui: viser.GuiApi, document: SceneDocument, go_to_view: Callable[[viser.ClientHandle, str], None]) -> "InspectorPanel":
+        """The inspector's widgets on `gui`; `go_to_view` moves a tab's camera into a training view."""
+        names = [view.name for view in document.scene.training_views()]
+        available = bool(names) and document.scene.association is not None
         if not available:
             gui.add_markdown("The inspector needs the scene's dataset and association record; neither could be read.")
         view = gui.add_dropdown("Training view", (NO_VIEW, *names), initial_value=NO_VIEW, disabled=not available)
@@ -94,7 +93,7 @@ class InspectorPanel:
         large = gui.add_checkbox("Large panels", initial_value=True, hint="One tile per row; off: five in a row")
         # PNG: JPEG would blur the colour-coded ids' borders into colours of no id.
         mosaic = gui.add_image(np.zeros((8, 40, 3), np.uint8), label="view panels", format="png")
-        panel = cls(app, view, large, mosaic, summary, kind, page, caption, suspects, detail, show, merge)
+        panel = cls(document, go_to_view, view, large, mosaic, summary, kind, page, caption, suspects, detail, show, merge)
         view.on_update(lambda event: panel._on_view(event.client))
         large.on_update(lambda _: panel._redraw())
         kind.on_update(lambda _: panel._relist())
@@ -107,10 +106,10 @@ class InspectorPanel:
     def refresh(self, state: EditState) -> None:
         """Re-rank the suspects and redraw the view for the current prototypes."""
         self.merge.disabled = len(state.selected) != 2
-        record = self.app.document.scene.association
+        record = self.document.scene.association
         if record is None:
             return
-        document = self.app.document
+        document = self.document
         live = document.model.live_instances(state)
         # The instance table's counts (per-Gaussian labels after merges), so both say the same number.
         ranked = find_suspects(record, document.prototypes(state), document.instance_counts(state))
@@ -144,28 +143,28 @@ class InspectorPanel:
         if self.view.value == NO_VIEW:
             return
         if client is not None:
-            self.app.go_to_view(client, self.view.value)
+            self.go_to_view(client, self.view.value)
         self._redraw()
 
     def _show_suspect(self, client: viser.ClientHandle | None) -> None:
         suspect = self._entries.get(self.suspects.value)
         if suspect is None:
             return
-        self.app.document.model.select_many(suspect.instances)
+        self.document.model.select_many(suspect.instances)
         if suspect.views:
             self.view.value = suspect.views[0]  # its update callback moves the camera and draws the view
             if client is not None:
-                self.app.go_to_view(client, suspect.views[0])
+                self.go_to_view(client, suspect.views[0])
 
     def _merge(self, client: viser.ClientHandle | None) -> None:
-        selected = sorted(self.app.document.model.state.selected)
+        selected = sorted(self.document.model.state.selected)
         if len(selected) != 2:
             return
-        counts = self.app.document.instance_counts()
+        counts = self.document.instance_counts()
         # The larger instance keeps its id (and name): the smaller one is the fragment being fixed.
         keep, absorb = sorted(selected, key=lambda i: (-counts.get(i, 0), i))
         try:
-            self.app.document.merge(keep, absorb)
+            self.document.merge(keep, absorb)
         except (ValueError, SceneDirError) as error:
             if client is not None:
                 client.add_notification("Merge failed", str(error), color="red", auto_close_seconds=8.0)
@@ -175,7 +174,7 @@ class InspectorPanel:
         view_name = self.view.value
         if view_name == NO_VIEW:
             return
-        state = state or self.app.document.model.state
+        state = state or self.document.model.state
         key = (view_name, state.label_edits, self.large.value)
         if self._shown == key:
             return
@@ -190,7 +189,7 @@ class InspectorPanel:
 
     def panels(self, view_name: str, state: EditState) -> ViewPanels:
         """The five panels of a training view at an edit state."""
-        document = self.app.document
+        document = self.document
         view = next(v for v in document.scene.training_views() if v.name == view_name)
         raw = view.load_mask()
         # Merges and splits apply to the associated ids too, or a fixed error would still show as disagreement.

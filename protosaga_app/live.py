@@ -128,8 +128,8 @@ def render_frame(
         mode: "segmentation" or "pca".
         prototypes: the classifier of Eq. 19 (after any merges).
         selected: instances to highlight in the segmentation.
-        labels: per-Gaussian ids of `gaussians` [M] int64; when given, the segmentation renders them
-            instead of classifying rendered features by Eq. 19.
+        labels: per-Gaussian ids of `gaussians` [M] int64; when given, the frame's label map renders them
+            instead of classifying rendered features by Eq. 19 (in both modes).
     """
     if mode not in SERVER_MODES:
         raise ValueError(f"the server renders {SERVER_MODES}, not {mode!r}")
@@ -146,10 +146,13 @@ def render_frame(
             mode,
             np.zeros((height, width, 3), np.float32),
         )
-    lifted = mode == "segmentation" and labels is not None
+    lifted = labels is not None
     with torch.no_grad():
-        # Lifted labels need no features: the renderer returns each pixel's best label itself.
-        extras, labels = (None, labels.to(gaussians.device)) if lifted else (gaussians.features.detach(), None)
+        # Lifted labels need no features (the renderer returns each pixel's best label itself), and the
+        # PCA colours' label map (what clicks there read) is the same one, so clicks never reach a hidden
+        # instance through a prototype.
+        extras = gaussians.features.detach() if mode == "pca" or not lifted else None
+        labels = labels.to(gaussians.device) if lifted else None
         out = render(gaussians, camera, sh_degree=0, extras=extras, depth="ED", labels=labels)
         rgb = out.colors[0].clamp(0.0, 1.0)
         covered = out.alphas[0, ..., 0] > COVERED_ALPHA

@@ -67,6 +67,27 @@ def send_background(scene: viser.SceneApi, image: np.ndarray, depth_png: bytes) 
     scene._websock_interface.queue_message(BackgroundImageMessage(format="jpeg", rgb_data=rgb, depth_data=depth_png))
 
 
+def render_view(document: SceneDocument, pca: FeaturePca, pose: BrowserPose, mode: RenderMode, width: int, height: int) -> Frame:
+    """The frame a tab sees from `pose` at `width` x `height`: the document's visible Gaussians at its
+    current edit state, its selection highlighted, and in the segmentation mode its per-Gaussian labels
+    rendered when they were lifted (`SceneDocument.lifted`), else Eq. 19 per pixel. No viser needed: the
+    live view and bench/viewer.py both render through it.
+
+    mode: "segmentation" or "pca".
+    """
+    state = document.model.state
+    visible = document.visible(state)
+    return render_frame(
+        visible.gaussians,
+        camera_from_pose(pose, width, height),
+        mode,
+        document.prototypes(state),
+        pca,
+        state.selected,
+        torch.from_numpy(visible.labels) if document.lifted else None,
+    )
+
+
 def client_pose(client: viser.ClientHandle) -> BrowserPose:
     camera = client.camera
     return BrowserPose(np.asarray(camera.wxyz), np.asarray(camera.position), float(camera.fov), float(camera.aspect))
@@ -166,22 +187,12 @@ class LiveView:
             self._show(self.render_now(self._settings.still_size))
 
     def _render(self, pose: BrowserPose, mode: RenderMode, size: int | None) -> Frame:
-        camera = self.client.camera
         if size is None:
+            camera = self.client.camera
             width, height = int(camera.image_width), int(camera.image_height)
         else:
             width, height = render_size(pose.aspect, size)
-        state = self._document.model.state
-        visible = self._document.visible(state)
-        return render_frame(
-            visible.gaussians,
-            camera_from_pose(pose, width, height),
-            mode,
-            self._document.prototypes(state),
-            self._pca,
-            state.selected,
-            torch.from_numpy(visible.labels) if self._document.lifted else None,
-        )
+        return render_view(self._document, self._pca, pose, mode, width, height)
 
     def _show(self, frame: Frame) -> None:
         if self._stopped:

@@ -1,4 +1,5 @@
-"""The viser server of `protosaga-view`: splat nodes, training cameras, clicks, hotkeys and live views.
+"""The viser server of `protosaga-view`: wires the document to the splat nodes (`splat_nodes.py`), the
+training cameras (`training_cameras.py`), the panels, clicks, hotkeys and each tab's live view.
 
 Everything the user does goes through the document's one `EditModel` (buttons, hotkeys and clicks
 alike); the model notifies `ViewerApp._on_edit`, which updates the shared scene nodes and GUI, so every
@@ -22,49 +23,22 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 import viser
-import viser.transforms as vtf
-
-from protosaga_core.palette import instance_color
 
 from . import panels
-from .browser_camera import camera_from_pose, frustum_scale
+from .browser_camera import camera_from_pose
 from .document import SceneDocument
 from .feedback import ClickFeedback
-from .framing import (
-    CONTROL_PANEL_PX,
-    DEFAULT_FOV,
-    TYPICAL_CANVAS,
-    behind_frustum,
-    framed_objects,
-    frustum_depth_for,
-    near_plane,
-    overview_pose,
-    scene_extent,
-    scene_up,
-    training_poses,
-)
 from .live import SERVER_MODES, FeaturePca, RenderMode
 from .live_view import LiveSettings, LiveView, client_pose
 from .picking import gaussians_in_rectangle, pick_along_ray, pick_instance, pick_rectangle
 from .selection import KEY_BINDINGS, Action, EditState, apply_action
-from .splats import browser_subset, dimmed, drawable, highlighted, instance_groups, splat_arrays
+from .splat_nodes import NodeLook, SplatNodes
+from .training_cameras import TrainingCameras
 
 logger = logging.getLogger(__name__)
 
-THUMBNAIL_SIDE = 96
-"""Longer side of a frustum's thumbnail: enough to recognise the view, small enough for hundreds."""
-FRUSTUM_LINE = 0.025
-"""Frustum line thickness as a share of its depth."""
 HOTKEY_HINT = "*Hotkeys work after a click in the 3D view, not while a list or field has focus.*"
 """Shown above the panel's tabs: viser ignores hotkeys while one of its dropdowns or text fields has focus."""
-
-
-@dataclass(frozen=True)
-class SplatNode:
-    """One instance's splats in the browser: the viser node and the Gaussians it holds (scene indices). [M]"""
-
-    handle: viser.GaussianSplatHandle
-    index: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -93,39 +67,32 @@ class ViewerApp:
         self.pca = FeaturePca.fit(document.scene.gaussians.features)
         self._views: dict[int, LiveView] = {}
         self._views_lock = threading.Lock()
-        self._splats = splat_arrays(document.scene.gaussians)
-        self._drawable = drawable(self._splats)
-        if not self._drawable.all():
-            logger.warning(
-                "%d Gaussians have NaN/inf values or covariances beyond float16: the browser does not draw them",
-                int((~self._drawable).sum()),
-            )
-        self._extent = scene_extent(self._splats.centers)
-        self._shown = browser_subset(self._splats.opacities, options.max_splats, self._drawable)
-        self._poses = training_poses(document.scene.training_views())
-        framing_views = [view for view in document.scene.training_views() if view.name in self._poses]
-        self._focus = framed_objects(
-            self._splats.centers[self._drawable], self._splats.opacities[self._drawable], framing_views
+        self.nodes = SplatNodes(server.scene, document.scene.gaussians, options.max_splats)
+        splats = self.nodes.splats
+        self.cameras = TrainingCameras(
+            server, document.scene.training_views(), splats.centers, splats.opacities, self.nodes.drawable
         )
-        centres = np.stack([pose.position for pose in self._poses.values()]) if self._poses else np.zeros((0, 3))
-        self._frustum_depth = frustum_depth_for(centres, self._extent)
-        self._near = near_plane(self._frustum_depth, self._extent)
-        self._nodes: dict[int, SplatNode] = {}
         self.rectangle_splits = False
         """Whether Ctrl+drag splits (the panel's toggle) rather than selects; Alt+drag always splits."""
-        self._frustums: list[viser.CameraFrustumHandle] = []
         self._last_state = document.model.state  # replayed edits included
-        self._feedback = ClickFeedback(lambda: self._near)
+        self._feedback = ClickFeedback(lambda: self.cameras.near)
 
         server.scene.set_up_direction("+z")
-        self._set_initial_camera()
-        self._sync_nodes(self._last_state)
-        self._add_frustums()
+        self.cameras.set_initial_camera()
+        self.nodes.sync(document.labels(self._last_state), self._look(self._last_state))
+        self.cameras.add_frustums()
         # viser listens for hotkeys on the page but skips keys typed into an input, and its dropdowns and
         # text fields are inputs that keep the focus (also across a switch of browser tabs); it offers no
         # way to change that, so the panel says, above its tabs, how to get the keys back.
         server.gui.add_markdown(HOTKEY_HINT)
-        self.gui = panels.build(self)
+        controls = panels.ViewerControls(
+            set_mode=self.set_mode,
+            show_frustums=self.cameras.set_visible,
+            go_to_view=self.cameras.go_to,
+            redraw=self.refresh_view,
+            set_rectangle_splits=lambda on: setattr(self, "rectangle_splits", on),
+        )
+        self.gui = panels.build(server.gui, document, controls, self.mode)
         self._add_hotkeys()
         server.scene.on_click()(lambda event: self._on_click(event, additive=False))
         server.scene.on_click(modifier="shift")(lambda event: self._on_click(event, additive=True))
@@ -137,118 +104,15 @@ class ViewerApp:
         document.model.subscribe(self._on_edit)
         self._on_edit(document.model.state)
 
-    # --- scene nodes ---------------------------------------------------------------------------------
-    def _sync_nodes(self, state: EditState) -> set[int]:
-        """One splat node per instance of `state` (and one for unassigned Gaussians): nodes whose Gaussians
-        changed (a merge or split made, undone or discarded) are sent again, nodes of instances that no
-        longer exist removed. Returns the ids whose node was sent."""
-        groups = instance_groups(self.document.labels(state), self._shown)
-        visible = self.document.model.visible_instances(state)
-        for instance_id in set(self._nodes) - set(groups):
-            self._nodes.pop(instance_id).handle.remove()
-        sent = set()
-        for instance_id, index in groups.items():
-            node = self._nodes.get(instance_id)
-            if node is not None and np.array_equal(node.index, index):
-                continue
-            splats = self._splats.take(index)
-            name = "/splats/unassigned" if instance_id == 0 else f"/splats/instance_{instance_id}"
-            handle = self.server.scene.add_gaussian_splats(  # replaces a node of the same name
-                name, splats.centers, splats.covariances, self._node_colors(instance_id, splats.rgbs, state), splats.opacities,
-                visible=self._node_visible(instance_id, visible),
-            )
-            self._nodes[instance_id] = SplatNode(handle, index)
-            sent.add(instance_id)
-        return sent
-
-    def _node_colors(self, instance_id: int, rgbs: np.ndarray, state: EditState) -> np.ndarray:
-        """Colours of one node's splats (`rgbs` [M, 3]: their own): RGB or the instance colour, highlighted
-        if selected, dimmed while something else is. [M, 3]"""
-        if self.mode == "instances" and instance_id > 0:
-            rgbs = np.broadcast_to(np.asarray(instance_color(instance_id), dtype=np.float32) / 255.0, rgbs.shape)
-        if instance_id in state.selected:
-            return highlighted(rgbs)
-        return dimmed(rgbs) if state.selected else np.ascontiguousarray(rgbs)
-
-    def _recolor(self, instance_ids: set[int], state: EditState) -> None:
-        for instance_id in instance_ids & set(self._nodes):
-            node = self._nodes[instance_id]
-            node.handle.rgbs = self._node_colors(instance_id, self._splats.rgbs[node.index], state)
-
-    def _node_visible(self, instance_id: int, visible: frozenset[int]) -> bool:
-        """Whether a node is drawn, given the visible instances of the edit state."""
-        if self.mode in SERVER_MODES:
-            return False
-        return self.document.show_unassigned if instance_id == 0 else instance_id in visible
-
-    def _add_frustums(self) -> None:
-        """One frustum per training camera with a usable pose, all drawn `self._frustum_depth` deep."""
-        for view in self.document.scene.training_views():
-            pose = self._poses.get(view.name)
-            if pose is None:
-                continue
-            image = view.load_image()
-            step = max(1, max(image.shape[:2]) // THUMBNAIL_SIDE)
-            thumbnail = (image[::step, ::step].clamp(0, 1) * 255).byte().numpy()
-            scale = frustum_scale(pose.fov, pose.aspect, self._frustum_depth)
-            frustum = self.server.scene.add_camera_frustum(
-                f"/cameras/{view.name}", pose.fov, pose.aspect, scale=scale, thickness=FRUSTUM_LINE * self._frustum_depth,
-                image=thumbnail, wxyz=pose.wxyz, position=pose.position,
-            )
-            frustum.on_click(lambda event, name=view.name: self.go_to_view(event.client, name))
-            self._frustums.append(frustum)
-
-    def _set_initial_camera(self) -> None:
-        """New tabs (and viser's Reset View) start with what the training cameras look at (`_framed_objects`)
-        framed in the part of the canvas the control panel leaves free, seen from the first training
-        camera's side and from above: an overview (not viser's origin, nor a view filled by a training
-        camera's thumbnail)."""
-        if self._focus is None:
-            return
-        centre, radius = self._focus
-        poses = list(self._poses.values())
-        if poses:
-            up = scene_up(np.stack([vtf.SO3(p.wxyz).as_matrix() for p in poses]))
-            towards, fov = poses[0].position - centre, poses[0].fov
-        else:
-            up, towards, fov = np.array([0.0, 0.0, 1.0]), np.array([1.0, -1.0, 0.0]), DEFAULT_FOV
-        width, height = TYPICAL_CANVAS
-        position, look_at = overview_pose(centre, radius, up, towards, fov, width / height, CONTROL_PANEL_PX / width)
-        initial = self.server.initial_camera
-        initial.position = position
-        initial.look_at = look_at
-        initial.up = up
-        initial.fov = fov
-        initial.near = self._near
-
-    def set_frustums_visible(self, visible: bool) -> None:
-        with self.server.atomic():
-            for frustum in self._frustums:
-                frustum.visible = visible
-
-    def go_to_view(self, client: viser.ClientHandle, view_name: str) -> None:
-        """Move a tab's camera to look through a training camera: just behind its frustum, with its
-        orientation and field of view, and the orbit point at the objects' depth on its axis.
-
-        Standing at the camera itself would put the tab inside the frustum, whose photo then covers the
-        whole view; from BEHIND_FRUSTUM depths back the near plane clips that frustum, and the view is the
-        training view widened by a few per cent.
-        """
-        pose = self._poses.get(view_name)
-        if pose is None:
-            logger.warning("training view %s has no usable camera to go to", view_name)
-            return
-        position = behind_frustum(pose, self._frustum_depth)
-        forward = vtf.SO3(pose.wxyz).as_matrix()[:, 2]
-        target = self._focus[0] if self._focus is not None else position + forward * self._extent
-        # The orbit point: on the axis, as deep as the objects (never behind the near plane).
-        look_at = position + forward * max(float((target - position) @ forward), 2.0 * self._near)
-        with client.atomic():
-            client.camera.near = self._near
-            client.camera.fov = pose.fov
-            client.camera.position = position
-            client.camera.wxyz = pose.wxyz
-            client.camera.look_at = look_at
+    def _look(self, state: EditState) -> NodeLook:
+        """How the splat nodes are drawn in the current mode at `state`."""
+        return NodeLook(
+            drawn=self.mode not in SERVER_MODES,
+            instance_colors=self.mode == "instances",
+            selected=state.selected,
+            visible=self.document.model.visible_instances(state),
+            show_unassigned=self.document.show_unassigned,
+        )
 
     # --- edits ---------------------------------------------------------------------------------------
     def run_action(self, action: Action) -> None:
@@ -260,22 +124,24 @@ class ViewerApp:
             return
         recolor = "instances" in (mode, self.mode)
         self.mode = mode
+        look = self._look(self.document.model.state)
         if recolor:
-            self._recolor(set(self._nodes), self.document.model.state)
-        self._update_visibility(self.document.model.state)
+            self.nodes.recolor(self.nodes.ids, look)
+        self._update_visibility(look)
         self._request_frames()
 
     def _on_edit(self, state: EditState) -> None:
         previous, self._last_state = self._last_state, state
         selection_only = replace(state, selected=frozenset()) == replace(previous, selected=frozenset())
-        sent = self._sync_nodes(state) if state.label_edits != previous.label_edits else set()
+        look = self._look(state)
+        sent = self.nodes.sync(self.document.labels(state), look) if state.label_edits != previous.label_edits else set()
         if sent or (previous.selected and not state.selected):
             self._feedback.clear()
-        self._update_visibility(state)
+        self._update_visibility(look)
         # A first selection dims every other node and the last one undims them; otherwise only the nodes
         # whose selection changed are sent again.
-        changed = set(self._nodes) if bool(state.selected) != bool(previous.selected) else state.selected ^ previous.selected
-        self._recolor(changed - sent, state)
+        changed = self.nodes.ids if bool(state.selected) != bool(previous.selected) else state.selected ^ previous.selected
+        self.nodes.recolor(changed - sent, look)
         if selection_only:  # what is drawn is unchanged: recolour the frames instead of rendering them
             for view in self._live_views():
                 view.reselect()
@@ -285,14 +151,12 @@ class ViewerApp:
 
     def refresh_view(self) -> None:
         """Redraw after a change outside the edit model (e.g. showing unassigned Gaussians)."""
-        self._update_visibility(self.document.model.state)
+        self._update_visibility(self._look(self.document.model.state))
         self._request_frames()
 
-    def _update_visibility(self, state: EditState) -> None:
-        visible = self.document.model.visible_instances(state)
+    def _update_visibility(self, look: NodeLook) -> None:
         with self.server.atomic():
-            for instance_id, node in self._nodes.items():
-                node.handle.visible = self._node_visible(instance_id, visible)
+            self.nodes.update_visibility(look)
 
     # --- tabs ----------------------------------------------------------------------------------------
     def _on_connect(self, client: viser.ClientHandle) -> None:
@@ -361,7 +225,7 @@ class ViewerApp:
         candidates = np.flatnonzero(np.isin(self.document.labels(state), np.fromiter(sources, dtype=np.int64)))
         (x0, y0), (x1, y1) = screen_min, screen_max
         inside = gaussians_in_rectangle(
-            torch.from_numpy(self._splats.centers[candidates]), camera, x0 * width, y0 * height, x1 * width, y1 * height
+            torch.from_numpy(self.nodes.splats.centers[candidates]), camera, x0 * width, y0 * height, x1 * width, y1 * height
         )
         index = candidates[inside.numpy()]
         what = "the selection" if state.selected else "the visible instances"

@@ -269,7 +269,7 @@ def test_highlight_split_merge_jump_and_reopen_in_a_real_browser(scene, page):
         until(timeout=60.0, condition=lambda: model.state.label_edits == (split,))
 
         # A jump to a training view shows its splats: hiding them all changes much of the canvas.
-        app.go_to_view(client, app.document.scene.training_views()[0].name)
+        app.cameras.go_to(client, app.document.scene.training_views()[0].name)
         page.wait_for_timeout(2000)
         shown = canvas_image(page, client)
         model.select_many(model.visible_instances())

@@ -326,11 +326,7 @@ def test_the_viewer_opens_with_the_saved_edits_and_its_panel_discards_them(train
         assert app.document.model.state == EditState(hidden=frozenset({b}), deleted=frozenset({a}))
         assert "1 deleted, 1 hidden" in app.gui.edits.content and not app.gui.discard.disabled
         client = ViserTestClient(f"ws://127.0.0.1:{app.server.get_port()}")
-        # viser takes a tab's input once it knows the tab's camera, as a browser sends it first.
-        client.send(
-            "ViewerCameraMessage", wxyz=(1.0, 0.0, 0.0, 0.0), position=(0.0, 0.0, 3.0), fov=1.0, near=0.01, far=100.0,
-            image_height=96, image_width=128, look_at=(0.0, 0.0, 0.0), up_direction=(0.0, 0.0, 1.0),
-        )
+        client.announce_camera()
         until(lambda: len(app.server.get_clients()) == 1)
         client.click_button("Discard edits")
         until(lambda: app.document.model.state == EditState())

@@ -385,9 +385,8 @@ def inspector():
         instance_counts=lambda state=None: label_counts(labels, model),
     )
     server = viser.ViserServer(host="127.0.0.1", port=free_port(), verbose=False)
-    app = SimpleNamespace(server=server, document=document)
-    panel = InspectorPanel.build(app)
-    panel.refresh(app.document.model.state)
+    panel = InspectorPanel.build(server.gui, document, go_to_view=lambda client, view_name: None)
+    panel.refresh(document.model.state)
     yield panel
     server.stop()
 
@@ -411,7 +410,7 @@ def test_the_gui_reaches_every_suspect_by_page_and_by_kind(inspector):
 
 
 def test_show_suspect_is_disabled_on_none_and_shows_the_instance_tables_count(inspector):
-    document = inspector.app.document
+    document = inspector.document
     assert inspector.suspects.value == NO_SUSPECT and inspector.show.disabled
     inspector.kind.value = "single view"
     inspector.suspects.value = entries(inspector)[0]  # instance 6, the largest single-view one
@@ -437,7 +436,7 @@ def test_showing_a_suspect_selects_it_and_draws_its_view_large_or_compact(inspec
     inspector.kind.value = "single view"
     inspector.suspects.value = entries(inspector)[0]
     inspector._show_suspect(None)
-    assert inspector.app.document.model.state.selected == frozenset({6})
+    assert inspector.document.model.state.selected == frozenset({6})
     assert inspector.view.value == "f" and drawn == ["f"]
     assert inspector.large.value and inspector.mosaic.image.shape[1] == EXPANDED_WIDTH >= 256
     inspector.large.value = False

@@ -53,6 +53,11 @@ def test_segmentation_frame_of_lifted_labels_is_the_rendered_labels(trained_scen
     covered = frame.depth < FAR_DEPTH
     np.testing.assert_array_equal(frame.labels[covered], rendered[covered])
     assert not frame.labels[~covered].any() and frame.labels.any()
+    # The PCA frame's label map (what clicks in that mode read) is the same one, so a click there never
+    # picks an instance whose Gaussians were left out (hidden) through its prototype.
+    pca_frame = render_frame(scene.gaussians, view.cameras, "pca", scene.prototypes, FeaturePca.fit(scene.gaussians.features), labels=labels)
+    np.testing.assert_array_equal(pca_frame.labels, frame.labels)
+    assert np.any(pca_frame.image != frame.image)
 
 
 def test_frame_from_the_browser_pose_of_a_training_view_matches_the_view(trained_scene_readonly):

@@ -162,7 +162,7 @@ def test_every_number_sent_stays_finite_through_edits_modes_and_jumps(app):
     assert_all_finite(messages, "at start")
     assert_initial_camera_finite(app.server)
     sent = sum(len(buffer) for buffer in splat_buffers(messages).values())
-    assert sent == len(app._shown) > 0
+    assert sent == len(app.nodes.shown) > 0
     assert any(m["type"] == "CameraFrustumMessage" for m in messages)
 
     client, handle = connect(app)
@@ -177,10 +177,10 @@ def test_every_number_sent_stays_finite_through_edits_modes_and_jumps(app):
     for mode in ("instances", "segmentation", "pca", "rgb"):
         app.set_mode(mode)
         assert_all_finite(scene_messages(app.server), f"in mode {mode}")
-    app.set_frustums_visible(False)
-    app.set_frustums_visible(True)
+    app.cameras.set_visible(False)
+    app.cameras.set_visible(True)
     for view in app.document.scene.training_views()[:3]:
-        app.go_to_view(handle, view.name)
+        app.cameras.go_to(handle, view.name)
         assert np.isfinite(handle.camera.position).all() and np.isfinite(handle.camera.wxyz).all()
     # The camera moves the tab itself was sent are finite too.
     camera_messages = lambda: [m for m in list(client.messages) if m.get("type", "").startswith("SetCamera")]  # noqa: E731
@@ -228,7 +228,7 @@ def test_degenerate_gaussians_and_cameras_are_not_sent(trained_scene):
 
         client, handle = connect(app)
         before = handle.camera.position.copy()
-        app.go_to_view(handle, broken_view)  # no camera to go to: nothing moves, nothing raises
+        app.cameras.go_to(handle, broken_view)  # no camera to go to: nothing moves, nothing raises
         np.testing.assert_array_equal(handle.camera.position, before)
         client.close()
     finally:
@@ -276,7 +276,7 @@ def test_a_jump_to_a_training_view_stands_behind_its_frustum_facing_the_objects(
     frustums = {m["name"]: m["props"] for m in messages if m["type"] == "CameraFrustumMessage"}
     centre = np.median(opaque_centres(app.document.scene), axis=0)
     for view in app.document.scene.training_views()[::7]:
-        app.go_to_view(handle, view.name)
+        app.cameras.go_to(handle, view.name)
         pose = pose_from_camera(view.viewmat, view.K, view.width, view.height)
         rotation = vtf.SO3(pose.wxyz).as_matrix()
         props = frustums[f"/cameras/{view.name}"]

@@ -65,6 +65,13 @@ class ViserTestClient:
         found = self.wait_for(lambda m: m.get("props", {}).get("label") == label and "uuid" in m)
         return found["uuid"]
 
+    def announce_camera(self) -> None:
+        """Send a camera as a browser tab does first: viser takes a tab's input only once it knows its camera."""
+        self.send(
+            "ViewerCameraMessage", wxyz=(1.0, 0.0, 0.0, 0.0), position=(0.0, 0.0, 3.0), fov=1.0, near=0.01, far=100.0,
+            image_height=96, image_width=128, look_at=(0.0, 0.0, 0.0), up_direction=(0.0, 0.0, 1.0),
+        )
+
     def click_button(self, label: str) -> None:
         self.send("GuiUpdateMessage", uuid=self.gui_uuid(label), updates={"value": True})
 

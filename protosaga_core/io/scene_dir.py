@@ -147,9 +147,13 @@ class SceneDir:
         )
         try:
             instances = [InstanceInfo(**{**row, "color": tuple(row["color"])}) for row in raw.pop("instances", [])]
-            return SceneMeta(**raw, instances=instances)
+            meta = SceneMeta(**raw, instances=instances)
         except (TypeError, KeyError) as error:
             raise SceneDirError(f"{self.meta_path}: malformed ({error})") from error
+        wrong = mistyped_fields(meta)
+        if wrong:
+            raise SceneDirError(f"{self.meta_path}: malformed (wrong type of value: {', '.join(wrong)})")
+        return meta
 
     def write_meta(self, meta: SceneMeta) -> None:
         atomic_write_bytes(self.meta_path, (json.dumps(asdict(meta), indent=1) + "\n").encode())
@@ -231,7 +235,16 @@ class SceneDir:
         is given. [N] int64"""
         if not self.labels_path.exists():
             raise SceneDirError(f"{self.labels_path}: missing; run protosaga prototypes first")
-        labels = np.load(self.labels_path, allow_pickle=False).astype(np.int64)
+        try:
+            labels = np.load(self.labels_path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise SceneDirError(f"{self.labels_path}: not a NumPy array file ({error}); run protosaga prototypes again") from error
+        if not isinstance(labels, np.ndarray) or not np.issubdtype(labels.dtype, np.integer):
+            raise SceneDirError(
+                f"{self.labels_path}: expected integer instance ids, got {getattr(labels, 'dtype', type(labels).__name__)}; "
+                "run protosaga prototypes again"
+            )
+        labels = labels.astype(np.int64)
         if num_gaussians is not None and (labels.shape != (num_gaussians,) or (len(labels) and labels.min() < 0)):
             raise SceneDirError(
                 f"{self.labels_path}: expected {num_gaussians} non-negative labels (one per Gaussian of "
@@ -242,6 +255,32 @@ class SceneDir:
     def write_labels(self, labels: np.ndarray) -> None:
         with atomic_open(self.labels_path) as handle:
             np.save(handle, np.asarray(labels, dtype=np.int64))
+
+
+def mistyped_fields(meta: SceneMeta) -> list[str]:
+    """The fields of a scene.json just read whose values have the wrong type (JSON gives any type)."""
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def is_names(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(name, str) for name in value)
+
+    checks = {
+        "dataset": isinstance(meta.dataset, str),
+        "dataset_format": isinstance(meta.dataset_format, str),
+        "downscale": is_int(meta.downscale) and meta.downscale >= 1,
+        "split_rule": isinstance(meta.split_rule, str),
+        "train_views": is_names(meta.train_views),
+        "stages": is_names(meta.stages),
+        "configs": isinstance(meta.configs, dict),
+    }
+    wrong = [name for name, ok in checks.items() if not ok]
+    for row in meta.instances:
+        counts = (row.id, row.num_gaussians, row.num_views)
+        if not (all(map(is_int, counts)) and isinstance(row.name, str) and len(row.color) == 3 and all(map(is_int, row.color))):
+            wrong.append(f"instances row {row.id!r}")
+    return wrong
 
 
 def read_versioned_json(path: Path, file_format: str, version: int, missing_hint: str) -> dict[str, Any]:

@@ -92,11 +92,12 @@ def segment(scene_dir: SceneDir, config: SegmentConfig = SegmentConfig(), progre
     if config.output is not None:
         check_output_dir(out, config.overwrite, scene_dir.root, free=("segment", "exports"))
     gaussians = scene_dir.read_gaussians().to(default_device())
-    out.mkdir(parents=True, exist_ok=True)
     desc = f"segment {config.split} ({config.method})"
+    # The folder is made once what the method needs has been read (or trained): a failure leaves none.
     if config.method == "lifted":
         labels = torch.from_numpy(scene_dir.read_labels(len(gaussians)))
         ids = torch.unique(labels[labels > 0])
+        out.mkdir(parents=True, exist_ok=True)
         with tqdm(total=len(views), desc=desc, unit="view", disable=not progress) as bar:
             for batch in view_batches(views, config.chunk_views):
                 maps = render_label_maps(gaussians, scene.cameras(batch).to(gaussians.device), labels, ids)
@@ -105,6 +106,7 @@ def segment(scene_dir: SceneDir, config: SegmentConfig = SegmentConfig(), progre
                 bar.update(len(batch))
         return out
     gaussians, predict = _predictor(scene_dir, gaussians, scene, config, progress)
+    out.mkdir(parents=True, exist_ok=True)
     for view, features in render_features(gaussians, scene, views, config.chunk_views, progress, desc):
         save_label_map(out / f"{view.name}.png", predict(features))
     return out

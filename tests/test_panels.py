@@ -1,0 +1,124 @@
+"""The viewer's panels on their own: a scene document, a viser GUI and the few viewer controls they may use
+(no ViewerApp), driven over the websocket as a browser tab drives them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+import viser
+from viser_client import ViserTestClient, free_port, until
+
+from protosaga_app.document import SceneDocument
+from protosaga_app.panels import EDIT_BUTTONS, NO_SELECTION, ViewerControls, build
+from protosaga_app.scene import ViewerScene
+from protosaga_app.selection import button_label
+
+
+@dataclass
+class Recorded:
+    """Controls that write down what the panels asked for."""
+
+    calls: list[tuple] = field(default_factory=list)
+
+    def controls(self) -> ViewerControls:
+        return ViewerControls(
+            set_mode=lambda mode: self.calls.append(("set_mode", mode)),
+            show_frustums=lambda shown: self.calls.append(("show_frustums", shown)),
+            go_to_view=lambda client, name: self.calls.append(("go_to_view", name)),
+            redraw=lambda: self.calls.append(("redraw",)),
+            set_rectangle_splits=lambda on: self.calls.append(("rectangle_splits", on)),
+        )
+
+
+@pytest.fixture()
+def panels(trained_scene):
+    """(panels, document, recorded controls, a connected tab)."""
+    document = SceneDocument(ViewerScene.load(trained_scene), torch.device("cpu"))
+    server = viser.ViserServer(host="127.0.0.1", port=free_port(), verbose=False)
+    recorded = Recorded()
+    gui = build(server.gui, document, recorded.controls(), "rgb")
+    document.model.subscribe(gui.refresh)
+    gui.refresh(document.model.state)
+    tab = ViserTestClient(f"ws://127.0.0.1:{server.get_port()}")
+    tab.announce_camera()
+    until(lambda: len(server.get_clients()) == 1)
+    yield gui, document, recorded, tab
+    tab.close()
+    server.stop()
+
+
+def largest_instances(document: SceneDocument, count: int) -> list[int]:
+    counts = document.instance_counts()
+    return sorted(counts, key=lambda i: -counts[i])[:count]
+
+
+def test_the_edit_buttons_are_named_with_their_hotkeys_and_act_on_the_document(panels):
+    gui, document, _, tab = panels
+    a, b = largest_instances(document, 2)
+    document.model.click(a)
+    tab.click_button(button_label("Hide", "hide"))
+    until(lambda: a not in document.model.visible_instances())
+    assert b in document.model.visible_instances()
+    assert not gui.undo.disabled and gui.redo.disabled
+    tab.click_button(button_label("Undo", "undo"))
+    until(lambda: a in document.model.visible_instances())
+    assert not gui.redo.disabled
+    assert all("(" in button_label(name, action) for name, action in EDIT_BUTTONS if action in ("hide", "undo", "delete"))
+
+
+def test_view_controls_reach_the_viewer_only_through_its_callbacks(panels):
+    _, document, recorded, tab = panels
+    shown = document.show_unassigned
+    tab.set_value("Render mode", "Segmentation (per pixel)")
+    tab.set_value("Training cameras", False)
+    tab.set_value("Ctrl+drag splits", True)
+    tab.set_value("Unassigned Gaussians", not shown)
+    until(lambda: len(recorded.calls) == 4)
+    assert recorded.calls == [("set_mode", "segmentation"), ("show_frustums", False), ("rectangle_splits", True), ("redraw",)]
+    assert document.show_unassigned is (not shown)
+
+
+def test_selection_text_table_and_list_follow_the_edit_state(panels):
+    gui, document, _, _ = panels
+    live = sorted(document.model.live_instances())
+    assert "nothing" in gui.selection.content and gui.pick.value == NO_SELECTION
+    assert gui.instance_table.content.count("data-instance=") == len(live)
+    assert gui.pick.options == (NO_SELECTION, *(f"{i}: {document.instance_name(i)}" for i in live))
+    chosen = largest_instances(document, 1)[0]
+    document.model.click(chosen)
+    assert gui.pick.value == f"{chosen}: {document.instance_name(chosen)}"
+    assert f"{document.instance_counts()[chosen]:,} Gaussians" in gui.selection.content
+    assert f'font-weight:bold" data-instance="{chosen}"' in gui.instance_table.content.replace(";opacity:1", "")
+    assert not gui.name.disabled and gui.name.value == document.instance_name(chosen)
+    document.model.delete_selected()
+    assert gui.instance_table.content.count("data-instance=") == len(live) - 1
+    assert f"{chosen}: " not in " ".join(gui.pick.options)
+    assert "1 deleted" in gui.edits.content and not gui.discard.disabled
+
+
+def test_choosing_from_the_list_selects_and_renaming_names_the_instance(panels):
+    gui, document, _, tab = panels
+    chosen = largest_instances(document, 2)[1]
+    tab.set_value("Select", f"{chosen}: {document.instance_name(chosen)}")
+    until(lambda: document.model.state.selected == frozenset({chosen}))
+    tab.set_value("Name", "teapot")
+    until(lambda: document.instance_name(chosen) == "teapot")
+    until(lambda: "teapot" in gui.instance_table.content)
+    assert gui.pick.value == f"{chosen}: teapot"
+
+
+def test_discard_edits_returns_to_the_computed_labels_and_is_undoable(panels):
+    gui, document, _, tab = panels
+    a, b = largest_instances(document, 2)
+    before = document.labels().copy()
+    document.merge(a, b)
+    assert not np.array_equal(document.labels(), before)
+    tab.click_button("Discard edits")
+    until(lambda: gui.discard.disabled)
+    np.testing.assert_array_equal(document.labels(), before)
+    assert "none" in gui.edits.content
+    document.model.undo()
+    assert (document.labels() == a).sum() == (before == a).sum() + (before == b).sum()

@@ -17,6 +17,7 @@ from protosaga_core.cameras import Cameras, project_to_pixels
 from protosaga_core.gaussians import Gaussians
 from protosaga_core.render.projection import project
 from protosaga_core.render.settings import ALPHA_THRESHOLD, TRANSMITTANCE_MIN, RasterSettings
+from protosaga_core.render.tiles import tile_rectangles
 
 DEFAULT_MIN_FRACTION = 0.01
 """A rectangle selects an instance covering at least this share of its pixels, so that a few stray
@@ -93,9 +94,11 @@ def contribution_weights(
     """Each Gaussian's blending weight T_i * alpha_i at the pixel containing (x, y). [N]
 
     The same arithmetic as the torch rasterizer for that one pixel, vectorised over all N Gaussians:
-    EWA projection, the tile culling of `bin_gaussians`, alpha clamped and thresholded, front-to-back
-    transmittance in depth order, stopping before transmittance reaches 1e-4. The weights sum to the
-    pixel's rendered alpha, and `weights @ channels` is its rendered value of any per-Gaussian channels.
+    EWA projection (`render.projection`), the tiles of `render.tiles` the Gaussian is binned into, alpha
+    clamped and thresholded, front-to-back transmittance in depth order, stopping before transmittance
+    reaches 1e-4. The weights sum to the pixel's rendered alpha, and `weights @ channels` is its rendered
+    value of any per-Gaussian channels. Why not the rasterizer on a 1-pixel camera: its projection clamps
+    footprints by the camera's field of view, which a 1-pixel camera narrows, so the weights would differ.
 
     Args:
         camera: exactly one camera.
@@ -124,8 +127,7 @@ def contribution_weights(
         # of the viewer's frames, rendered without gradients).
         tile_size = settings.tile_size_for("torch", gradients=False)
         tile = torch.tensor([column // tile_size, row // tile_size], device=means2d.device)
-        tile_means, tile_radii = means2d.float() / tile_size, radii.float() / tile_size
-        lo, hi = torch.floor(tile_means - tile_radii).long(), torch.ceil(tile_means + tile_radii).long()
+        lo, hi = tile_rectangles(means2d, radii, tile_size)
         reaches = (radii > 0).all(dim=-1) & ((lo <= tile) & (tile < hi)).all(dim=-1)
 
         delta = means2d - torch.tensor([column + 0.5, row + 0.5], dtype=means2d.dtype, device=means2d.device)

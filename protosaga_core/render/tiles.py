@@ -59,6 +59,21 @@ class TileBins:
         return self.num_cameras * self.tiles_x * self.tiles_y
 
 
+def tile_rectangles(means2d: Tensor, radii: Tensor, tile_size: int) -> tuple[Tensor, Tensor]:
+    """The tiles each projected Gaussian is binned into, as gsplat bins them: columns and rows
+    lo <= (x, y) < hi, before clamping to the image (a Gaussian with a zero radius reaches none).
+
+    Args:
+        means2d: [..., 2]; radii: [..., 2].
+
+    Returns:
+        lo, hi: [..., 2] int64 tile coordinates (x, y).
+    """
+    tile_means = means2d.detach().float() / tile_size
+    tile_radii = radii.float() / tile_size
+    return torch.floor(tile_means - tile_radii).long(), torch.ceil(tile_means + tile_radii).long()
+
+
 @torch.no_grad()
 def bin_gaussians(
     means2d: Tensor,
@@ -79,10 +94,7 @@ def bin_gaussians(
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     tiles_per_image = tiles_x * tiles_y
 
-    tile_means = means2d.detach().float() / tile_size
-    tile_radii = radii.float() / tile_size
-    lo = torch.floor(tile_means - tile_radii).long()
-    hi = torch.ceil(tile_means + tile_radii).long()
+    lo, hi = tile_rectangles(means2d, radii, tile_size)
     limits = torch.tensor([tiles_x, tiles_y], device=device)
     lo = torch.minimum(lo.clamp_min(0), limits)
     hi = torch.minimum(hi.clamp_min(0), limits)

@@ -35,10 +35,12 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
 from protosaga_core.io.atomic import atomic_write_bytes
 from protosaga_core.io.exports import Edit, EditOp, LabelsFingerprint
 from protosaga_core.io.scene_dir import SceneDirError, read_versioned_json
-from protosaga_core.method.label_edits import Merge, Split, new_instance_id
+from protosaga_core.method.label_edits import LabelEdit, Merge, Split, new_instance_id
 
 from .selection import EditState
 
@@ -49,9 +51,25 @@ EDITS_VERSION = 1
 
 
 # --- the state as edits, and back --------------------------------------------------------------------
+def edit_record(edit: LabelEdit) -> Edit:
+    """How a merge or split is written down."""
+    if isinstance(edit, Merge):
+        return Edit("merge", (edit.keep, edit.absorb))
+    return Edit("split", (edit.id,), tuple(edit.index.tolist()))
+
+
+def label_edit(edit: Edit) -> LabelEdit:
+    """The merge or split a written-down edit records."""
+    if edit.op == "merge":
+        return Merge(*edit.ids)
+    if edit.op == "split":
+        return Split.of(edit.ids[0], np.asarray(edit.gaussians, dtype=np.int64))
+    raise ValueError(f"a {edit.op} edit changes no label")
+
+
 def edits_of(state: EditState) -> tuple[Edit, ...]:
     """The edits that rebuild `state` (its selection aside) from the computed labels, in `replay`'s order."""
-    label_edits = tuple(Edit.of(edit) for edit in state.label_edits)
+    label_edits = tuple(map(edit_record, state.label_edits))
     sets = tuple(Edit(op, tuple(sorted(ids))) for op, ids in (("delete", state.deleted), ("hide", state.hidden)) if ids)
     return label_edits + sets
 
@@ -113,7 +131,7 @@ def _apply(state: EditState, edit: Edit) -> EditState:
     ids = frozenset(edit.ids)
     if edit.op in ("merge", "split"):
         hidden = state.hidden - {edit.ids[1]} if edit.op == "merge" else state.hidden
-        return replace(state, hidden=hidden, label_edits=(*state.label_edits, edit.label_edit()))
+        return replace(state, hidden=hidden, label_edits=(*state.label_edits, label_edit(edit)))
     if edit.op == "delete":
         return replace(state, deleted=state.deleted | ids)
     return replace(state, hidden=state.hidden | ids)

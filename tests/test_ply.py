@@ -8,25 +8,12 @@ import numpy as np
 import plyfile
 import pytest
 import torch
+from builders import random_gaussians
 
 from protosaga_core.gaussians import Gaussians, num_sh_rest
 from protosaga_core.io.ply import PlyFormatError, read_ply, write_ply
 
 INRIA_PLY = Path(__file__).resolve().parents[2] / "shared" / "data" / "inria_ply" / "point_cloud.ply"
-
-
-def random_gaussians(n: int, sh_degree: int, feature_dim: int, seed: int = 0) -> Gaussians:
-    """Gaussians with every raw value random, so any column mix-up shows. [N, ...]"""
-    g = torch.Generator().manual_seed(seed)
-    return Gaussians(
-        means=torch.randn(n, 3, generator=g),
-        scales=torch.randn(n, 3, generator=g),
-        quats=torch.randn(n, 4, generator=g),
-        opacities=torch.randn(n, generator=g),
-        sh0=torch.randn(n, 1, 3, generator=g),
-        shN=torch.randn(n, num_sh_rest(sh_degree), 3, generator=g),
-        features=torch.randn(n, feature_dim, generator=g),
-    )
 
 
 def inria_names(sh_degree: int) -> list[str]:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import random_gaussians
 
-from protosaga_core.gaussians import Gaussians
 from protosaga_core.io.ply import write_ply
 from protosaga_core.io.scene_dir import (
     SCENE_FORMAT,
@@ -33,19 +33,6 @@ from protosaga_core.io.scene_dir import (
 def meta(**changes) -> SceneMeta:
     values = dict(dataset="/data/room", dataset_format="colmap", downscale=2, split_rule="holdout", train_views=["a", "b"])
     return SceneMeta(**{**values, **changes})
-
-
-def gaussians(n: int = 5, feature_dim: int = 4) -> Gaussians:
-    generator = torch.Generator().manual_seed(n)
-    return Gaussians(
-        means=torch.randn(n, 3, generator=generator),
-        scales=torch.randn(n, 3, generator=generator),
-        quats=torch.randn(n, 4, generator=generator),
-        opacities=torch.randn(n, generator=generator),
-        sh0=torch.randn(n, 1, 3, generator=generator),
-        shN=torch.zeros(n, 0, 3),
-        features=torch.randn(n, feature_dim, generator=generator),
-    )
 
 
 def raw_meta(scene_dir: SceneDir) -> dict:
@@ -209,7 +196,7 @@ def test_is_done_reports_stages_of_scene_json(scene_dir):
 
 
 def test_gaussians_round_trip(scene_dir):
-    written = gaussians(6, feature_dim=3)
+    written = random_gaussians(6, feature_dim=3, seed=6)
     scene_dir.write_gaussians(written)
     read = scene_dir.read_gaussians()
     for name in ("means", "scales", "quats", "opacities", "sh0", "features"):
@@ -221,7 +208,7 @@ def test_missing_or_featureless_gaussians_are_named(scene_dir):
     with pytest.raises(SceneDirError, match="missing; run protosaga train first") as error:
         scene_dir.read_gaussians()
     assert str(scene_dir.gaussians_path) in str(error.value)
-    write_ply(scene_dir.gaussians_path, gaussians(), plain=True)  # an INRIA file: no feat_* columns
+    write_ply(scene_dir.gaussians_path, random_gaussians(5), plain=True)  # an INRIA file: no feat_* columns
     with pytest.raises(SceneDirError, match="no feat_\\* columns; it was not trained by protosaga") as error:
         scene_dir.read_gaussians()
     assert str(scene_dir.gaussians_path) in str(error.value)

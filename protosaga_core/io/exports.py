@@ -1,8 +1,8 @@
 """Editing a segmented scene without a viewer: exporting instances and merging labels.
 
 `protosaga export SCENE --instances 3,7 -o obj.ply` and the viewer's export button both end in
-`export_instances`. The viewer's merges and splits are `label_edits`; `Edit` is how they (and deletions and
-hiding) are written down.
+`export_instances`. `Edit` is how the viewer's merges and splits (`method.label_edits`), deletions and hiding are written
+down (the app's edit_log.py converts).
 
 Exports are plain INRIA PLYs (DESIGN §7: they open in SuperSplat and the INRIA viewer); the only extra
 column ever written is `instance`, and only on request. Beside each PLY lies its record (same stem,
@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from ..gaussians import Gaussians
-from ..method.label_edits import LabelEdit, Merge, Split
 from .atomic import atomic_write_bytes
 from .outputs import check_output_file
 from .ply import write_ply
@@ -90,20 +89,6 @@ class Edit:
     op: EditOp
     ids: tuple[int, ...]
     gaussians: tuple[int, ...] = ()
-
-    @classmethod
-    def of(cls, edit: LabelEdit) -> "Edit":
-        if isinstance(edit, Merge):
-            return cls("merge", (edit.keep, edit.absorb))
-        return cls("split", (edit.id,), tuple(edit.index.tolist()))
-
-    def label_edit(self) -> LabelEdit:
-        """The merge or split this edit writes down."""
-        if self.op == "merge":
-            return Merge(*self.ids)
-        if self.op == "split":
-            return Split.of(self.ids[0], np.asarray(self.gaussians, dtype=np.int64))
-        raise ValueError(f"a {self.op} edit changes no label")
 
     def to_json(self) -> dict[str, Any]:
         if self.op == "merge":

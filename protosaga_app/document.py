@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from protosaga_core.datasets.scene import View
+from protosaga_core.device import default_device
 from protosaga_core.gaussians import Gaussians
 from protosaga_core.io.exports import (
     EDITS_FILE,
@@ -38,7 +39,7 @@ from protosaga_core.method.label_edits import LabelEdit, Merge, Split, ViewSums,
 from protosaga_core.method.lifting import covered_labels, render_label_maps
 from protosaga_core.method.prototypes import Prototypes, classify, ensemble_prototypes
 from protosaga_core.render import render
-from protosaga_core.stages import default_device, read_consistent_mask, render_features
+from protosaga_core.stages import read_consistent_mask, render_features
 
 from .edit_log import EditLog, export_edits
 from .scene import ViewerScene

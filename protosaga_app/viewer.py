@@ -18,8 +18,8 @@ from typing import Annotated, Literal, TextIO
 import torch
 import tyro
 
+from protosaga_core.device import default_device
 from protosaga_core.io.scene_dir import SceneDirError
-from protosaga_core.stages import default_device
 from protosaga_core.threads import configure as configure_threads
 
 from .document import SceneDocument

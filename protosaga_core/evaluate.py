@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from .datasets.scene import Scene, View
+from .device import default_device
 from .gaussians import Gaussians
 from .io.atomic import atomic_write_bytes
 from .io.labelmaps import load_label_map
@@ -33,7 +34,7 @@ from .metrics.image import psnr, ssim
 from .metrics.instances import InstanceMetrics, instance_metrics
 from .metrics.objects3d import ObjectMetrics3D, gaussian_gt_objects, object_metrics_3d
 from .render import render
-from .stages import DEFAULT_CHUNK_VIEWS, default_device, read_consistent_mask, view_batches
+from .stages import DEFAULT_CHUNK_VIEWS, read_consistent_mask, view_batches
 
 
 @dataclass

@@ -24,11 +24,6 @@ DEFAULT_CHUNK_VIEWS = 4
 """Views rendered at once."""
 
 
-def default_device() -> torch.device:
-    """CUDA when there is one (gsplat backend), else the CPU (the torch rasterizer)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def view_batches(views: Sequence[View], size: int) -> Iterator[list[View]]:
     """Consecutive runs of at most `size` views sharing one image size, in the given order."""
     if size < 1:

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("files and types", ("protosaga_core.io.atomic", "protosaga_core.io.cache", "protosaga_core.io.labelmaps",
                          "protosaga_core.io.outputs", "protosaga_core.io.ply", "protosaga_core.gaussians",
-                         "protosaga_core.cameras", "protosaga_core.palette")),
+                         "protosaga_core.cameras", "protosaga_core.palette", "protosaga_core.device")),
     ("data and rendering", ("protosaga_core.datasets", "protosaga_core.render", "protosaga_core.orbit")),
     ("inputs", ("protosaga_core.masks", "protosaga_core.io.scene_dir", "protosaga_core.synthetic")),
     ("stage utilities", ("protosaga_core.stages", "protosaga_core.threads", "protosaga_core.metrics",

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
+from ..device import default_device
 from .records import MaskRecord
 from .sam_decoder import predict_points
 
@@ -197,7 +198,7 @@ class SamMaskGenerator:
         device: str | torch.device | None,
     ) -> None:
         if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = default_device()
         self.device = torch.device(device)
         if points_per_batch is None:
             points_per_batch = 64 if self.device.type == "cuda" else 16

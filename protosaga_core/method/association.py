@@ -50,11 +50,11 @@ from tqdm import tqdm
 
 from ..cameras import NEAR_PLANE, project_to_pixels  # noqa: F401 (NEAR_PLANE: named in the docstring above)
 from ..datasets.scene import View
+from ..device import default_device
 from ..gaussians import Gaussians
 from ..io.atomic import atomic_write_bytes, replace_dir, staging_dir
 from ..io.labelmaps import MAX_LABEL, save_label_map
 from ..io.scene_dir import Classifiers, SceneDir, SceneDirError, read_versioned_json
-from ..stages import default_device
 from .classifier import cosine_logits
 from .consensus import ConsensusSettings, cluster_masks, mask_membership
 

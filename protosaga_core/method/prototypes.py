@@ -23,11 +23,12 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..datasets.scene import Scene
+from ..device import default_device
 from ..gaussians import Gaussians
 from ..io.atomic import atomic_open
 from ..io.scene_dir import InstanceInfo, SceneDir, SceneDirError
 from ..palette import instance_color
-from ..stages import DEFAULT_CHUNK_VIEWS, default_device, read_consistent_mask, render_features, view_batches
+from ..stages import DEFAULT_CHUNK_VIEWS, read_consistent_mask, render_features, view_batches
 from .classifier import cosine_logits
 from .label_edits import ViewSums
 from .lifting import fill_from_neighbours, labels_from_votes, lift_votes

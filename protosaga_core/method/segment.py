@@ -26,11 +26,12 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..datasets.scene import Scene, Split
+from ..device import default_device
 from ..gaussians import Gaussians
 from ..io.labelmaps import save_label_map
 from ..io.outputs import check_output_dir
 from ..io.scene_dir import SceneDir
-from ..stages import DEFAULT_CHUNK_VIEWS, default_device, render_features, view_batches
+from ..stages import DEFAULT_CHUNK_VIEWS, render_features, view_batches
 from .baselines import ClsSettings, kmeans_prototypes, train_or_load_cls
 from .lifting import render_label_maps
 from .prototypes import DEFAULT_TEMPERATURE, Prototypes, classify, collect_view_prototypes

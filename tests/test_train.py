@@ -134,3 +134,46 @@ def test_train_command_uses_the_preset_and_overrides(dataset, tmp_path, capsys):
     assert config["iterations"] == 3 and config["sh_degree"] == 0
     assert config["max_width"] == PRESETS["cpu"].max_width  # the rest comes from the preset
     assert "trained" in capsys.readouterr().out
+
+
+def test_training_runs_where_it_is_told_and_defaults_to_the_default_device(dataset, tmp_path, monkeypatch):
+    seen = []
+    original = train_module.training_loss
+
+    def recording(params, classifier, sample, *args, **kwargs):
+        seen.append({params["means"].device.type, classifier.device.type, sample.image.device.type, sample.cameras.viewmats.device.type})
+        return original(params, classifier, sample, *args, **kwargs)
+
+    asked = []
+    monkeypatch.setattr(train_module, "training_loss", recording)
+    monkeypatch.setattr(train_module, "default_device", lambda: asked.append(1) or torch.device("cpu"))
+    train(dataset, tmp_path / "scene", tiny_config(3))
+    assert asked == [1] and seen == [{"cpu"}] * 3  # params, classifiers, images and cameras on one device
+    train(dataset, tmp_path / "again", tiny_config(2), device=torch.device("cpu"))
+    assert asked == [1] and seen == [{"cpu"}] * 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (gsplat's rasterizer)")
+def test_training_on_cuda_resumes_and_writes_a_cpu_readable_scene(dataset, tmp_path):
+    """On a GPU machine: the run trains with gsplat on CUDA, a CUDA checkpoint resumes, the files load on the CPU."""
+    scene = tmp_path / "scene"
+    with pytest.raises(KeyboardInterrupt):
+        interrupted = replace(tiny_config(20), checkpoint_every=10)
+        original = train_module.training_loss
+        calls = []
+
+        def stop_at_twelve(params, *args, **kwargs):
+            assert params["means"].is_cuda
+            calls.append(1)
+            if len(calls) == 12:
+                raise KeyboardInterrupt
+            return original(params, *args, **kwargs)
+
+        train_module.training_loss = stop_at_twelve
+        try:
+            train(dataset, scene, interrupted, device=torch.device("cuda"))
+        finally:
+            train_module.training_loss = original
+    scene_dir = train(dataset, scene, tiny_config(20), resume=True, device=torch.device("cuda"))
+    assert scene_dir.read_gaussians().means.device.type == "cpu"
+    assert all(w.device.type == "cpu" for w in scene_dir.read_classifiers().weights)

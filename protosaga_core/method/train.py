@@ -25,7 +25,9 @@ from gsplat.strategy import DefaultStrategy
 from torch import Tensor
 from tqdm import tqdm
 
+from ..cameras import Cameras
 from ..datasets import DatasetConfig, Scene, View
+from ..device import default_device
 from ..gaussians import DEFAULT_FEATURE_DIM, Gaussians
 from ..io.atomic import atomic_write_bytes
 from ..io.scene_dir import Classifiers, SceneDir, SceneMeta
@@ -116,13 +118,18 @@ class TrainingView:
         view: the dataset view.
         image: RGB. [H, W, 3]
         target: classifier row of each pixel, IGNORE where unlabeled. [H, W] int64
-        labels: raw mask label of each classifier row. [L] int64
+        labels: raw mask label of each classifier row (kept on the CPU: only files read them). [L] int64
+        cameras: the view's camera, on the training device.
     """
 
     view: View
     image: Tensor
     target: Tensor
     labels: Tensor
+    cameras: Cameras
+
+    def to(self, device: torch.device) -> "TrainingView":
+        return TrainingView(self.view, self.image.to(device), self.target.to(device), self.labels, self.cameras.to(device))
 
 
 def prepare_views(scene: Scene, unlabeled_as_class: bool) -> list[TrainingView]:
@@ -139,7 +146,7 @@ def prepare_views(scene: Scene, unlabeled_as_class: bool) -> list[TrainingView]:
         rows = torch.searchsorted(labels, mask).clamp(max=max(len(labels) - 1, 0))
         labelled = mask >= 0 if unlabeled_as_class else mask > 0
         target = torch.where(labelled, rows, torch.full_like(rows, IGNORE))
-        prepared.append(TrainingView(view, view.load_image(), target, labels))
+        prepared.append(TrainingView(view, view.load_image(), target, labels, view.cameras))
     if not prepared:
         raise ValueError(f"{scene.root}: the dataset has no training views")
     return prepared
@@ -188,10 +195,13 @@ class TrainState:
 
 
 def new_state(gaussians: Gaussians, views: list[TrainingView], config: TrainConfig, extent: float) -> TrainState:
+    """A fresh state on the device of `gaussians` (the draws come from CPU generators, so a seed trains
+    from the same start on every device)."""
     params = gaussians.as_parameter_dict()
     generator = torch.Generator().manual_seed(config.seed)
     classifiers = [
-        torch.nn.Parameter(torch.randn(max(len(v.labels), 1), config.feature_dim, generator=generator)) for v in views
+        torch.nn.Parameter(torch.randn(max(len(v.labels), 1), config.feature_dim, generator=generator).to(gaussians.device))
+        for v in views
     ]
     return TrainState(
         iteration=0,
@@ -259,9 +269,10 @@ def save_checkpoint(path: Path, state: TrainState, fingerprint: str) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path, config: TrainConfig, extent: float, fingerprint: str) -> TrainState:
+def load_checkpoint(path: Path, config: TrainConfig, extent: float, fingerprint: str, device: torch.device) -> TrainState:
+    """The state a checkpoint holds, on `device` (whichever device wrote it)."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # a truncated or foreign file raises many different types
         raise ValueError(f"{path}: not a readable checkpoint ({error})") from error
     if not isinstance(payload, dict) or payload.get("fingerprint") != fingerprint:
@@ -279,7 +290,7 @@ def load_checkpoint(path: Path, config: TrainConfig, extent: float, fingerprint:
     classifier_optimizer.load_state_dict(payload["classifier_optimizer"])
     generator = torch.Generator()
     generator.set_state(payload["view_generator"])
-    torch.set_rng_state(payload["torch_rng"])
+    torch.set_rng_state(payload["torch_rng"].cpu())
     return TrainState(
         payload["iteration"], params, optimizers, classifiers, classifier_optimizer, payload["strategy_state"], generator
     )
@@ -296,7 +307,7 @@ def training_loss(
     config: TrainConfig,
 ) -> tuple[Tensor, Tensor, dict]:
     """Eq. 8 for one view. Returns the loss, the rendered RGB [H, W, 3] and gsplat's info."""
-    out = render(Gaussians.from_tensors(params), sample.view.cameras, sh_degree=sh_degree, extras=params["features"])
+    out = render(Gaussians.from_tensors(params), sample.cameras, sh_degree=sh_degree, extras=params["features"])
     rgb, features = out.colors[0], out.extras[0]
     reconstruction = (1 - config.lambda_ssim) * (rgb - sample.image).abs().mean()
     reconstruction = reconstruction + config.lambda_ssim * ssim_loss(rgb, sample.image)
@@ -414,7 +425,12 @@ def check_output(scene_dir: SceneDir, resume: bool, overwrite: bool) -> None:
 
 
 def train(
-    dataset: DatasetConfig, output: Path, config: TrainConfig, resume: bool = False, overwrite: bool = False
+    dataset: DatasetConfig,
+    output: Path,
+    config: TrainConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: torch.device | None = None,
 ) -> SceneDir:
     """Train on a dataset into the scene directory `output` (DESIGN §7).
 
@@ -422,7 +438,9 @@ def train(
         resume: continue from `output/checkpoints/last.pt` (written for the same views and masks).
         overwrite: train from scratch even where `output` already holds a scene; its stages are reset
             when the new training finishes.
+        device: where to train; default `default_device()` (CUDA and gsplat when there is a GPU).
     """
+    device = device or default_device()
     check_config(config)
     scene_dir = SceneDir(output)
     check_output(scene_dir, resume, overwrite)
@@ -433,16 +451,17 @@ def train(
     scene = dataset.load() if downscale != probe.views[0].downscale else probe
     views = prepare_views(scene, config.unlabeled_as_class)
     fingerprint = scene_fingerprint(views, config.feature_dim)
+    views = [view.to(device) for view in views]
     extent = scene_extent(scene)
     checkpoint = scene_dir.checkpoints_dir / "last.pt"
     scene_dir.sweep()
     if resume:
-        state = load_checkpoint(checkpoint, config, extent, fingerprint)
+        state = load_checkpoint(checkpoint, config, extent, fingerprint, device)
     else:
         checkpoint.unlink(missing_ok=True)  # --overwrite: a later --resume must not find the old run
         torch.manual_seed(config.seed)
         gaussians = initial_gaussians(scene, config, torch.Generator().manual_seed(config.seed))
-        state = new_state(gaussians, views, config, extent)
+        state = new_state(gaussians.to(device), views, config, extent)
     scene_dir.root.mkdir(parents=True, exist_ok=True)
     state = train_loop(state, views, config, extent, checkpoint, fingerprint)
 

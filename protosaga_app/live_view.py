@@ -81,7 +81,8 @@ def render_view(document: SceneDocument, pca: FeaturePca, pose: BrowserPose, mod
         visible.gaussians,
         camera_from_pose(pose, width, height),
         mode,
-        document.prototypes(state),
+        # Eq. 19 over the visible instances only: a hidden or deleted one is neither drawn nor named.
+        document.prototypes(state).only(document.model.visible_instances(state)),
         pca,
         state.selected,
         torch.from_numpy(visible.labels) if document.lifted else None,

@@ -137,7 +137,8 @@ def test_render_view_is_render_frame_of_the_visible_gaussians(trained_scene, pca
     assert np.any(segmentation.image != reselect_frame(segmentation, frozenset()).image)
 
 
-def test_render_view_classifies_by_eq_19_when_the_labels_were_not_lifted(scene, pca):
+def test_render_view_classifies_by_eq_19_when_the_labels_were_not_lifted(trained_scene, pca):
+    scene = ViewerScene.load(trained_scene)  # a private copy: hiding below is saved in its edits.json
     configs = {**scene.meta.configs, "prototypes": {"gaussian_labels": "proto"}}
     document = SceneDocument(replace(scene, meta=replace(scene.meta, configs=configs)), torch.device("cpu"))
     assert not document.lifted
@@ -147,6 +148,12 @@ def test_render_view_classifies_by_eq_19_when_the_labels_were_not_lifted(scene, 
     np.testing.assert_array_equal(frame.labels, expected.labels)
     np.testing.assert_array_equal(frame.image, expected.image)
     assert frame.labels.any()
+    # A hidden instance is neither drawn nor named: Eq. 19 runs over the visible instances' prototypes.
+    largest = int(np.bincount(frame.labels.ravel())[1:].argmax()) + 1
+    document.model.click(largest)
+    document.model.hide_selected()
+    hidden = render_view(document, pca, pose, "segmentation", 80, 60)
+    assert largest not in hidden.labels and hidden.labels.any()
 
 
 # --- the background thread, with a stand-in client ---------------------------------------------------

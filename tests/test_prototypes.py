@@ -103,3 +103,13 @@ def test_loading_a_missing_or_foreign_file_names_it(tmp_path):
     foreign.write_text("not a zip")
     with pytest.raises(SceneDirError, match=str(foreign)):
         Prototypes.load(foreign)
+
+
+def test_only_keeps_the_prototypes_of_the_given_ids():
+    prototypes = Prototypes(torch.tensor([4, 9, 4, 2]), torch.eye(4), torch.tensor([1, 2, 3, 4]))
+    kept = prototypes.only({4, 7})
+    assert kept.ids.tolist() == [4, 4] and kept.num_views.tolist() == [1, 3]
+    assert torch.equal(kept.vectors, torch.eye(4)[[0, 2]])
+    assert len(prototypes.only(set())) == 0
+    # Eq. 19 over what is kept never answers another id.
+    assert set(classify(torch.eye(4), kept).tolist()) == {4}

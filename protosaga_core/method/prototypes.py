@@ -13,7 +13,7 @@ one prototype exists. The `prototypes` stage writes `prototypes.npz`, the per-Ga
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -92,6 +92,11 @@ class Prototypes:
     @property
     def feature_dim(self) -> int:
         return self.vectors.shape[1]
+
+    def only(self, ids: Iterable[int]) -> "Prototypes":
+        """The prototypes of the given instance ids only (Eq. 19 then never answers another id)."""
+        keep = torch.isin(self.ids, torch.tensor(sorted(ids), dtype=self.ids.dtype, device=self.ids.device))
+        return Prototypes(self.ids[keep], self.vectors[keep], self.num_views[keep])
 
     def save(self, path: str | os.PathLike) -> None:
         """Write `prototypes.npz` atomically (keys ids, vectors, num_views)."""

@@ -192,6 +192,15 @@ def _check_labels(saved: LabelsFingerprint, current: LabelsFingerprint) -> None:
         )
 
 
+def file_signature(path: Path) -> tuple[int, int, int] | None:
+    """What tells one version of a file from another without reading it (inode, size, mtime); None: no file."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 def set_aside(path: Path, now: datetime | None = None) -> Path:
     """Rename `path` to a new name beside it, `<stem>.set-aside-<time>[_<n>]<suffix>`, never over another file."""
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
@@ -230,6 +239,8 @@ class EditLog:
     save_error: str | None = None
     writable: bool = True
     _saved: EditState = field(default=EditState(), init=False)  # what the file holds: no selection, ever
+    _on_disk: tuple[int, int, int] | None = field(default=None, init=False)
+    """The file as this session last read or wrote it (`file_signature`); None: no file."""
 
     def replay(self, instances: frozenset[int], prepare: Callable[[EditState], object]) -> EditState:
         """The saved state for the edit model to start from; EditState() where there is none, or where it
@@ -248,6 +259,7 @@ class EditLog:
             self._set_aside(str(error))
             return EditState()
         self._saved = state
+        self._on_disk = file_signature(self.path)
         return state
 
     def save(self, state: EditState) -> None:
@@ -258,16 +270,31 @@ class EditLog:
         if not self.writable or edits == self._saved:
             return
         try:
+            self._keep_other_writers_file()
             if edits == EditState():
                 self.path.unlink(missing_ok=True)
             else:
                 atomic_write_bytes(self.path, encode_edit_log(self.labels, edits_of(edits)))
+            self._on_disk = file_signature(self.path)
         except OSError as error:
             self.save_error = f"{self.path}: edits not saved ({error})"
             logger.warning("%s", self.save_error)
             return
         self._saved = edits
         self.save_error = None
+
+    def _keep_other_writers_file(self) -> None:
+        """Set the file aside when something else wrote it since this session last did (another viewer of the
+        same scene, an editor): this session's save must not destroy those edits."""
+        current = file_signature(self.path)
+        if current is None or current == self._on_disk:
+            return
+        aside = set_aside(self.path)
+        self.notice = (
+            f"{self.path.name} was changed by another program (another protosaga-view of this scene?) after this "
+            f"viewer read it: that version is kept as {aside.name}, and this viewer's edits are saved in {self.path.name}"
+        )
+        logger.warning("%s", self.notice)
 
     def _load(self, instances: frozenset[int], prepare: Callable[[EditState], object]) -> EditState:
         state = read_edit_log(self.path, self.labels, instances)

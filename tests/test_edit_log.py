@@ -170,6 +170,23 @@ def test_an_edit_sequence_is_saved_and_a_fresh_document_replays_it_exactly(train
     assert saved_state(fresh) == fresh.model.state.edits_only() and not fresh.model.state.hidden
 
 
+def test_two_viewers_of_one_scene_never_destroy_each_others_saved_edits(trained_scene):
+    first, second = open_document(trained_scene), open_document(trained_scene)
+    a, b = largest(first, 2)
+    first.model.click(a)
+    first.model.hide_selected()
+    saved_by_first = first.edit_log.path.read_bytes()
+    second.model.click(b)
+    second.model.delete_selected()  # the file changed since the second viewer read it (it had none)
+    assert saved_state(second) == EditState(deleted=frozenset({b}))
+    kept = [p for p in trained_scene.iterdir() if p.name.startswith("edits.set-aside-")]
+    assert len(kept) == 1 and kept[0].read_bytes() == saved_by_first
+    assert kept[0].name in second.edit_log.notice and "another" in second.edit_log.notice
+    second.model.undo()  # its own file again: nothing more is set aside
+    assert len([p for p in trained_scene.iterdir() if p.name.startswith("edits.set-aside-")]) == 1
+    assert first.edit_log.notice is None
+
+
 def test_discarding_returns_to_the_computed_labels_and_persists_that(trained_scene):
     document = open_document(trained_scene)
     model = document.model

@@ -101,3 +101,20 @@ def test_the_layer_check_sees_an_upward_import(tmp_path):
     probe.write_text("from .method.prototypes import classify\nimport viser\n")
     assert imports("protosaga_core.probe", probe) == {"protosaga_core.method.prototypes", "viser"}
     assert layer_of("protosaga_core.method.prototypes") > layer_of("protosaga_core.stages")
+
+
+METHOD_ORDER = ("classifier", "lifting", "label_edits", "train", "consensus", "association", "prototypes", "baselines", "segment")
+"""The method's modules, shared rules first, then the stages in the order a scene goes through them."""
+
+
+def test_an_earlier_stage_of_the_method_never_imports_a_later_one():
+    method = sorted(m.rsplit(".", 1)[1] for m in LAYERED if m.startswith("protosaga_core.method."))
+    assert method == sorted(METHOD_ORDER), "add the new module to METHOD_ORDER and to docs/architecture.md"
+    backward = [
+        f"{name} imports {target}"
+        for name in METHOD_ORDER
+        for target in imports(f"protosaga_core.method.{name}", ALL[f"protosaga_core.method.{name}"])
+        if target.startswith("protosaga_core.method.")
+        and METHOD_ORDER.index(target.rsplit(".", 1)[1]) > METHOD_ORDER.index(name)
+    ]
+    assert not backward, backward

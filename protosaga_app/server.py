@@ -104,6 +104,12 @@ class ViewerApp:
         document.model.subscribe(self._on_edit)
         self._on_edit(document.model.state)
 
+    def stop(self) -> None:
+        """Stop every tab's live view, then the server: no frame in flight is sent to a closed connection."""
+        for view in self._live_views():
+            view.stop()
+        self.server.stop()
+
     def _look(self, state: EditState) -> NodeLook:
         """How the splat nodes are drawn in the current mode at `state`."""
         return NodeLook(

@@ -125,7 +125,7 @@ def serve_forever(config: ViewerConfig) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        app.server.stop()
+        app.stop()
     return 0
 
 

@@ -202,7 +202,7 @@ def test_click_isolate_and_export_in_a_real_browser(scene, page, tmp_path):
         page.keyboard.press("Control+z")  # undo the isolate
         until(timeout=60.0, condition=lambda: app.document.model.visible_instances() == app.document.model.live_instances())
     finally:
-        app.server.stop()
+        app.stop()
 
 
 def test_highlight_split_merge_jump_and_reopen_in_a_real_browser(scene, page):
@@ -284,7 +284,7 @@ def test_highlight_split_merge_jump_and_reopen_in_a_real_browser(scene, page):
         saved = model.state.edits_only()
         assert saved.label_edits == (split,)
     finally:
-        app.server.stop()
+        app.stop()
 
     # A restart finds the split again, and the panel says so.
     app = serve(ViewerConfig(scene, port=free_port(), open_browser=False, max_splats=MAX_BROWSER_SPLATS))
@@ -294,4 +294,4 @@ def test_highlight_split_merge_jump_and_reopen_in_a_real_browser(scene, page):
         assert app.document.model.state.edits_only() == saved
         np.testing.assert_array_equal(np.flatnonzero(app.document.labels() == split.id), split.index)
     finally:
-        app.server.stop()
+        app.stop()

@@ -351,4 +351,4 @@ def test_the_viewer_opens_with_the_saved_edits_and_its_panel_discards_them(train
         assert "none" in app.gui.edits.content and app.gui.discard.disabled
         client.close()
     finally:
-        app.server.stop()
+        app.stop()

@@ -31,7 +31,7 @@ ALLOWED = ("viewer.example:8443", "proxy.example")
 def app(trained_scene_readonly):
     app = serve(ViewerConfig(trained_scene_readonly, port=free_port(), allow_origin=ALLOWED, open_browser=False))
     yield app
-    app.server.stop()
+    app.stop()
 
 
 def upgrade_raw(port: int, origin: str) -> bytes:

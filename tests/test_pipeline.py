@@ -84,7 +84,7 @@ def test_demo_runs_on_the_bundled_scene_and_opens_the_viewer(tmp_path, monkeypat
     def serve_once(config):  # the real viewer, started and stopped at once instead of served forever
         app = viewer.serve(config)
         opened.append((config, len(app.document.scene.instances)))
-        app.server.stop()
+        app.stop()
         return 0
 
     monkeypatch.setattr(command, "serve_forever", serve_once)

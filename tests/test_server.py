@@ -22,7 +22,7 @@ WIDTH, HEIGHT = 256, 192
 def app(trained_scene):
     app = serve(ViewerConfig(trained_scene, port=free_port(), open_browser=False))
     yield app
-    app.server.stop()
+    app.stop()
 
 
 def connect(app, view) -> ViserTestClient:

@@ -153,7 +153,7 @@ def opaque_centres(scene: ViewerScene) -> np.ndarray:
 def app(trained_scene):
     app = serve(ViewerConfig(trained_scene, port=free_port(), open_browser=False))
     yield app
-    app.server.stop()
+    app.stop()
 
 
 # --- 1. finite geometry ------------------------------------------------------------------------------
@@ -212,6 +212,7 @@ def test_degenerate_gaussians_and_cameras_are_not_sent(trained_scene):
     scene = poisoned(scene, rows)
     broken_view = scene.training_views()[0].name
     server = start_viser_server("127.0.0.1", free_port(), (), label="test")
+    app = None
     try:
         app = ViewerApp(server, SceneDocument(scene, torch.device("cpu")), ViewerOptions(max_splats=len(scene.gaussians)))
         messages = scene_messages(server)
@@ -232,7 +233,10 @@ def test_degenerate_gaussians_and_cameras_are_not_sent(trained_scene):
         np.testing.assert_array_equal(handle.camera.position, before)
         client.close()
     finally:
-        server.stop()
+        if app is not None:
+            app.stop()  # its tabs' live views first
+        else:
+            server.stop()
 
 
 def test_drawable_and_the_browser_subset_leave_out_what_the_browser_cannot_draw():

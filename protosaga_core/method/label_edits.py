@@ -105,8 +105,9 @@ def instances_after(instances: frozenset[int], edits: Iterable[LabelEdit]) -> fr
 
 
 def new_instance_id(instances: Iterable[int], edits: Iterable[LabelEdit]) -> int:
-    """An id for the next split: above every instance and every split ever made, so an id never comes back
-    to name another object (saved edits and exports refer to ids)."""
+    """An id for the next split: above every instance and every split in `edits`. It depends on those alone,
+    so replaying saved edits gives each split its id again; a split undone leaves its id to the next one
+    (an export's record lists a split's Gaussians with its id, so it still says what it held)."""
     ids = [*instances, *(edit.id for edit in edits if isinstance(edit, Split))]
     return max(ids, default=0) + 1
 

@@ -140,10 +140,20 @@ class SceneDocument:
         counts = np.bincount(self.labels(state))
         return {i: int(counts[i]) if i < len(counts) else 0 for i in self.model.live_instances(state)}
 
-    def instance_name(self, instance_id: int) -> str:
-        """The name of an instance in the scene's table, else "instance <id>" (splits have no row)."""
+    def instance_name(self, instance_id: int, state: EditState | None = None) -> str:
+        """An instance's name: from the scene's table, or for one a split made from the edits of `state`
+        (default: the current one); else "instance <id>"."""
         row = self.scene.instance(instance_id)
-        return row.name if row is not None and row.name else f"instance {instance_id}"
+        name = row.name if row is not None else (state or self.model.state).name_of(instance_id)
+        return name or f"instance {instance_id}"
+
+    def rename(self, instance_id: int, name: str) -> None:
+        """Name an instance: one of the scene's in scene.json (at once), one a split made as an undoable
+        edit (saved with the edits)."""
+        if self.scene.instance(instance_id) is not None:
+            self.scene.rename(instance_id, name)
+        else:
+            self.model.name_instance(instance_id, name)
 
     @property
     def lifted(self) -> bool:
@@ -259,7 +269,7 @@ class SceneDocument:
         else:
             ids = None
             keep = state.kept(self.scene.labels)
-        names = {row.id: row.name for row in self.scene.instances}
+        names = {row.id: row.name for row in self.scene.instances} | dict(state.names)  # splits' names too
         source = ExportSource(self.scene.scene_dir.root.resolve(), self.edit_log.labels, names, export_edits(state, selection_only))
         path = safe_export_name(self.scene.scene_dir, ids)
         try:

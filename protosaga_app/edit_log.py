@@ -1,6 +1,7 @@
 """The viewer's saved edits: SCENE/edits.json, kept equal to the edit model's state and replayed on opening.
 
-Every change of the edits (merge, split, delete, hide, isolate, show all, discard, and their undo and redo)
+Every change of the edits (merge, split, naming a split's instance, delete, hide, isolate, show all, discard,
+and their undo and redo)
 rewrites the file atomically, so after a restart, a crash or a killed viewer the scene opens with the
 edits as they were at the last change. The selection is not saved: it is not an edit, and clicks should
 not write files. A state without edits has no file, so a scene nobody edited stays as it was.
@@ -10,10 +11,11 @@ The file is versioned JSON, like scene.json:
     {"format": "protosaga-edits", "version": 1,
      "labels": {"gaussians": 6123, "sha256": "9f2c..."},
      "edits": [{"op": "merge", "keep": 3, "absorb": 7}, {"op": "split", "id": 25, "gaussians": [17, 18, 240]},
-               {"op": "delete", "ids": [4]}, {"op": "hide", "ids": [9, 12]}]}
+               {"op": "name", "id": 25, "name": "lid"}, {"op": "delete", "ids": [4]}, {"op": "hide", "ids": [9, 12]}]}
 
 `edits` spells the state as steps that rebuild it from the computed labels: the merges and splits in the
-order they were made (a split lists its Gaussians by index in gaussians.ply), then the deleted
+order they were made (a split lists its Gaussians by index in gaussians.ply), then the names given to
+instances that splits made (the scene's own instances are named in scene.json), then the deleted
 instances, then the hidden ones (`edits_of`); `replay` applies them by the edit model's rules and
 refuses a step those rules forbid. `labels` is the fingerprint of the labels the
 ids refer to (labels.npy): when `protosaga prototypes` runs again and changes them, or the scene is
@@ -70,15 +72,17 @@ def label_edit(edit: Edit) -> LabelEdit:
 def edits_of(state: EditState) -> tuple[Edit, ...]:
     """The edits that rebuild `state` (its selection aside) from the computed labels, in `replay`'s order."""
     label_edits = tuple(map(edit_record, state.label_edits))
+    names = tuple(Edit("name", (instance_id,), name=name) for instance_id, name in state.names)
     sets = tuple(Edit(op, tuple(sorted(ids))) for op, ids in (("delete", state.deleted), ("hide", state.hidden)) if ids)
-    return label_edits + sets
+    return label_edits + names + sets
 
 
 def export_edits(state: EditState, selection_only: bool) -> tuple[Edit, ...]:
     """The edits an export at `state` includes: the merges and splits (they decide which Gaussians an id
-    covers) and, for the whole scene, the deletions; hiding changes no export, deleting none of selected
-    instances."""
-    return edits_of(EditState(deleted=frozenset() if selection_only else state.deleted, label_edits=state.label_edits))
+    covers), the names of split instances and, for the whole scene, the deletions; hiding changes no
+    export, deleting none of selected instances."""
+    deleted = frozenset() if selection_only else state.deleted
+    return edits_of(EditState(deleted=deleted, label_edits=state.label_edits, names=state.names))
 
 
 def replay(edits: Iterable[Edit], instances: frozenset[int], num_gaussians: int) -> EditState:
@@ -93,15 +97,18 @@ def replay(edits: Iterable[Edit], instances: frozenset[int], num_gaussians: int)
     state = EditState()
     for number, edit in enumerate(edits, 1):
         where = f"edit {number} ({_short_json(edit)})"
+        ids = frozenset(edit.ids)
+        made = {split.id for split in state.label_edits if isinstance(split, Split)}
         if edit.op == "split":
             expected = new_instance_id(instances, state.label_edits)
             if edit.ids[0] != expected:
                 raise ValueError(f"{where}: a split at this step makes instance {expected}, not {edit.ids[0]}")
             if edit.gaussians[-1] >= num_gaussians:
                 raise ValueError(f"{where}: Gaussian {edit.gaussians[-1]} is beyond the scene's {num_gaussians:,}")
+        elif edit.op == "name":  # a name outlives a merge that absorbs its instance: only its split must come first
+            if not ids <= made:
+                raise ValueError(f"{where}: instance {_ids(ids)} was not made by an earlier split (only those are named here)")
         else:
-            ids = frozenset(edit.ids)
-            made = {split.id for split in state.label_edits if isinstance(split, Split)}
             unknown = ids - instances - made
             unavailable = ids - _available(state, instances, edit.op) - unknown
             if unknown:
@@ -132,6 +139,8 @@ def _apply(state: EditState, edit: Edit) -> EditState:
     if edit.op in ("merge", "split"):
         hidden = state.hidden - {edit.ids[1]} if edit.op == "merge" else state.hidden
         return replace(state, hidden=hidden, label_edits=(*state.label_edits, label_edit(edit)))
+    if edit.op == "name":
+        return replace(state, names=tuple(sorted({**dict(state.names), edit.ids[0]: edit.name}.items())))
     if edit.op == "delete":
         return replace(state, deleted=state.deleted | ids)
     return replace(state, hidden=state.hidden | ids)
@@ -141,7 +150,8 @@ def describe(state: EditState) -> str:
     """The edits of `state` in a few words, e.g. "2 merges, 1 deleted, 3 hidden"; "none" without any."""
     merges = sum(isinstance(edit, Merge) for edit in state.label_edits)
     splits = len(state.label_edits) - merges
-    parts = [f"{count} {what}{'' if count == 1 else 's'}" for what, count in (("merge", merges), ("split", splits)) if count]
+    counts = (("merge", merges), ("split", splits), ("name", len(state.names)))
+    parts = [f"{count} {what}{'' if count == 1 else 's'}" for what, count in counts if count]
     parts += [f"{len(ids)} {what}" for what, ids in (("deleted", state.deleted), ("hidden", state.hidden)) if ids]
     return ", ".join(parts) or "none"
 

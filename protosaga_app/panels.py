@@ -83,7 +83,7 @@ class Gui:
         self.pick.options = (NO_SELECTION, *(_label(document, i) for i in live))
         single = next(iter(state.selected)) if len(state.selected) == 1 else None
         self.pick.value = _label(document, single) if single is not None else NO_SELECTION
-        self.name.disabled = single is None or document.scene.instance(single) is None  # splits have no table row
+        self.name.disabled = single is None
         self.name.value = document.instance_name(single) if single is not None else ""
         self.inspector.refresh(state)
 
@@ -94,7 +94,7 @@ class Gui:
             return
         instance_id = next(iter(selected))
         if name.strip() and name.strip() != self.document.instance_name(instance_id):
-            self.document.scene.rename(instance_id, name)
+            self.document.rename(instance_id, name)  # a scene.json rename is no edit: nothing else refreshes
             self.refresh(self.document.model.state)
 
 

@@ -55,12 +55,15 @@ class EditState:
         deleted: instances removed from the scene (undone only by undo).
         label_edits: merges and splits in the order they were made; an id merged away no longer exists
             and appears in none of the sets, and a split's id exists from it on.
+        names: (id, name) of instances made by splits that were named, by id (the scene's own instances
+            are named in scene.json, outside the edits).
     """
 
     selected: frozenset[int] = frozenset()
     hidden: frozenset[int] = frozenset()
     deleted: frozenset[int] = frozenset()
     label_edits: tuple[LabelEdit, ...] = ()
+    names: tuple[tuple[int, str], ...] = ()
 
     def effective_labels(self, labels: np.ndarray) -> np.ndarray:
         """Per-Gaussian labels after the merges and splits. [N] -> [N]"""
@@ -74,6 +77,10 @@ class EditState:
         """The instances that exist in this state: `instances` and those split off, less the ones merged
         away or deleted."""
         return instances_after(instances, self.label_edits) - self.deleted
+
+    def name_of(self, instance_id: int) -> str | None:
+        """The name given to an instance made by a split; None if it has none."""
+        return dict(self.names).get(instance_id)
 
     def edits_only(self) -> "EditState":
         """This state without its selection: what is saved to the scene, and what discarding clears."""
@@ -236,14 +243,26 @@ class EditModel:
             expected = self.new_instance_id()
             if split.id != expected:
                 raise ValueError(f"a split now makes instance {expected}, got {split.id}")
-            self._commit(selected=frozenset({split.id}), label_edits=(*self._state.label_edits, split))
+            # An id an undone split named goes to this new instance without that name.
+            names = tuple(entry for entry in self._state.names if entry[0] != split.id)
+            self._commit(selected=frozenset({split.id}), label_edits=(*self._state.label_edits, split), names=names)
+
+    def name_instance(self, instance_id: int, name: str) -> None:
+        """Name an instance made by a split (undoable, saved with the edits)."""
+        name = name.strip()
+        with self._lock:
+            made = {edit.id for edit in self._state.label_edits if isinstance(edit, Split)}
+            if instance_id not in made & self.live_instances() or not name:
+                raise ValueError(f"only a live instance made by a split takes a name here, not {instance_id} ({name!r})")
+            names = {**dict(self._state.names), instance_id: name}
+            self._commit(names=tuple(sorted(names.items())))
 
     def discard_edits(self) -> None:
         """Return to the computed labels: no merge, split, deletion or hiding (undoable); the selection
         stays, less instances made by splits."""
         with self._lock:
             self._commit(
-                selected=self._state.selected & self._instances, hidden=frozenset(), deleted=frozenset(), label_edits=()
+                selected=self._state.selected & self._instances, hidden=frozenset(), deleted=frozenset(), label_edits=(), names=()
             )
 
     # --- history -------------------------------------------------------------------------------------

@@ -138,7 +138,8 @@ class ViewerApp:
 
     def _on_edit(self, state: EditState) -> None:
         previous, self._last_state = self._last_state, state
-        selection_only = replace(state, selected=frozenset()) == replace(previous, selected=frozenset())
+        # Selections and names change nothing drawn: the frames are recoloured, not rendered again.
+        selection_only = replace(state, selected=frozenset(), names=()) == replace(previous, selected=frozenset(), names=())
         look = self._look(state)
         sent = self.nodes.sync(self.document.labels(state), look) if state.label_edits != previous.label_edits else set()
         if sent or (previous.selected and not state.selected):

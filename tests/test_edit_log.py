@@ -58,6 +58,7 @@ def test_every_state_of_a_session_is_rebuilt_by_replaying_its_edits():
     model.click(6)
     model.delete_selected()
     model.split(Split.of(model.new_instance_id(), [40, 3, 17]))  # instance 9, selected
+    model.name_instance(9, " lid ")
     model.merge(9, 7)
     model.click(9)
     model.isolate_selected()  # hides every live instance but 9, 1 (the merge of 1, 2, 5) among them
@@ -66,7 +67,7 @@ def test_every_state_of_a_session_is_rebuilt_by_replaying_its_edits():
     model.discard_edits()
     model.undo()
     assert model.state.label_edits == (Merge(1, 2), Merge(1, 5), Split.of(9, [3, 17, 40]), Merge(9, 7))
-    assert model.state.deleted == {6} and model.state.hidden == {1, 3, 4, 8}
+    assert model.state.deleted == {6} and model.state.hidden == {1, 3, 4, 8} and model.state.name_of(9) == "lid"
     for state in states:
         edits = edits_of(state)
         assert [Edit.from_json(json.loads(json.dumps(edit.to_json()))) for edit in edits] == list(edits)
@@ -76,10 +77,30 @@ def test_every_state_of_a_session_is_rebuilt_by_replaying_its_edits():
         {"op": "merge", "keep": 1, "absorb": 5},
         {"op": "split", "id": 9, "gaussians": [3, 17, 40]},
         {"op": "merge", "keep": 9, "absorb": 7},
+        {"op": "name", "id": 9, "name": "lid"},
         {"op": "delete", "ids": [6]},
         {"op": "hide", "ids": [1, 3, 4, 8]},
     ]
-    assert describe(model.state) == "3 merges, 1 split, 1 deleted, 4 hidden" and describe(EditState()) == "none"
+    assert describe(model.state) == "3 merges, 1 split, 1 name, 1 deleted, 4 hidden" and describe(EditState()) == "none"
+
+
+def test_only_instances_made_by_splits_are_named_as_edits_and_a_reused_id_loses_the_name():
+    model = EditModel(INSTANCES)
+    with pytest.raises(ValueError, match="made by a split"):
+        model.name_instance(3, "chair")  # the scene's own instances are named in scene.json
+    model.split(Split.of(model.new_instance_id(), [1, 2]))
+    with pytest.raises(ValueError, match="made by a split"):
+        model.name_instance(9, "   ")
+    model.name_instance(9, "lid")
+    model.merge(3, 9)  # absorbed: the name stays in the edits, and replays
+    assert replay(edits_of(model.state), INSTANCES, 100) == model.state.edits_only()
+    for _ in range(3):
+        model.undo()  # merge, name, split
+    assert model.state == EditState(selected=frozenset())
+    model.split(Split.of(model.new_instance_id(), [5]))  # id 9 again, for other Gaussians
+    assert model.state.name_of(9) is None
+    with pytest.raises(ValueError, match="edit 1 .*not made by an earlier split"):
+        replay([Edit("name", (3,), name="chair")], INSTANCES, 100)
 
 
 def test_replay_refuses_what_the_edit_model_would_not_do():
@@ -113,6 +134,9 @@ def test_replay_refuses_what_the_edit_model_would_not_do():
         {"op": "split", "id": 9, "gaussians": []},
         {"op": "hide", "ids": [2.0]},
         {"op": "explode", "ids": [1]},
+        {"op": "name", "id": 9, "name": ""},
+        {"op": "name", "id": 9, "name": 7},
+        {"op": "name", "id": 9},
         [1, 2],
     ):
         with pytest.raises(ValueError, match="malformed edit"):
@@ -311,6 +335,14 @@ def test_exports_record_the_edits_they_include(trained_scene, capsys):
         int(i): int((kept == i).sum()) for i in np.unique(kept[kept > 0])
     }
     assert record["unassigned"] == int((kept == 0).sum()) and record["gaussians"] == len(kept) == scene.count
+
+    # A split's instance, named in the viewer, is exported under its name, and its record says so.
+    members = np.flatnonzero(document.labels() == a)
+    split = document.split(members[: len(members) // 2])
+    document.rename(split.id, "left half")
+    record = record_of(document.export(selection_only=True).path)
+    assert record["instances"] == [{"id": split.id, "name": "left half", "gaussians": len(members) // 2}]
+    assert record["edits"][-1] == {"op": "name", "id": split.id, "name": "left half"}
 
     # The command line exports the computed labels: no edits applied, and it says so.
     path = Export(trained_scene, instances=(a,)).run()

@@ -122,3 +122,19 @@ def test_discard_edits_returns_to_the_computed_labels_and_is_undoable(panels):
     assert "none" in gui.edits.content
     document.model.undo()
     assert (document.labels() == a).sum() == (before == a).sum() + (before == b).sum()
+
+
+def test_an_instance_made_by_a_split_is_named_as_an_undoable_edit(panels):
+    gui, document, _, tab = panels
+    a = largest_instances(document, 1)[0]
+    members = np.flatnonzero(document.labels() == a)
+    split = document.split(members[: len(members) // 2])  # selected
+    assert not gui.name.disabled and gui.name.value == f"instance {split.id}"
+    table_before = [(row.id, row.name) for row in document.scene.instances]
+    tab.set_value("Name", "left half")
+    until(lambda: document.instance_name(split.id) == "left half")
+    assert document.model.state.name_of(split.id) == "left half" and "1 name" in gui.edits.content
+    assert [(row.id, row.name) for row in document.scene.instances] == table_before  # not a scene.json row
+    until(lambda: "left half" in gui.instance_table.content)
+    document.model.undo()
+    assert document.instance_name(split.id) == f"instance {split.id}"

@@ -44,7 +44,7 @@ class ExportError(ValueError):
     """An export that cannot be done as asked (unknown ids, nothing selected)."""
 
 
-EditOp = Literal["merge", "split", "delete", "hide"]
+EditOp = Literal["merge", "split", "name", "delete", "hide"]
 
 
 @dataclass(frozen=True)
@@ -81,20 +81,26 @@ class Edit:
     Attributes:
         op: "merge": the Gaussians of instance ids[1] join instance ids[0], and ids[1] ceases to exist;
             "split": the Gaussians `gaussians` form the new instance ids[0];
+            "name": the instance ids[0], made by a split, is called `name` (the scene's own instances are
+            named in scene.json);
             "delete" / "hide": the instances `ids` are deleted / hidden.
-        ids: instance ids (> 0): (keep, absorb) for a merge, (new id,) for a split.
+        ids: instance ids (> 0): (keep, absorb) for a merge, (new id,) for a split or a name.
         gaussians: a split's Gaussian indices, sorted; () for the other edits.
+        name: a name's text; "" for the other edits.
     """
 
     op: EditOp
     ids: tuple[int, ...]
     gaussians: tuple[int, ...] = ()
+    name: str = ""
 
     def to_json(self) -> dict[str, Any]:
         if self.op == "merge":
             return {"op": "merge", "keep": self.ids[0], "absorb": self.ids[1]}
         if self.op == "split":
             return {"op": "split", "id": self.ids[0], "gaussians": list(self.gaussians)}
+        if self.op == "name":
+            return {"op": "name", "id": self.ids[0], "name": self.name}
         return {"op": self.op, "ids": list(self.ids)}
 
     @classmethod
@@ -103,21 +109,26 @@ class Edit:
         op = raw.get("op") if isinstance(raw, dict) else None
         ids: tuple[Any, ...] = ()
         gaussians: tuple[Any, ...] = ()
+        name = ""
         if op == "merge" and set(raw) == {"op", "keep", "absorb"}:
             ids = (raw["keep"], raw["absorb"])
         elif op == "split" and set(raw) == {"op", "id", "gaussians"} and isinstance(raw["gaussians"], list):
             ids, gaussians = (raw["id"],), tuple(raw["gaussians"])
             if not gaussians or not all(_is_count(i) for i in gaussians) or list(gaussians) != sorted(set(gaussians)):
                 raise ValueError(f'malformed edit {_short(raw)}: a split\'s "gaussians" must be increasing Gaussian indices')
+        elif op == "name" and set(raw) == {"op", "id", "name"}:
+            ids, name = (raw["id"],), raw["name"]
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f'malformed edit {_short(raw)}: a name must be a non-empty string')
         elif op in ("delete", "hide") and set(raw) == {"op", "ids"} and isinstance(raw["ids"], list):
             ids = tuple(raw["ids"])
         if not ids or not all(_is_count(i) and i > 0 for i in ids) or len(set(ids)) != len(ids):
             raise ValueError(
                 f'malformed edit {_short(raw)}: expected {{"op": "merge", "keep": id, "absorb": another id}}, '
-                f'{{"op": "split", "id": new id, "gaussians": [indices]}} or '
+                f'{{"op": "split", "id": new id, "gaussians": [indices]}}, {{"op": "name", "id": id, "name": text}} or '
                 f'{{"op": "delete" or "hide", "ids": [distinct ids]}}, ids being positive integers'
             )
-        return cls(op, ids, gaussians)
+        return cls(op, ids, gaussians, name)
 
 
 @dataclass(frozen=True)
@@ -127,7 +138,7 @@ class ExportSource:
     Attributes:
         scene: the trained scene directory (absolute, so that the record still finds it elsewhere).
         labels: its computed per-Gaussian labels; None where it has none yet (before `protosaga prototypes`).
-        names: instance names by id (the instance table of scene.json).
+        names: instance names by id (the instance table of scene.json, and the viewer's names of split instances).
         edits: the viewer's edits in the labels handed to the export: merges, splits and, for a
             whole-scene export, deletions (hiding changes no export); () for none.
     """

@@ -140,7 +140,7 @@ def _apply(state: EditState, edit: Edit) -> EditState:
         hidden = state.hidden - {edit.ids[1]} if edit.op == "merge" else state.hidden
         return replace(state, hidden=hidden, label_edits=(*state.label_edits, label_edit(edit)))
     if edit.op == "name":
-        return replace(state, names=tuple(sorted({**dict(state.names), edit.ids[0]: edit.name}.items())))
+        return state.named(edit.ids[0], edit.name)
     if edit.op == "delete":
         return replace(state, deleted=state.deleted | ids)
     return replace(state, hidden=state.hidden | ids)

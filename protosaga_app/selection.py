@@ -82,6 +82,11 @@ class EditState:
         """The name given to an instance made by a split; None if it has none."""
         return dict(self.names).get(instance_id)
 
+    def named(self, instance_id: int, name: str | None) -> "EditState":
+        """This state with `instance_id` called `name` (None: unnamed)."""
+        names = {**dict(self.names), instance_id: name}
+        return replace(self, names=tuple(sorted((i, n) for i, n in names.items() if n is not None)))
+
     def edits_only(self) -> "EditState":
         """This state without its selection: what is saved to the scene, and what discarding clears."""
         return replace(self, selected=frozenset())
@@ -244,7 +249,7 @@ class EditModel:
             if split.id != expected:
                 raise ValueError(f"a split now makes instance {expected}, got {split.id}")
             # An id an undone split named goes to this new instance without that name.
-            names = tuple(entry for entry in self._state.names if entry[0] != split.id)
+            names = self._state.named(split.id, None).names
             self._commit(selected=frozenset({split.id}), label_edits=(*self._state.label_edits, split), names=names)
 
     def name_instance(self, instance_id: int, name: str) -> None:
@@ -254,8 +259,7 @@ class EditModel:
             made = {edit.id for edit in self._state.label_edits if isinstance(edit, Split)}
             if instance_id not in made & self.live_instances() or not name:
                 raise ValueError(f"only a live instance made by a split takes a name here, not {instance_id} ({name!r})")
-            names = {**dict(self._state.names), instance_id: name}
-            self._commit(names=tuple(sorted(names.items())))
+            self._commit(names=self._state.named(instance_id, name).names)
 
     def discard_edits(self) -> None:
         """Return to the computed labels: no merge, split, deletion or hiding (undoable); the selection

@@ -1,8 +1,8 @@
-"""Editing a segmented scene without a viewer: exporting instances and merging labels.
+"""Exports of a segmented scene, and the records of the viewer's edits.
 
-`protosaga export SCENE --instances 3,7 -o obj.ply` and the viewer's export button both end in
-`export_instances`. `Edit` is how the viewer's merges and splits (`method.label_edits`), deletions and hiding are written
-down (the app's edit_log.py converts).
+`protosaga export SCENE --instances 3,7 -o obj.ply` (`export_scene`) and the viewer's export button both end
+in `export_instances`. `Edit` is how the viewer's merges, splits, names of split instances, deletions and
+hiding are written down (the app's edit_log.py converts them from and to `method.label_edits`).
 
 Exports are plain INRIA PLYs (DESIGN §7: they open in SuperSplat and the INRIA viewer); the only extra
 column ever written is `instance`, and only on request. Beside each PLY lies its record (same stem,

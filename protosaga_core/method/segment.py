@@ -56,14 +56,14 @@ class SegmentConfig:
     cls, kmeans: the paper's Table 4 baselines"""
     chunk_views: int = DEFAULT_CHUNK_VIEWS
     """views rendered per batch"""
-    cls_iterations: int = 300
+    cls_iterations: int = ClsSettings.iterations
     """cls: training iterations, one training view each. Gaga uses 10k on a GPU; 300 keeps the CPU run to
     minutes (each iteration renders a view forward and backward) at the cost of an under-trained classifier"""
-    cls_lr_features: float = 2.5e-3
+    cls_lr_features: float = ClsSettings.lr_features
     """cls: Adam learning rate of the per-Gaussian features (Gaga's feature_lr)"""
-    cls_lr_classifier: float = 5e-4
+    cls_lr_classifier: float = ClsSettings.lr_classifier
     """cls: Adam learning rate of the linear classifier (Gaga's)"""
-    cls_reg3d_lambda: float = 2.0
+    cls_reg3d_lambda: float = ClsSettings.reg3d_lambda
     """cls: weight of Gaga's 3D neighbourhood term (0 disables it)"""
     kmeans_restarts: int = 10
     """kmeans: k-means++ initialisations; the run with the lowest inertia wins"""

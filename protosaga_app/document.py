@@ -140,11 +140,11 @@ class SceneDocument:
         counts = np.bincount(self.labels(state))
         return {i: int(counts[i]) if i < len(counts) else 0 for i in self.model.live_instances(state)}
 
-    def instance_name(self, instance_id: int, state: EditState | None = None) -> str:
-        """An instance's name: from the scene's table, or for one a split made from the edits of `state`
-        (default: the current one); else "instance <id>"."""
+    def instance_name(self, instance_id: int) -> str:
+        """An instance's name: from the scene's table, or for one a split made from the current edits;
+        else "instance <id>"."""
         row = self.scene.instance(instance_id)
-        name = row.name if row is not None else (state or self.model.state).name_of(instance_id)
+        name = row.name if row is not None else self.model.state.name_of(instance_id)
         return name or f"instance {instance_id}"
 
     def rename(self, instance_id: int, name: str) -> None:

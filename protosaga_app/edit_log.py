@@ -11,7 +11,8 @@ The file is versioned JSON, like scene.json:
     {"format": "protosaga-edits", "version": 1,
      "labels": {"gaussians": 6123, "sha256": "9f2c..."},
      "edits": [{"op": "merge", "keep": 3, "absorb": 7}, {"op": "split", "id": 25, "gaussians": [17, 18, 240]},
-               {"op": "name", "id": 25, "name": "lid"}, {"op": "delete", "ids": [4]}, {"op": "hide", "ids": [9, 12]}]}
+               {"op": "name", "id": 25, "name": "lid"},
+               {"op": "delete", "ids": [4]}, {"op": "hide", "ids": [9, 12]}]}
 
 `edits` spells the state as steps that rebuild it from the computed labels: the merges and splits in the
 order they were made (a split lists its Gaussians by index in gaussians.ply), then the names given to

@@ -58,8 +58,8 @@ import viser
 
 from protosaga_app.browser_camera import BrowserPose, camera_from_pose, pose_from_camera, render_size
 from protosaga_app.document import SceneDocument
-from protosaga_app.live import Frame, reselect_frame
-from protosaga_app.live_view import encode_depth, render_view, send_background
+from protosaga_app.live import Frame, render_view, reselect_frame
+from protosaga_app.live_view import encode_depth, send_background
 from protosaga_app.picking import pick_along_ray, pick_instance
 from protosaga_app.scene import ViewerScene
 from protosaga_app.server import ViewerApp, ViewerOptions

@@ -9,6 +9,8 @@ rasterizer on the CPU) with their colours, features and expected depth, then:
   colours over the image, the selection highlighted;
 - pca: the rendered features projected on the three principal axes of the Gaussians' features.
 The label map of every frame is kept, so a click reads the instance under the cursor from it (picking).
+`render_view` is a document's frame from a browser pose: what each tab's `LiveView` (live_view.py, on
+viser) shows.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from protosaga_core.method.prototypes import Prototypes, classify
 from protosaga_core.palette import instance_color
 from protosaga_core.render import render
 
+from .browser_camera import BrowserPose, camera_from_pose
+from .document import SceneDocument
 from .splats import DIMMED, HIGHLIGHT_MIX, HIGHLIGHT_RGB
 
 RenderMode = Literal["rgb", "instances", "segmentation", "pca"]
@@ -164,6 +168,28 @@ def render_frame(
             image = torch.where(covered[..., None], pca.colors(out.extras[0]), rgb)
         depth = torch.where(covered, out.depths[0, ..., 0], torch.full_like(out.alphas[0, ..., 0], FAR_DEPTH))
     return Frame(_to_uint8(image), depth.float().cpu().numpy(), label_map.cpu().numpy(), camera, mode, rgb.float().cpu().numpy())
+
+
+def render_view(document: SceneDocument, pca: FeaturePca, pose: BrowserPose, mode: RenderMode, width: int, height: int) -> Frame:
+    """The frame a tab sees from `pose` at `width` x `height`: the document's visible Gaussians at its
+    current edit state, its selection highlighted, and in the segmentation mode its per-Gaussian labels
+    rendered when they were lifted (`SceneDocument.lifted`), else Eq. 19 per pixel. Every tab's
+    `LiveView` and bench/viewer.py render through it.
+
+    mode: "segmentation" or "pca".
+    """
+    state = document.model.state
+    visible = document.visible(state)
+    return render_frame(
+        visible.gaussians,
+        camera_from_pose(pose, width, height),
+        mode,
+        # Eq. 19 over the visible instances only: a hidden or deleted one is neither drawn nor named.
+        document.prototypes(state).only(document.model.visible_instances(state)),
+        pca,
+        state.selected,
+        torch.from_numpy(visible.labels) if document.lifted else None,
+    )
 
 
 def reselect_frame(frame: Frame, selected: frozenset[int]) -> Frame:

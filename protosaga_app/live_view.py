@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 import viser
 from PIL import Image
 from viser._image_encoding import cv2_imencode_with_fallback
@@ -22,9 +21,9 @@ from viser._messages import BackgroundImageMessage
 
 from protosaga_core.threads import rebalance as rebalance_threads
 
-from .browser_camera import BrowserPose, camera_from_pose, render_size
+from .browser_camera import BrowserPose, render_size
 from .document import SceneDocument
-from .live import SERVER_MODES, FeaturePca, Frame, RenderMode, render_frame, reselect_frame
+from .live import SERVER_MODES, FeaturePca, Frame, RenderMode, render_view, reselect_frame
 
 logger = logging.getLogger(__name__)
 
@@ -65,28 +64,6 @@ def send_background(scene: viser.SceneApi, image: np.ndarray, depth_png: bytes) 
     """
     rgb = cv2_imencode_with_fallback("jpeg", image, jpeg_quality=JPEG_QUALITY, channel_ordering="rgb")
     scene._websock_interface.queue_message(BackgroundImageMessage(format="jpeg", rgb_data=rgb, depth_data=depth_png))
-
-
-def render_view(document: SceneDocument, pca: FeaturePca, pose: BrowserPose, mode: RenderMode, width: int, height: int) -> Frame:
-    """The frame a tab sees from `pose` at `width` x `height`: the document's visible Gaussians at its
-    current edit state, its selection highlighted, and in the segmentation mode its per-Gaussian labels
-    rendered when they were lifted (`SceneDocument.lifted`), else Eq. 19 per pixel. No viser needed: the
-    live view and bench/viewer.py both render through it.
-
-    mode: "segmentation" or "pca".
-    """
-    state = document.model.state
-    visible = document.visible(state)
-    return render_frame(
-        visible.gaussians,
-        camera_from_pose(pose, width, height),
-        mode,
-        # Eq. 19 over the visible instances only: a hidden or deleted one is neither drawn nor named.
-        document.prototypes(state).only(document.model.visible_instances(state)),
-        pca,
-        state.selected,
-        torch.from_numpy(visible.labels) if document.lifted else None,
-    )
 
 
 def client_pose(client: viser.ClientHandle) -> BrowserPose:

@@ -19,8 +19,8 @@ from viser_client import until
 from protosaga_app import live_view
 from protosaga_app.browser_camera import BrowserPose, camera_from_pose, pose_from_camera, render_size
 from protosaga_app.document import SceneDocument
-from protosaga_app.live import FAR_DEPTH, FeaturePca, render_frame, reselect_frame
-from protosaga_app.live_view import LiveSettings, LiveView, encode_depth, pose_key, render_view
+from protosaga_app.live import FAR_DEPTH, FeaturePca, render_frame, render_view, reselect_frame
+from protosaga_app.live_view import LiveSettings, LiveView, encode_depth, pose_key
 from protosaga_app.scene import ViewerScene
 
 DEPTH_UNIT = 1e-5

@@ -153,6 +153,24 @@ def test_training_runs_where_it_is_told_and_defaults_to_the_default_device(datas
     assert asked == [1] and seen == [{"cpu"}] * 5
 
 
+def test_a_checkpoint_loads_onto_another_device_with_cpu_generator_states(dataset, tmp_path):
+    """Resuming on a GPU: the tensors go to the training device, the generators' states stay CPU byte
+    tensors (`torch.Generator.set_state` accepts nothing else). The meta device stands in for CUDA here."""
+    config = replace(tiny_config(12), checkpoint_every=10)  # densification fills the strategy state
+    train(dataset, tmp_path / "scene", config)
+    checkpoint = SceneDir(tmp_path / "scene").checkpoints_dir / "last.pt"
+    views = prepare_views(dataset.load(), unlabeled_as_class=False)
+    fingerprint = train_module.scene_fingerprint(views, config.feature_dim)
+    state = train_module.load_checkpoint(checkpoint, config, 1.0, fingerprint, torch.device("meta"))
+    assert state.iteration == 12  # the checkpoint written at the end
+    assert {p.device.type for p in state.params.values()} == {"meta"}
+    assert {c.device.type for c in state.classifiers} == {"meta"}
+    moments = [s["exp_avg"] for o in state.optimizers.values() for s in o.state.values()]
+    assert moments and {m.device.type for m in moments} == {"meta"}
+    assert state.strategy_state["grad2d"].device.type == "meta"
+    assert state.view_generator.get_state().device.type == "cpu"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (gsplat's rasterizer)")
 def test_training_on_cuda_resumes_and_writes_a_cpu_readable_scene(dataset, tmp_path):
     """On a GPU machine: the run trains with gsplat on CUDA, a CUDA checkpoint resumes, the files load on the CPU."""

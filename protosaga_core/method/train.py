@@ -6,7 +6,10 @@ Each iteration renders one random training view's colour and feature map. The co
 gsplat's `DefaultStrategy`.
 
 Checkpoints hold everything the loop's future depends on (parameters, optimizer and strategy state,
-classifiers, random generators), so `resume` continues bit for bit.
+classifiers, random generators, CUDA's included), so `resume` continues bit for bit on the CPU. On a GPU it
+continues with the same parameters, optimizer state and random draws, but not bit for bit: gsplat's
+backward pass adds gradients with atomic operations, whose order (and so the last bits of each sum) varies
+from run to run.
 """
 
 from __future__ import annotations
@@ -263,6 +266,8 @@ def save_checkpoint(path: Path, state: TrainState, fingerprint: str) -> None:
         "strategy_state": state.strategy_state,
         "view_generator": state.view_generator.get_state(),
         "torch_rng": torch.get_rng_state(),
+        # Densification on a GPU (DefaultStrategy's splits) draws from CUDA's generators.
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -270,9 +275,13 @@ def save_checkpoint(path: Path, state: TrainState, fingerprint: str) -> None:
 
 
 def load_checkpoint(path: Path, config: TrainConfig, extent: float, fingerprint: str, device: torch.device) -> TrainState:
-    """The state a checkpoint holds, on `device` (whichever device wrote it)."""
+    """The state a checkpoint holds, on `device` (whichever device wrote it).
+
+    Everything is read onto the CPU first: generator states must stay CPU byte tensors, and the tensors
+    that train move to `device` explicitly (the optimizers' state follows its parameters).
+    """
     try:
-        payload = torch.load(path, map_location=device, weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file raises many different types
         raise ValueError(f"{path}: not a readable checkpoint ({error})") from error
     if not isinstance(payload, dict) or payload.get("fingerprint") != fingerprint:
@@ -281,19 +290,27 @@ def load_checkpoint(path: Path, config: TrainConfig, extent: float, fingerprint:
             "protosaga), so it cannot resume this dataset; train into a new -o folder, or add --overwrite "
             "instead of --resume to start this scene again from scratch"
         )
-    params = torch.nn.ParameterDict({n: torch.nn.Parameter(t) for n, t in payload["params"].items()})
+    params = torch.nn.ParameterDict({n: torch.nn.Parameter(t.to(device)) for n, t in payload["params"].items()})
     optimizers = _optimizers(params, config, extent)
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(payload["optimizers"][name])
-    classifiers = [torch.nn.Parameter(t) for t in payload["classifiers"]]
+    classifiers = [torch.nn.Parameter(t.to(device)) for t in payload["classifiers"]]
     classifier_optimizer = torch.optim.Adam(classifiers, lr=config.lr_classifiers)
     classifier_optimizer.load_state_dict(payload["classifier_optimizer"])
+    strategy_state = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in payload["strategy_state"].items()}
     generator = torch.Generator()
     generator.set_state(payload["view_generator"])
-    torch.set_rng_state(payload["torch_rng"].cpu())
+    torch.set_rng_state(payload["torch_rng"])
+    _restore_cuda_rng(payload.get("cuda_rng", []), device)
     return TrainState(
-        payload["iteration"], params, optimizers, classifiers, classifier_optimizer, payload["strategy_state"], generator
+        payload["iteration"], params, optimizers, classifiers, classifier_optimizer, strategy_state, generator
     )
+
+
+def _restore_cuda_rng(states: list[Tensor], device: torch.device) -> None:
+    """CUDA's generators as saved, where the same GPUs train again (a CPU resume draws nothing from them)."""
+    if device.type == "cuda" and len(states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states)
 
 
 # --- the loop ----------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Annotated, Literal, TextIO
 import torch
 import tyro
 
-from protosaga_core.device import default_device
+from protosaga_core.device import Backend, default_device, prefer_backend
 from protosaga_core.io.scene_dir import SceneDirError
 from protosaga_core.threads import configure as configure_threads
 
@@ -52,6 +52,8 @@ class ViewerConfig:
     """longer side of server frames once the camera stops; default: 640 on the CPU, full size on a GPU"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """where frames are rendered: auto (cuda if available), cpu or cuda"""
+    backend: Backend = "auto"
+    """the rasterizer: auto (gsplat on CUDA where its kernels load, else the portable torch one), torch or gsplat"""
     open_browser: bool = True
     """open the viewer in the default browser where there is a display"""
     threads: int | None = None
@@ -137,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     config = tyro.cli(ViewerConfig, args=sys.argv[1:] if argv is None else argv, prog="protosaga-view")
     try:
         configure_threads("view", config.threads)
+        prefer_backend(config.backend)
     except ValueError as error:
         print(f"protosaga-view: error: {error}", file=sys.stderr)
         return 2

@@ -1,8 +1,13 @@
-"""`protosaga`: the command line, one subcommand per stage, each a thin shell over a library function.
+"""Segment 3D Gaussian Splatting scenes into objects (Proto-SaGa).
 
-The installed `protosaga` command is `protosaga_app.command:main`, which calls `main` here with the viewer
-for `protosaga demo` to open at its end: this package never imports the app.
+Start with `protosaga demo` (the whole method on a bundled scene, then the viewer), or `protosaga run
+DATASET -o SCENE` on your own posed images; the stages after it run one step at a time, and the tools
+at the end inspect, render, score and export. `protosaga doctor` says what this machine offers.
 """
+
+# One subcommand per stage, each a thin shell over a library function. The installed `protosaga` command is
+# `protosaga_app.command:main`, which calls `main` here with the viewer for `protosaga demo` to open at its
+# end: this package never imports the app.
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import torch  # noqa: E402
 import tyro  # noqa: E402
 
 from .datasets import DatasetConfig
+from .device import BACKENDS, Backend, prefer_backend
 from .evaluate import EvalConfig, evaluate
 from .io.exports import EDITS_FILE, export_scene, record_path
 from .io.outputs import check_output_dir, check_output_file
@@ -195,7 +201,8 @@ SceneArg = Annotated[Path, tyro.conf.Positional]
 
 @dataclass
 class Associate:
-    """Associate the per-view SAM masks across views through the Gaussians (paper Eq. 9-16)."""
+    """Associate the per-view SAM masks across views into instances, through the Gaussians (view consensus;
+    --grouping bank: the paper's memory bank, Eq. 9-16)."""
 
     scene: SceneArg
     config: tyro.conf.OmitArgPrefixes[AssociateConfig]
@@ -379,6 +386,20 @@ class Export:
         return path
 
 
+@dataclass
+class Doctor:
+    """What this machine offers (devices, gsplat's kernels, SAM weights, the browser for tests, disk) and
+    what each missing piece costs, with the fix."""
+
+    compile_gsplat: bool = False
+    """on a GPU machine, load gsplat's CUDA kernels now, compiling them if needed (minutes, once)"""
+
+    def run(self) -> None:
+        from .doctor import diagnose, report
+
+        print(report(diagnose(self.compile_gsplat)))
+
+
 ViewerLauncher = Callable[[Path, int], int]
 """Serves a scene in the viewer on a port until Ctrl+C and returns the exit status (protosaga_app's)."""
 
@@ -404,20 +425,21 @@ def command_type(preset: Preset):
     run_default = Run(DatasetConfig(tyro.MISSING), tyro.MISSING, RunConfig(train=train_config), preset)
     demo_default = Demo(None, RunConfig(train=train_config), preset)
     return Union[
-        Annotated[Info, tyro.conf.subcommand("info")],
-        Annotated[Render, tyro.conf.subcommand("render")],
-        Annotated[Metrics, tyro.conf.subcommand("metrics")],
+        Annotated[Demo, tyro.conf.subcommand("demo", default=demo_default)],
+        Annotated[Run, tyro.conf.subcommand("run", default=run_default)],
         Annotated[Weights, tyro.conf.subcommand("weights")],
         Annotated[Masks, tyro.conf.subcommand("masks")],
-        Annotated[Synth, tyro.conf.subcommand("synth")],
         Annotated[Train, tyro.conf.subcommand("train", default=train_default)],
         Annotated[Associate, tyro.conf.subcommand("associate")],
         Annotated[Prototypes, tyro.conf.subcommand("prototypes")],
         Annotated[Segment, tyro.conf.subcommand("segment")],
         Annotated[Eval, tyro.conf.subcommand("eval")],
-        Annotated[Run, tyro.conf.subcommand("run", default=run_default)],
-        Annotated[Demo, tyro.conf.subcommand("demo", default=demo_default)],
         Annotated[Export, tyro.conf.subcommand("export")],
+        Annotated[Info, tyro.conf.subcommand("info")],
+        Annotated[Render, tyro.conf.subcommand("render")],
+        Annotated[Metrics, tyro.conf.subcommand("metrics")],
+        Annotated[Synth, tyro.conf.subcommand("synth")],
+        Annotated[Doctor, tyro.conf.subcommand("doctor")],
     ]
 
 
@@ -430,42 +452,60 @@ RESUME_HINTS = {
 """What to do after Ctrl-C, per command; the others change nothing until their outputs are complete."""
 
 
-THREADS_HELP = (
-    "Every command also takes --threads N: torch's CPU threads. Default: all cores, or an equal share of "
-    "them while other protosaga processes (a training, the viewer) run, followed as they start and stop."
+GLOBAL_HELP = (
+    "Every command also takes --threads N (torch's CPU threads; default: all cores, or an equal share of them "
+    "while other protosaga processes run) and --backend auto|torch|gsplat (the rasterizer; auto: gsplat on a "
+    "GPU where its kernels load, else the portable torch rasterizer)."
 )
 
 
-def threads_in(argv: list[str]) -> tuple[list[str], int | None]:
-    """`--threads N` or `--threads=N`, anywhere in `argv`, taken out (every command accepts it).
+@dataclass(frozen=True)
+class GlobalOptions:
+    """The options every command takes, read before the subcommand's own.
+
+    Attributes:
+        threads: torch's CPU threads; None: all cores, or a share while other protosaga processes run.
+        backend: the rasterizer that `auto` means in this process.
+    """
+
+    threads: int | None = None
+    backend: Backend = "auto"
+
+
+def global_options(argv: list[str]) -> tuple[list[str], GlobalOptions]:
+    """`--threads N` and `--backend NAME` (or `--x=value`), anywhere in `argv`, taken out.
 
     Raises:
-        ValueError: a count that is not a positive integer, or none.
+        ValueError: a thread count that is not a positive integer, an unknown backend, or no value.
     """
-    rest, threads = [], None
+    rest, values = [], {}
     args = iter(argv)
     for arg in args:
-        if arg == "--threads" or arg.startswith("--threads="):
-            value = arg.split("=", 1)[1] if "=" in arg else next(args, "")
-            if not value.isdigit() or int(value) < 1:
-                raise ValueError(f"--threads needs a positive integer, got {value!r}")
-            threads = int(value)
-        else:
+        name = arg.split("=", 1)[0]
+        if name not in ("--threads", "--backend"):
             rest.append(arg)
-    return rest, threads
+            continue
+        values[name] = arg.split("=", 1)[1] if "=" in arg else next(args, "")
+    threads, backend = values.get("--threads"), values.get("--backend", "auto")
+    if threads is not None and (not threads.isdigit() or int(threads) < 1):
+        raise ValueError(f"--threads needs a positive integer, got {threads!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return rest, GlobalOptions(None if threads is None else int(threads), backend)
 
 
 def main(argv: list[str] | None = None, open_viewer: ViewerLauncher | None = None) -> int:
     """Run one subcommand; `open_viewer` lets `demo` open its scene at the end (else it prints how)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        argv, threads = threads_in(argv)
+        argv, options = global_options(argv)
     except ValueError as error:
         print(f"protosaga: {error}", file=sys.stderr)
         return 2
-    command = tyro.cli(command_type(_preset_in(argv)), args=argv, prog="protosaga", description=f"{__doc__}\n\n{THREADS_HELP}")
+    command = tyro.cli(command_type(_preset_in(argv)), args=argv, prog="protosaga", description=f"{__doc__}\n{GLOBAL_HELP}")
     name = next((arg for arg in argv if not arg.startswith("-")), "")
-    configure_threads(name or "protosaga", threads)
+    configure_threads(name or "protosaga", options.threads)
+    prefer_backend(options.backend)
     try:
         command.run(open_viewer) if isinstance(command, Demo) else command.run()
     except (OSError, ValueError, ImportError) as error:

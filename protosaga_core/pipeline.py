@@ -35,8 +35,9 @@ class RunConfig:
     force: bool = False
     """rerun every stage even when it finished earlier with the same flags (the scene is remade)"""
     paper: bool = False
-    """the paper's exact method: memory-bank association (Eq. 9-16), per-Gaussian labels by Eq. 19 on
-    each f_i, segmentation by Eq. 19; overrides the three settings it names"""
+    """the paper's method as Gaga's code runs it: memory-bank association (Eq. 9-16, ranking the Gaussians
+    within each cell of a 32x32 grid; --associate.num-patches 1 ranks them per mask, as Eq. 10 reads),
+    per-Gaussian labels by Eq. 19 on each f_i, segmentation by Eq. 19; overrides the three settings it names"""
 
     def resolved(self) -> "RunConfig":
         """The configs the stages run with: `paper` applied."""

@@ -28,3 +28,20 @@ def trained_scene_readonly(tmp_path_factory) -> Path:
 def trained_scene(trained_scene_readonly, tmp_path) -> Path:
     """A private copy of the trained scene (its dataset is shared, and never written)."""
     return Path(shutil.copytree(trained_scene_readonly, tmp_path / "scene"))
+
+
+@pytest.fixture()
+def gsplat_emulated(monkeypatch):
+    """`render` takes its gsplat path, with the torch rasterizer standing in for gsplat's kernels. The
+    stand-in refuses what `gsplat.rasterize_to_pixels` refuses (0 or more than 513 channels), so code that
+    only the CUDA path runs meets gsplat's limits on a CPU too."""
+    from protosaga_core.render import api
+    from protosaga_core.render.torch_backend import rasterize_torch
+
+    def gsplat_like(means, quats, scales, opacities, colors, *args, **kwargs):
+        if not 0 < colors.shape[-1] <= 513:
+            raise ValueError(f"Unsupported number of color channels: {colors.shape[-1]}")
+        return rasterize_torch(means, quats, scales, opacities, colors, *args, **kwargs)
+
+    monkeypatch.setattr(api, "choose_backend", lambda device, backend="auto": "gsplat")
+    monkeypatch.setattr(api, "rasterize_gsplat", gsplat_like)

@@ -140,14 +140,13 @@ def test_labels_need_no_gradients():
         )
 
 
-def test_gsplat_label_fallback_blends_one_hot_channels(monkeypatch):
+def test_gsplat_label_fallback_blends_one_hot_channels(request):
     """On CUDA the labels become one-hot channels of gsplat's render; emulated here with the torch
     rasterizer standing in for gsplat."""
     gaussians, cameras, labels = random_scene(800, 5)
     with torch.no_grad():
         expected = render(gaussians, cameras, sh_degree=0, depth="ED", labels=labels)
-        monkeypatch.setattr(api, "choose_backend", lambda device, backend="auto": "gsplat")
-        monkeypatch.setattr(api, "rasterize_gsplat", rasterize_torch)
+        request.getfixturevalue("gsplat_emulated")  # from here on
         emulated = render(gaussians, cameras, sh_degree=0, depth="ED", labels=labels)
     assert torch.allclose(emulated.colors, expected.colors, atol=1e-6)
     assert torch.allclose(emulated.labels.total, expected.labels.total, atol=1e-5)

@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                          "protosaga_core.io.exports")),
     ("the method", ("protosaga_core.method",)),
     ("evaluation", ("protosaga_core.evaluate",)),
-    ("commands", ("protosaga_core.pipeline", "protosaga_core.cli")),
+    ("commands", ("protosaga_core.pipeline", "protosaga_core.doctor", "protosaga_core.cli")),
     ("app model", ("protosaga_app.browser_camera", "protosaga_app.selection", "protosaga_app.splats",
                    "protosaga_app.framing", "protosaga_app.inspector", "protosaga_app.scene", "protosaga_app.edit_log",
                    "protosaga_app.document", "protosaga_app.live", "protosaga_app.picking")),

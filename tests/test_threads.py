@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from protosaga_core import threads
-from protosaga_core.cli import main, threads_in
+from protosaga_core.cli import GlobalOptions, global_options, main
 from protosaga_core.threads import Running, ThreadBudget, other_processes, share_of_cores
 
 
@@ -61,13 +61,17 @@ def test_a_budget_registers_shares_and_follows_others(tmp_path, other):
         torch.set_num_threads(before)
 
 
-def test_every_command_takes_threads_anywhere(capsys):
-    assert threads_in(["train", "data", "--threads", "2", "-o", "x"]) == (["train", "data", "-o", "x"], 2)
-    assert threads_in(["--threads=3", "info", "a.ply"]) == (["info", "a.ply"], 3)
-    assert threads_in(["info", "a.ply"]) == (["info", "a.ply"], None)
+def test_every_command_takes_threads_and_backend_anywhere(capsys):
+    assert global_options(["train", "data", "--threads", "2", "-o", "x"]) == (["train", "data", "-o", "x"], GlobalOptions(2))
+    assert global_options(["--threads=3", "info", "a.ply"]) == (["info", "a.ply"], GlobalOptions(3))
+    assert global_options(["info", "a.ply"]) == (["info", "a.ply"], GlobalOptions())
+    assert global_options(["segment", "s", "--backend", "torch", "--threads=1"]) == (["segment", "s"], GlobalOptions(1, "torch"))
     for bad in (["--threads", "0"], ["--threads", "two"], ["--threads"]):
         with pytest.raises(ValueError, match="positive integer"):
-            threads_in(bad)
+            global_options(bad)
+    for bad in (["--backend", "mps"], ["--backend"]):
+        with pytest.raises(ValueError, match="auto, torch, gsplat"):
+            global_options(bad)
     assert main(["info", "missing.ply", "--threads", "0"]) == 2
     assert "--threads needs a positive integer" in capsys.readouterr().err
     # A finished command leaves no registration behind (tests and scripts call main in-process).

@@ -10,13 +10,13 @@ from gsplat.cuda._torch_impl import _spherical_harmonics
 from torch import Tensor
 
 from ..cameras import Cameras
+from ..device import Backend, choose_backend
 from ..gaussians import Gaussians
 from .gsplat_backend import rasterize_gsplat
 from .labels import LabelWeights, one_hot_columns
 from .settings import RasterSettings
 from .torch_backend import rasterize_torch
 
-Backend = Literal["auto", "torch", "gsplat"]
 DepthMode = Literal["none", "D", "ED"]
 
 
@@ -40,15 +40,6 @@ class RenderOutput:
     alphas: Tensor
     info: dict[str, Any]
     labels: LabelWeights | None = None
-
-
-def choose_backend(device: torch.device, backend: Backend = "auto") -> Literal["torch", "gsplat"]:
-    """gsplat for CUDA tensors, the portable torch rasterizer otherwise."""
-    if backend == "auto":
-        return "gsplat" if device.type == "cuda" else "torch"
-    if backend == "gsplat" and device.type != "cuda":
-        raise ValueError(f"the gsplat backend needs CUDA tensors, got device {device}")
-    return backend
 
 
 def rasterize(
@@ -96,16 +87,36 @@ def rasterize(
     if chosen == "torch":
         return rasterize_torch(*geometry, colors, viewmats, Ks, width, height, settings, backgrounds, labels)
     if labels is None:
-        return rasterize_gsplat(*geometry, colors, viewmats, Ks, width, height, settings, backgrounds)
+        return _rasterize_gsplat_channels(geometry, colors, viewmats, Ks, width, height, settings, backgrounds)
     # gsplat blends one one-hot channel per label (fast on a GPU), split off again here.
     one_hot, ids = one_hot_columns(labels)
     channels = colors.shape[-1]
     colors = torch.cat([colors, one_hot.to(colors).expand(*colors.shape[:-1], -1)], dim=-1)
     if backgrounds is not None:
         backgrounds = torch.cat([backgrounds, backgrounds.new_zeros(num_cameras, len(ids))], dim=-1)
-    images, alphas, meta = rasterize_gsplat(*geometry, colors, viewmats, Ks, width, height, settings, backgrounds)
+    images, alphas, meta = _rasterize_gsplat_channels(geometry, colors, viewmats, Ks, width, height, settings, backgrounds)
     meta["labels"] = LabelWeights.from_weights(images[..., channels:], ids)
     return images[..., :channels], alphas, meta
+
+
+def _rasterize_gsplat_channels(
+    geometry: tuple[Tensor, Tensor, Tensor, Tensor],
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    settings: RasterSettings,
+    backgrounds: Tensor | None,
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """gsplat refuses 0 channels ("Unsupported number of color channels: 0"), which an alpha-only render or
+    a label render with no labelled Gaussian asks for: it then blends one zero channel, dropped again."""
+    if colors.shape[-1] > 0:
+        return rasterize_gsplat(*geometry, colors, viewmats, Ks, width, height, settings, backgrounds)
+    colors = colors.new_zeros(*colors.shape[:-1], 1)
+    backgrounds = None if backgrounds is None else backgrounds.new_zeros(backgrounds.shape[0], 1)
+    images, alphas, meta = rasterize_gsplat(*geometry, colors, viewmats, Ks, width, height, settings, backgrounds)
+    return images[..., :0], alphas, meta
 
 
 def render(

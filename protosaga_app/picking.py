@@ -110,12 +110,11 @@ def contribution_weights(
     if not (0 <= column < camera.width and 0 <= row < camera.height) or len(gaussians) == 0:
         return weights
     with torch.no_grad():
-        opacities = gaussians.activated_opacities.detach()
         proj = project(
             gaussians.means.detach(),
             gaussians.activated_quats.detach(),
             gaussians.activated_scales.detach(),
-            opacities,
+            gaussians.activated_opacities.detach(),
             camera.viewmats,
             camera.Ks,
             camera.width,
@@ -123,6 +122,7 @@ def contribution_weights(
             settings,
         )
         means2d, conics, depths, radii = proj.means2d[0], proj.conics[0], proj.depths[0], proj.radii[0]
+        opacities = proj.opacities[0]  # scaled by the compensation in antialiased mode
         # A Gaussian reaches the pixel only if the rasterizer bins it into the pixel's tile (in the tiles
         # of the viewer's frames, rendered without gradients).
         tile_size = settings.tile_size_for("torch", gradients=False)

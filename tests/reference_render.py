@@ -2,16 +2,19 @@
 
 Every pixel is evaluated against every projected Gaussian ([pixels x N] per camera), the transmittance
 is a plain sequential product (`cumprod`) over the depth-sorted Gaussians, and autograd differentiates
-everything. The geometry is gsplat's own pure-PyTorch reference (`gsplat.cuda._torch_impl`); culling,
-radii and compositing follow gsplat's CUDA kernels:
+everything. The geometry is gsplat's own pure-PyTorch reference, `_fully_fused_projection` of
+`gsplat.cuda._torch_impl`; culling, radii and compositing follow gsplat's CUDA kernels:
 
 - Sigma = R S S^T R^T from normalised quaternions and scales, world -> camera, EWA projection with the
   Jacobian's x/z, y/z clamp of `_persp_proj`, plus `eps2d` on the 2D covariance's diagonal;
-- culled (radii 0) when det <= 0, depth <= near or >= far, opacity < 1/255, or the opacity-aware
-  bounding box (radius_i = ceil(extend sqrt(cov2d_ii)), extend = min(3.33, sqrt(2 ln(255 opacity))))
-  lies outside the image;
+- in antialiased mode each camera's opacity is scaled by gsplat's compensation
+  sqrt(max(0, det(cov2d) / det(cov2d + eps2d I))), and that opacity is used below;
+- culled (radii 0) when depth <= near or >= far, opacity < 1/255, or the opacity-aware bounding box
+  (radius_i = ceil(extend sqrt(cov2d_ii)), extend = min(3.33, sqrt(2 ln(255 opacity)))) lies outside
+  the image (the kernel also culls a blurred determinant <= 0, which eps2d > 0 rules out);
 - pixel centres at (x + 0.5, y + 0.5); sigma = a/2 dx² + b dx dy + c/2 dy² with the conic (a, b, c);
-  alpha = min(alpha_max, opacity exp(-sigma)), skipped when alpha < 1/255;
+  alpha = min(alpha_max, opacity exp(-sigma)), skipped when alpha < 1/255 (gsplat's `accumulate`, with
+  the skip of its CUDA kernel);
 - front to back by camera depth; a pixel stops before the Gaussian that would bring its transmittance
   to 1e-4 or below; colour = sum w_i c_i + T_final background, alpha = 1 - T_final.
 
@@ -27,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from gsplat.cuda._torch_impl import _persp_proj, _quat_scale_to_covar_preci, _world_to_cam
+from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
 from torch import Tensor
 
 ALPHA_THRESHOLD = 1.0 / 255.0
@@ -49,6 +52,7 @@ def reference_rasterize(
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     eps2d: float = 0.3,
+    rasterize_mode: str = "classic",
     backgrounds: Tensor | None = None,
     ambiguity_margin: float = 1e-4,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
@@ -57,6 +61,7 @@ def reference_rasterize(
     Args:
         means: [N, 3]; quats: wxyz, normalised here [N, 4]; scales: activated [N, 3];
         opacities: activated [N]; colors: [N, K] or [C, N, K]; viewmats: [C, 4, 4]; Ks: [C, 3, 3];
+        rasterize_mode: "classic" or "antialiased", as gsplat's;
         backgrounds: [C, K] or None.
         ambiguity_margin: pixels where a discontinuous decision (alpha vs 1/255, alpha vs alpha_max,
             transmittance vs 1e-4) is within this relative margin are flagged in `meta["ambiguous"]`;
@@ -65,41 +70,35 @@ def reference_rasterize(
     Returns:
         render_colors [C, H, W, K] float64, render_alphas [C, H, W, 1] float64, and meta with
         `means2d` [C, N, 2], `conics` [C, N, 3], `depths` [C, N], `radii` [C, N, 2] int32,
+        `opacities` [C, N] (scaled by the compensation in antialiased mode),
         `ambiguous` [C, H, W] bool, `stopped` [C, H, W] bool (pixels that hit the transmittance stop
         before their last Gaussian), `max_depth_complexity` (most contributions in one pixel).
     """
     dt = torch.float64
     means, quats, scales, opacities = means.to(dt), quats.to(dt), scales.to(dt), opacities.to(dt)
     colors, viewmats, Ks = colors.to(dt), viewmats.to(dt), Ks.to(dt)
-    num_cameras, num_gaussians = viewmats.shape[0], means.shape[0]
+    num_cameras = viewmats.shape[0]
     if colors.dim() == 2:
         colors = colors.expand(num_cameras, -1, -1)
     channels = colors.shape[-1]
     device = means.device
 
     covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False)
-    means_c, covars_c = _world_to_cam(means, covars, viewmats)
-    means2d, cov2d = _persp_proj(means_c, covars_c, Ks, width, height)  # [C, N, 2], [C, N, 2, 2]
-    cov2d = cov2d + eps2d * torch.eye(2, dtype=dt, device=device)
-    cxx, cxy, cyy = cov2d[..., 0, 0], cov2d[..., 0, 1], cov2d[..., 1, 1]
-    det = cxx * cyy - cxy * cxy
-    depths = means_c[..., 2]
+    # gsplat's radii here are its reference's fixed 3.33-sigma boxes, not the kernel's: made again below.
+    _, means2d, depths, conics, compensations = _fully_fused_projection(
+        means, covars, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
+        calc_compensations=rasterize_mode == "antialiased",
+    )  # fmt: skip
+    opacities = opacities.expand(num_cameras, -1) if compensations is None else opacities * compensations
 
     with torch.no_grad():
-        valid = (det > 0) & (depths > near_plane) & (depths < far_plane)
-        valid &= (opacities >= ALPHA_THRESHOLD)[None, :]
-        extend = torch.sqrt(2.0 * torch.log(opacities.clamp_min(ALPHA_THRESHOLD) * 255.0))
-        extend = extend.clamp(max=RADIUS_SIGMAS)[None, :]
-        rx = torch.ceil(extend * torch.sqrt(cxx.clamp_min(0)))
-        ry = torch.ceil(extend * torch.sqrt(cyy.clamp_min(0)))
-        mx, my = means2d[..., 0], means2d[..., 1]
-        inside = (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
-        visible = valid & inside & ~((rx <= 0) & (ry <= 0))
-        radii = torch.where(visible[..., None], torch.stack([rx, ry], -1), torch.zeros_like(cov2d[..., 0]))
-        radii = radii.to(torch.int32)
-
-    safe_det = torch.where(valid, det, torch.ones_like(det))
-    conics = torch.stack([cyy / safe_det, -cxy / safe_det, cxx / safe_det], dim=-1)  # [C, N, 3]
+        # The blurred 2D covariance's diagonal, from its inverse (the conic).
+        a, b, c = conics.unbind(-1)
+        cov_diag = torch.stack([c, a], dim=-1) / (a * c - b * b)[..., None]
+        # The blurred determinant is at least eps2d² > 0 (and gsplat's reference clamps it at 1e-10).
+        in_range = (depths > near_plane) & (depths < far_plane)
+        radii = kernel_radii(means2d, cov_diag, opacities, in_range, width, height)
+        visible = (radii > 0).all(-1)
 
     ys, xs = torch.meshgrid(
         torch.arange(height, dtype=dt, device=device) + 0.5,
@@ -125,7 +124,7 @@ def reference_rasterize(
         dy = py - means2d[cam, ids, 1][None, :]
         a, b, c = conics[cam, ids].unbind(-1)
         sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-        raw = opacities[ids][None, :] * torch.exp(-sigma)
+        raw = opacities[cam, ids][None, :] * torch.exp(-sigma)
         clamped = torch.clamp(raw, max=alpha_max)
         alpha = torch.where(clamped >= ALPHA_THRESHOLD, clamped, torch.zeros_like(clamped))
         one_minus = 1.0 - alpha
@@ -154,11 +153,36 @@ def reference_rasterize(
         "conics": conics,
         "depths": depths,
         "radii": radii,
+        "opacities": opacities,
         "ambiguous": torch.stack(ambiguous).reshape(num_cameras, height, width),
         "stopped": torch.stack(stopped).reshape(num_cameras, height, width),
         "max_depth_complexity": max_complexity,
     }
     return render_colors, render_alphas, meta
+
+
+def kernel_radii(
+    means2d: Tensor, cov_diag: Tensor, opacities: Tensor, projected: Tensor, width: int, height: int
+) -> Tensor:
+    """The bounding boxes of gsplat's CUDA projection kernel (ProjectionEWA3DGSFused.cu), 0 where it culls.
+
+    radius_i = ceil(extend sqrt(cov2d_ii)) with extend = min(3.33, sqrt(2 ln(255 opacity))); culled where
+    not `projected`, where opacity < 1/255, where both radii are 0, or where the box misses the image.
+
+    Args:
+        means2d: [C, N, 2]; cov_diag: the blurred 2D covariance's diagonal [C, N, 2];
+        opacities: as compositing uses them (compensated in antialiased mode) [C, N];
+        projected: within the depth range with a positive determinant. [C, N] bool
+
+    Returns:
+        [C, N, 2] int32
+    """
+    extend = torch.sqrt(2.0 * torch.log(opacities.clamp_min(ALPHA_THRESHOLD) * 255.0)).clamp(max=RADIUS_SIGMAS)
+    radius = torch.ceil(extend[..., None] * torch.sqrt(cov_diag.clamp_min(0)))
+    mx, my, rx, ry = means2d[..., 0], means2d[..., 1], radius[..., 0], radius[..., 1]
+    inside = (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
+    kept = projected & (opacities >= ALPHA_THRESHOLD) & inside & ~((rx <= 0) & (ry <= 0))
+    return torch.where(kept[..., None], radius, torch.zeros_like(radius)).to(torch.int32)
 
 
 def reference_sh_colors(sh_degree: int, means: Tensor, sh: Tensor, viewmats: Tensor) -> Tensor:
@@ -206,6 +230,7 @@ __all__ = [
     "ALPHA_THRESHOLD",
     "TRANSMITTANCE_MIN",
     "gradient_error",
+    "kernel_radii",
     "reference_rasterize",
     "reference_sh_colors",
     "relative_error",

@@ -5,7 +5,7 @@ import torch
 from protosaga_app.picking import contribution_weights, pick_along_ray, pick_instance, pick_rectangle
 from protosaga_core.cameras import Cameras, intrinsics, look_at
 from protosaga_core.gaussians import Gaussians
-from protosaga_core.render import render
+from protosaga_core.render import RasterSettings, render
 
 
 def _label_map():
@@ -77,6 +77,21 @@ def test_ray_weights_match_the_renderer_and_the_pick_matches_its_argmax():
             assert picked == expected, (row, column)
             picked_ids.add(picked)
     assert {2, 5} <= picked_ids  # both blobs are pickable somewhere
+
+
+def test_ray_weights_follow_the_antialiased_renderer():
+    gaussians, labels, camera = _two_blob_scene()
+    settings = RasterSettings(rasterize_mode="antialiased")
+    with torch.no_grad():
+        alphas = render(gaussians, camera, rgb=False, depth="D", settings=settings).alphas[0, ..., 0]
+    moved = 0.0
+    for row in range(0, camera.height, 3):
+        for column in range(0, camera.width, 3):
+            weights = contribution_weights(gaussians, camera, column + 0.5, row + 0.5, settings)
+            torch.testing.assert_close(weights.sum(), alphas[row, column], atol=2e-5, rtol=1e-4)
+            classic = contribution_weights(gaussians, camera, column + 0.5, row + 0.5)
+            moved = max(moved, float((weights - classic).abs().max()))
+    assert moved > 1e-3, "the mode matters in this scene"
 
 
 def test_pick_along_ray_outside_and_through_nothing():

@@ -169,6 +169,7 @@ def run_reference(scene: dict, settings: RasterSettings = RasterSettings()):
         near_plane=settings.near_plane,
         far_plane=settings.far_plane,
         eps2d=settings.eps2d,
+        rasterize_mode=settings.rasterize_mode,
         backgrounds=leaves.get("backgrounds"),
     )
     return image, alpha, meta, leaves
@@ -208,7 +209,7 @@ def compare_with_reference(
         assert meta["radii"].dtype == torch.int32
         assert torch.equal(meta["radii"], ref_meta["radii"])
         visible = (ref_meta["radii"] > 0).all(-1)
-        for name in ("means2d", "depths", "conics"):
+        for name in ("means2d", "depths", "conics", "opacities"):
             rel = relative_error(meta[name][visible], ref_meta[name][visible])
             assert rel < value_tol, (name, rel)
 
@@ -579,6 +580,76 @@ def test_forward_only_path_tile_and_chunk_sizes(tile_size, chunk_size):
     assert meta["tile_size"] == tile_size
 
 
+# --- antialiased mode --------------------------------------------------------------------------------
+
+ANTIALIASED = RasterSettings(rasterize_mode="antialiased")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed,num,width,height,cams,channels,per_camera", RANDOM_CASES[:3])
+def test_antialiased_random_scene(seed, num, width, height, cams, channels, per_camera, dtype):
+    scene = random_scene(seed, num, width, height, cams, channels, per_camera)
+    result = compare_with_reference(scene, dtype=dtype, settings=ANTIALIASED, seed=seed)
+    assert result["meta"]["opacities"].shape == (cams, num)
+    assert (result["ref_meta"]["radii"] > 0).all(-1).sum() > num // 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_antialiased_forward_only_path(dtype):
+    scene = random_scene(17, 120, 37, 29, 2, scale=0.12)
+    ref_image, ref_alpha, ref_meta, _ = run_reference(scene, ANTIALIASED)
+    with torch.no_grad():
+        image, alpha, meta, _ = run_torch(scene, dtype, ANTIALIASED)
+    keep = ~ref_meta["ambiguous"][..., None]
+    tolerance = VALUE_TOL_32 if dtype == torch.float32 else TOL_64
+    assert relative_error(image, ref_image, keep) < tolerance
+    assert relative_error(alpha, ref_alpha, keep) < tolerance
+    assert torch.equal(meta["radii"], ref_meta["radii"])
+
+
+def test_antialiasing_fades_subpixel_gaussians():
+    """Sub-pixel Gaussians, whose 2D covariance the 0.3 px² filter dominates, fade by their compensation;
+    one faint enough falls below 1/255 and is culled, with a zero gradient, where classic mode draws it."""
+    width, height = 24, 20
+    gen = torch.Generator().manual_seed(18)
+    pixels = torch.rand(30, 2, generator=gen, dtype=torch.float64) * torch.tensor([width, height])
+    small = camera_space_scene(pixels, 2.0 + torch.rand(30, generator=gen), 0.02, 0.9, width, height, seed=18)
+    faint = camera_space_scene([[12.3, 9.6]], [2.0], [0.003], [0.05], width, height, seed=19)
+    scene = concat_scenes(small, faint)
+    result = compare_with_reference(scene, settings=ANTIALIASED)
+    classic = compare_with_reference(scene)
+
+    opacities = result["meta"]["opacities"][0].detach()
+    assert ((opacities[:30] > 0.05) & (opacities[:30] < 0.6)).all(), "every small Gaussian fades"
+    assert (classic["meta"]["radii"][0, 30] > 0).all() and (result["meta"]["radii"][0, 30] == 0).all()
+    for name in ("means", "quats", "scales", "opacities"):
+        assert (result["grads"][name][30] == 0).all(), name
+        assert result["grads"][name][:30].abs().sum() > 0, name
+    assert (result["image"] - classic["image"]).abs().max() > 0.1
+
+
+def test_antialiasing_culls_points_with_a_finite_zero_gradient():
+    """A point (all scales 0) has a 2D covariance of 0 before the filter: compensation 0, culled, and the
+    root's infinite derivative at 0 must not turn its zero gradient into NaN. Classic mode draws it."""
+    pixels, depths = [[6.5, 5.5], [10.5, 8.5], [4.0, 9.0]], [2.0, 2.5, 3.0]
+    scene = camera_space_scene(pixels, depths, [0.2, 0.0, 0.0], 0.8, 16, 14, seed=20)
+    scene["scales"][2, 0] = 0.3  # a segment: two zero scales
+    image, alpha, meta, leaves = run_torch(scene, settings=ANTIALIASED)
+    (image.sum() + alpha.sum()).backward()
+    assert (meta["radii"][0, 1:] == 0).all() and (meta["radii"][0, 0] > 0).all()
+    for name, leaf in leaves.items():
+        assert torch.isfinite(leaf.grad).all(), name
+        if name not in ("backgrounds", "colors"):
+            assert (leaf.grad[1:] == 0).all(), name
+    _, _, classic_meta, _ = run_torch(scene)
+    assert (classic_meta["radii"][0] > 0).all()
+
+
+def test_unknown_rasterize_mode_is_refused():
+    with pytest.raises(ValueError, match="rasterize_mode"):
+        RasterSettings(rasterize_mode="mip")
+
+
 # --- the render() interface --------------------------------------------------------------------------
 
 
@@ -810,6 +881,25 @@ def test_gsplat_backend_needs_cuda():
         render(random_gaussians(91, 10), random_cameras(92, 1, 8, 8), backend="gsplat")
 
 
+@pytest.mark.parametrize("labelled", [False, True])
+def test_gsplat_path_renders_alpha_and_labels_without_any_channel(gsplat_emulated, labelled):
+    """`render(rgb=False, labels=...)` with no labelled Gaussian asks gsplat for 0 channels, which it refuses;
+    the viewer and segment do that whenever every instance is hidden."""
+    gaussians, cameras = random_gaussians(94, 30), random_cameras(95, 2, 16, 12)
+    labels = torch.zeros(30, dtype=torch.int64)
+    if labelled:
+        labels[::3] = 4
+    with torch.no_grad():
+        out = render(gaussians, cameras, rgb=False, labels=labels)
+        plain = rasterize(
+            gaussians.means, gaussians.activated_quats, gaussians.activated_scales, gaussians.activated_opacities,
+            gaussians.means.new_zeros(30, 0), cameras.viewmats, cameras.Ks, 16, 12,
+        )
+    assert out.alphas.shape == (2, 12, 16, 1) and out.alphas.max() > 0
+    assert set(out.labels.ids.unique().tolist()) == ({0, 4} if labelled else {0})
+    assert plain[0].shape == (2, 12, 16, 0) and torch.equal(plain[1], out.alphas)
+
+
 def test_gsplat_backend_refuses_other_alpha_max(monkeypatch):
     import gsplat
 
@@ -823,6 +913,26 @@ def test_gsplat_backend_refuses_other_alpha_max(monkeypatch):
     args = [scene[n].float() for n in ("means", "quats", "scales", "opacities", "colors", "viewmats", "Ks")]
     with pytest.raises(ValueError, match="alpha"):
         rasterize_gsplat(*args, 8, 8, RasterSettings(alpha_max=0.99))
+
+
+@pytest.mark.parametrize("mode", ["classic", "antialiased"])
+def test_gsplat_backend_passes_the_settings_in_gsplats_api(monkeypatch, mode):
+    import gsplat
+
+    from protosaga_core.render.gsplat_backend import rasterize_gsplat
+
+    signature = inspect.signature(gsplat.rasterization)
+    calls = []
+
+    def record(*args, **kwargs):
+        calls.append(signature.bind(*args, **kwargs).arguments)  # only arguments gsplat takes
+        return None, None, {}
+
+    monkeypatch.setattr(gsplat, "rasterization", record)
+    scene = random_scene(96, 10, 8, 8, 1)
+    args = [scene[n].float() for n in ("means", "quats", "scales", "opacities", "colors", "viewmats", "Ks")]
+    rasterize_gsplat(*args, 8, 8, RasterSettings(rasterize_mode=mode, eps2d=0.1))
+    assert calls[0]["rasterize_mode"] == mode and calls[0]["eps2d"] == 0.1
 
 
 def test_gaussian_in_the_camera_plane_gets_a_finite_zero_gradient():

@@ -10,7 +10,7 @@ from protosaga_core.io.scene_dir import SceneDir
 from protosaga_core.method.consensus import cluster_masks, mask_membership
 from protosaga_core.method.lifting import CHANNEL_CHUNK, transpose_render
 from protosaga_core.method.prototypes import collect_view_prototypes, ensemble_prototypes, lifted_gaussian_labels
-from protosaga_core.render import render
+from protosaga_core.render import RasterSettings, render
 from protosaga_core.render.sparse import WeightsCache, compute_view_weights, frozen_weights, shared_weights
 from protosaga_core.stages import read_consistent_mask
 
@@ -54,6 +54,19 @@ def test_weights_render_transpose_and_alpha_match_the_rasterizer(seed, width, he
         torch.testing.assert_close(
             weights.transpose(targets[index]), _rasterized_transpose(gaussians, cameras[index], targets[index : index + 1]), rtol=1e-4, atol=1e-5
         )
+
+
+def test_antialiased_weights_match_the_antialiased_rasterizer():
+    gaussians, cameras = _random_scene(7)
+    settings = RasterSettings(rasterize_mode="antialiased")
+    with torch.no_grad():
+        expected = render(gaussians, cameras, rgb=False, extras=gaussians.features, settings=settings)
+        classic = render(gaussians, cameras, rgb=False, extras=gaussians.features)
+    assert (expected.alphas - classic.alphas).abs().max() > 0.01, "the mode matters in this scene"
+    for index in range(2):
+        weights = compute_view_weights(gaussians, cameras[index], settings)
+        torch.testing.assert_close(weights.render(gaussians.features), expected.extras[index], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(weights.alpha, expected.alphas[index, ..., 0], rtol=1e-5, atol=1e-5)
 
 
 def test_a_view_that_sees_no_gaussian_has_no_weights():

@@ -49,4 +49,5 @@ def rasterize_gsplat(
         tile_size=settings.tile_size_for("gsplat"),
         backgrounds=backgrounds,
         render_mode="RGB",
+        rasterize_mode=settings.rasterize_mode,
     )

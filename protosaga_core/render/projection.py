@@ -3,7 +3,8 @@
 The maths is that of gsplat's pure-PyTorch reference (`gsplat.cuda._torch_impl`), rearranged for speed:
 instead of batches of tiny 3x3 matrix products (and their backward), the 2D covariance J W R S (J W R S)^T
 is built from one GEMM per camera and elementwise products. This module adds the culling and
-opacity-aware radii of gsplat's CUDA kernel, which that reference leaves out.
+opacity-aware radii of gsplat's CUDA kernel, which that reference leaves out, and which in antialiased
+mode read the opacity scaled by the kernel's compensation (`add_blur`).
 """
 
 from __future__ import annotations
@@ -29,12 +30,16 @@ class Projection:
         conics: inverse 2D covariance (a, b, c) upper triangle. [C, N, 3]
         depths: camera-space z. [C, N]
         radii: bounding-box half extents in pixels, 0 when culled. [C, N, 2] int32
+        opacities: the opacities compositing uses: in antialiased mode each camera's opacity x
+            compensation [C, N] (gsplat's meta["opacities"]); in classic mode the inputs [1, N], the same
+            for every camera. Broadcast them to [C, N].
     """
 
     means2d: Tensor
     conics: Tensor
     depths: Tensor
     radii: Tensor
+    opacities: Tensor
 
 
 def project(
@@ -53,6 +58,7 @@ def project(
     Args:
         means: [N, 3]; quats: unit or raw wxyz [N, 4]; scales: activated [N, 3];
         opacities: activated [N]; viewmats: [C, 4, 4]; Ks: [C, 3, 3].
+        settings: near and far planes, eps2d, radius_clip and rasterize_mode are read.
     """
     rot_c, trans_c = viewmats[:, :3, :3], viewmats[:, :3, 3]
     means_c = torch.matmul(means, rot_c.transpose(1, 2)) + trans_c[:, None, :]  # [C, N, 3]
@@ -66,18 +72,36 @@ def project(
     means_c = torch.where(in_range[..., None], means_c, on_axis)
     means2d = torch.matmul(means_c, Ks[:, :2, :3].transpose(1, 2)) / means_c[..., 2:]
     rows_x, rows_y = _jacobian_rows(means_c, _camera_factors(quats, scales, rot_c), Ks, width, height)
-    cxx = (rows_x * rows_x).sum(-1) + settings.eps2d
-    cxy = (rows_x * rows_y).sum(-1)
-    cyy = (rows_y * rows_y).sum(-1) + settings.eps2d
+    sxx, cxy, syy = (rows_x * rows_x).sum(-1), (rows_x * rows_y).sum(-1), (rows_y * rows_y).sum(-1)
+    cxx, cyy = sxx + settings.eps2d, syy + settings.eps2d
     det = cxx * cyy - cxy * cxy
 
+    with torch.no_grad():
+        projected = in_range & (det > 0)
+    # The kernel scales the opacity (antialiased mode) before it culls on it and sizes the box with it.
+    if settings.rasterize_mode == "antialiased":
+        opacities = opacities * _compensation(sxx * syy - cxy * cxy, det, projected)
+    else:
+        opacities = opacities[None, :]
     # Culled entries get a harmless determinant so their (unused) conics stay finite.
     with torch.no_grad():
-        valid = in_range & (det > 0) & (opacities[None, :] >= ALPHA_THRESHOLD)
+        valid = projected & (opacities >= ALPHA_THRESHOLD)
     safe_det = torch.where(valid, det, torch.ones_like(det))
     conics = torch.stack([cyy / safe_det, -cxy / safe_det, cxx / safe_det], dim=-1)
     radii = _radii(means2d.detach(), cxx.detach(), cyy.detach(), opacities.detach(), valid, width, height, settings)
-    return Projection(means2d=means2d, conics=conics, depths=depths, radii=radii)
+    return Projection(means2d=means2d, conics=conics, depths=depths, radii=radii, opacities=opacities)
+
+
+def _compensation(det_orig: Tensor, det_blur: Tensor, projected: Tensor) -> Tensor:
+    """gsplat's antialiasing factor sqrt(max(0, det_orig / det_blur)) of the 2D covariance before and
+    after the low-pass filter, 0 where not `projected`. [C, N] each -> [C, N]"""
+    ratio = det_orig / torch.where(projected, det_blur, torch.ones_like(det_blur))
+    with torch.no_grad():
+        positive = projected & (ratio > 0)
+    # A point or a segment has det_orig = 0, where sqrt's derivative is infinite: its zero upstream
+    # gradient (it is culled) times that is NaN, so only positive ratios reach the root.
+    root = torch.sqrt(torch.where(positive, ratio, torch.ones_like(ratio)))
+    return torch.where(positive, root, torch.zeros_like(root))
 
 
 def _camera_factors(quats: Tensor, scales: Tensor, rot_c: Tensor) -> Tensor:
@@ -117,10 +141,11 @@ def _radii(
     height: int,
     settings: RasterSettings,
 ) -> Tensor:
-    """Opacity-aware bounding boxes (gsplat; arXiv 2402.00525 B.2), zero where culled. [C, N, 2] int32"""
+    """Opacity-aware bounding boxes (gsplat; arXiv 2402.00525 B.2), zero where culled; opacities
+    broadcast to cxx. [C, N, 2] int32"""
     # Beyond sqrt(2 ln(o / threshold)) sigmas a Gaussian's alpha is below the threshold anyway.
     extend = torch.sqrt(2.0 * torch.log(opacities.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD))
-    extend = extend.clamp(max=RADIUS_SIGMAS)[None, :]
+    extend = extend.clamp(max=RADIUS_SIGMAS)
     radius = torch.stack(
         [torch.ceil(extend * torch.sqrt(cxx.clamp_min(0))), torch.ceil(extend * torch.sqrt(cyy.clamp_min(0)))],
         dim=-1,

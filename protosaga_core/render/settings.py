@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 GSPLAT_ALPHA_MAX = 0.999
 """gsplat's CUDA kernels clamp alpha to this; the INRIA reference code uses 0.99."""
@@ -21,6 +22,9 @@ its work per pixel: 8-pixel tiles render the viewer bench's 640x480 frame ~25 % 
 TRANSMITTANCE_MIN = 1e-4
 """A pixel stops compositing once its transmittance would fall to or below this."""
 
+RasterizeMode = Literal["classic", "antialiased"]
+"""gsplat's `rasterize_mode` values (`RasterSettings.rasterize_mode`)."""
+
 
 @dataclass(frozen=True)
 class RasterSettings:
@@ -36,6 +40,10 @@ class RasterSettings:
             without gradients). Changes speed, never the image.
         chunk_size: the torch backend composites each tile's depth-sorted list in chunks of this many
             Gaussians; memory grows with intersections rounded up to it.
+        rasterize_mode: "classic" (3DGS), or "antialiased" (gsplat's, after Mip-Splatting): each
+            camera's opacity is scaled by sqrt(det(cov2d) / det(cov2d + eps2d I)), so that the low-pass
+            filter widens a Gaussian without brightening it. The scaled opacity decides culling (< 1/255),
+            the bounding box and the alpha. Models trained in one mode should be rendered in it.
     """
 
     near_plane: float = 0.01
@@ -45,6 +53,7 @@ class RasterSettings:
     radius_clip: float = 0.0
     tile_size: int | None = None
     chunk_size: int = 32
+    rasterize_mode: RasterizeMode = "classic"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.near_plane < self.far_plane:
@@ -53,6 +62,8 @@ class RasterSettings:
             raise ValueError(f"alpha_max must lie in (1/255, 1), got {self.alpha_max}")
         if (self.tile_size is not None and self.tile_size <= 0) or self.chunk_size <= 0:
             raise ValueError("tile_size and chunk_size must be positive")
+        if self.rasterize_mode not in get_args(RasterizeMode):
+            raise ValueError(f"rasterize_mode must be one of {get_args(RasterizeMode)}, got {self.rasterize_mode!r}")
 
     def tile_size_for(self, backend: str, gradients: bool = True) -> int:
         if self.tile_size is not None:

@@ -135,14 +135,13 @@ def compute_view_weights(
     if camera.num_cameras != 1:
         raise ValueError(f"compute_view_weights takes one camera, got {camera.num_cameras}")
     width, height = camera.width, camera.height
-    opacities = gaussians.activated_opacities
     proj = project(
-        gaussians.means, gaussians.activated_quats, gaussians.activated_scales, opacities,
+        gaussians.means, gaussians.activated_quats, gaussians.activated_scales, gaussians.activated_opacities,
         camera.viewmats, camera.Ks, width, height, settings,
     )  # fmt: skip
     tile_size = settings.tile_size_for("torch", gradients=False)
     bins = bin_gaussians(proj.means2d, proj.radii, proj.depths, width, height, tile_size, settings.chunk_size)
-    coeffs = with_padding(exponent_coefficients(proj.means2d, proj.conics, opacities, bins))
+    coeffs = with_padding(exponent_coefficients(proj.means2d, proj.conics, proj.opacities, bins))
     slots = slot_isects(bins)  # [M, B]
     basis = pixel_basis(tile_size, coeffs.dtype, coeffs.device)
     tile_rows = _tile_pixel_rows(bins, width, height)  # [T, P]

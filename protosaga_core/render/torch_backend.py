@@ -65,7 +65,7 @@ def rasterize_torch(
     if gradients:
         slot_rows = _slot_rows(bins)
         tile_colors, tile_alphas = CompositeChunks.apply(
-            SlotCoefficients.apply(proj.means2d, proj.conics, opacities, slot_rows, bins),
+            SlotCoefficients.apply(proj.means2d, proj.conics, proj.opacities, slot_rows, bins),
             flat_colors,
             slot_rows,
             basis,
@@ -75,7 +75,7 @@ def rasterize_torch(
             settings.alpha_max,
         )
     else:
-        coeffs = exponent_coefficients(proj.means2d, proj.conics, opacities, bins)
+        coeffs = exponent_coefficients(proj.means2d, proj.conics, proj.opacities, bins)
         tile_colors, tile_alphas, label_weights = _composite_without_grad(
             coeffs, flat_colors, labels, basis, bins, settings.alpha_max
         )
@@ -90,7 +90,7 @@ def rasterize_torch(
         "means2d": proj.means2d,
         "depths": proj.depths,
         "conics": proj.conics,
-        "opacities": opacities.expand(num_cameras, -1),
+        "opacities": proj.opacities.expand(num_cameras, -1),
         "tile_width": bins.tiles_x,
         "tile_height": bins.tiles_y,
         "tiles_per_gauss": bins.tiles_per_gauss,
@@ -173,14 +173,15 @@ def exponent_coefficients(means2d: Tensor, conics: Tensor, opacities: Tensor, bi
     view of a [6, I] buffer; without autograd (`SlotCoefficients` is the differentiable twin). [I, 6]
 
     sigma = a/2 dx² + b dx dy + c/2 dy² with (dx, dy) = centre - pixel, expanded in pixel coordinates
-    relative to the tile centre.
+    relative to the tile centre. means2d: [C, N, 2]; conics: [C, N, 3]; opacities: [C, N] or [1, N]
+    (`Projection.opacities`).
     """
-    num_gaussians = opacities.shape[0]
     ids = bins.flatten_ids
     centre = means2d.reshape(-1, 2).index_select(0, ids)
     a, b, c = conics.reshape(-1, 3).index_select(0, ids).unbind(-1)
     u, v = (centre - _tile_centres(bins.isect_tiles, bins)).unbind(-1)
-    log_opacity = torch.log(opacities.index_select(0, ids % num_gaussians))
+    # ids index the flattened [C * N]: modulo N for opacities shared by the cameras ([1, N]).
+    log_opacity = torch.log(opacities.reshape(-1).index_select(0, ids % opacities.numel()))
     return _quadratic(u, v, a, b, c, log_opacity).T
 
 
@@ -223,7 +224,8 @@ class SlotCoefficients(torch.autograd.Function):
     and a slow multi-column index_add_ per input.
 
     Forward inputs:
-        means2d: [C, N, 2]; conics: [C, N, 3]; opacities: [N];
+        means2d: [C, N, 2]; conics: [C, N, 3];
+        opacities: per camera [C, N], or [1, N] shared by all cameras (`Projection.opacities`);
         slot_rows: `_slot_rows`. [M, B] int64
         bins: the `TileBins` the slots belong to.
 
@@ -279,7 +281,9 @@ class SlotCoefficients(torch.autograd.Function):
         grad_conics = sums[2:5, :-1].T.reshape(num_cameras, num_gaussians, 3)
         # dq0 / dlog(o) = -1 and dlog(o) / do = 1 / o; Gaussians with slots have o >= ALPHA_THRESHOLD,
         # the rest a zero sum.
-        grad_log_opacity = -sums[5, :-1].view(num_cameras, num_gaussians).sum(0)
+        grad_log_opacity = -sums[5, :-1].view(num_cameras, num_gaussians)
+        if len(opacities) == 1:  # shared by the cameras: one division of their summed gradients
+            grad_log_opacity = grad_log_opacity.sum(0, keepdim=True)
         grad_opacities = grad_log_opacity / opacities.clamp_min(ALPHA_THRESHOLD)
         return grad_means2d, grad_conics, grad_opacities, None, None
 

@@ -168,21 +168,41 @@ def test_proto_segmentation_reaches_high_miou(scene_dir):
     assert metrics.miou > 0.8 and metrics.recall == 1.0
 
 
-def test_baselines_produce_valid_maps_and_leave_the_gaussians_alone(scene_dir, tmp_path):
+FAST_CLS = {"cls_iterations": 20, "cls_lr_classifier": 0.1, "cls_lr_features": 0.01}
+"""The Cls baseline trained briefly: Gaga's rates (5e-4, 2.5e-3) are meant for 10k iterations and leave
+this scene's classifier at chance after a few dozen; 200x and 4x them train it in 20 iterations (half a
+second) to test-view mIoU 0.983-0.986 over seeds 0-3 (measured 2026-12-05)."""
+
+
+def test_baselines_recover_the_known_instances_and_leave_the_gaussians_alone(scene_dir, tmp_path):
+    """The answer is known here: each Gaussian's feature is one-hot(instance) plus small noise and the
+    consistent masks are the GT, so k-means over the per-view prototypes finds one cluster per instance
+    and a linear classifier separates the instances. Both baselines must then give back the GT label
+    maps (measured: k-means mIoU 0.997, Cls 0.983-0.986), label every pixel with an instance id and never
+    change gaussians.ply. A map of zeros, of one id everywhere or of shuffled ids scores far lower."""
     before = hashlib.sha256(scene_dir.gaussians_path.read_bytes()).hexdigest()
-    scene = scene_dir.load_dataset()
-    for method in ("kmeans", "cls"):
-        config = SegmentConfig(split="test", method=method, output=tmp_path / method, cls_iterations=2)
+    views = scene_dir.load_dataset().split("test")
+    truths = [v.load_instances() for v in views]
+    for method, settings, floor in (("kmeans", {}, 0.95), ("cls", FAST_CLS, 0.9)):
+        config = SegmentConfig(split="test", method=method, output=tmp_path / method, **settings)
         folder = segment(scene_dir, config, progress=False)
-        for view in scene.split("test"):
-            labels = load_label_map(folder / f"{view.name}.png")
+        predictions = [load_label_map(folder / f"{view.name}.png") for view in views]
+        for labels in predictions:
             assert labels.shape == (HEIGHT, WIDTH)
             assert set(labels.unique().tolist()) <= set(INSTANCES)  # instance ids only, never 0
+        metrics = instance_metrics(truths, predictions)
+        assert metrics.miou > floor and metrics.precision == 1.0 and metrics.recall == 1.0, (method, metrics)
+        agreement = sum(int((p == t)[t > 0].sum()) for p, t in zip(predictions, truths)) / sum(int((t > 0).sum()) for t in truths)
+        assert agreement > 0.95, (method, agreement)  # pixel by pixel, the GT's ids themselves
     assert hashlib.sha256(scene_dir.gaussians_path.read_bytes()).hexdigest() == before
+
+
+def test_the_cls_model_is_reused_until_its_training_config_changes(scene_dir, tmp_path):
+    segment(scene_dir, SegmentConfig(split="test", method="cls", output=tmp_path / "cls_test", **FAST_CLS), progress=False)
     model = cls_model_path(scene_dir)
     assert model.is_file()
     stamp = model.stat().st_mtime_ns
-    segment(scene_dir, SegmentConfig(split="train", method="cls", output=tmp_path / "cls_train", cls_iterations=2), progress=False)
+    segment(scene_dir, SegmentConfig(split="train", method="cls", output=tmp_path / "cls_train", **FAST_CLS), progress=False)
     assert model.stat().st_mtime_ns == stamp  # the trained classifier is reused, not retrained
     segment(scene_dir, SegmentConfig(split="test", method="cls", output=tmp_path / "cls_more", cls_iterations=1), progress=False)
     assert model.stat().st_mtime_ns != stamp  # another training config trains again

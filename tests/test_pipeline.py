@@ -18,6 +18,22 @@ DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
 TINY = ["--iterations", "40", "--sh-degree", "0"]
 
 
+def assert_tiny_training_worked(metrics: dict) -> None:
+    """What 40 iterations on the demo scene reach, with margins for other seeds, thread counts and machines.
+
+    Measured 2026-12-05 on the 2-core CPU machine (`protosaga run` as in these tests; seed 0, 1 and 2 of
+    `--seed`; seed 0 gave the same numbers with 1 and 2 threads, and `protosaga demo` the same as `run`):
+    PSNR 15.91 / 16.12 / 16.06 dB, SSIM 0.582 / 0.586 / 0.583, test-view mIoU lifted 0.364 / 0.387 / 0.373
+    and proto 0.388 / 0.407 / 0.451, association mIoU 0.366 / 0.377 / 0.373, 3D object mIoU 0.442 /
+    0.452 / 0.447. The bounds sit 1.4 dB, 0.08 (SSIM) and 0.06-0.09 (mIoU) below the lowest.
+    """
+    assert metrics["psnr"] > 14.5 and metrics["ssim"] > 0.5, metrics
+    segmentation = {method: row["miou"] for method, row in metrics["segmentation"].items()}
+    assert set(segmentation) == {"lifted", "proto"} and min(segmentation.values()) > 0.3, segmentation
+    assert metrics["association"]["miou"] > 0.3, metrics["association"]
+    assert metrics["objects_3d"]["miou"] > 0.37, metrics["objects_3d"]
+
+
 @pytest.fixture()
 def dataset(tmp_path) -> Path:
     root = tmp_path / "data"
@@ -34,8 +50,7 @@ def test_run_chains_every_stage_and_reuses_finished_ones(dataset, tmp_path, monk
     assert scene_dir.read_meta().stages == ["train", "associate", "prototypes", "eval"]
     assert len(list((dataset / "masks").glob("*.png"))) == 36
     assert len(list(scene_dir.association_dir.glob("*.png"))) == 36
-    metrics = json.loads((scene_dir.eval_dir / "metrics.json").read_text())
-    assert metrics["psnr"] > 10 and "proto" in metrics["segmentation"] and metrics["association"] is not None
+    assert_tiny_training_worked(json.loads((scene_dir.eval_dir / "metrics.json").read_text()))
     assert len(list((scene / "segment" / "proto" / "test").glob("*.png"))) == 12
 
     # A second run reuses every finished stage: training and association must not run again.
@@ -74,7 +89,9 @@ def test_run_resumes_an_interrupted_training_from_its_checkpoint(dataset, tmp_pa
     report = pipeline.run(DatasetConfig(dataset), tmp_path / "scene", config, progress=False)
     assert "train: resuming from the last checkpoint" in capsys.readouterr().out
     assert len(iterations) == 10  # iterations 10..19 only: it continued, it did not start again
-    assert report.psnr is not None
+    # Measured 2026-12-05 (the same 20 iterations run without a crash, seeds 0-3): PSNR 13.03-13.09 dB,
+    # proto mIoU 0.354-0.430; ten iterations alone (seed 0) reach only 11.87 dB.
+    assert report.psnr > 12.0 and report.segmentation["proto"].miou > 0.3
 
 
 def test_demo_runs_on_the_bundled_scene_and_opens_the_viewer(tmp_path, monkeypatch, capsys):
@@ -93,5 +110,6 @@ def test_demo_runs_on_the_bundled_scene_and_opens_the_viewer(tmp_path, monkeypat
     scene = tmp_path / "cache" / "protosaga" / "demo"
     assert f"demo scene ready: {scene}" in out
     assert SceneDir(scene).is_done("eval")
+    assert_tiny_training_worked(json.loads((SceneDir(scene).eval_dir / "metrics.json").read_text()))
     [(config, instances)] = opened
     assert config.scene == scene and config.port == 8765 and config.host == "127.0.0.1" and instances > 0

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.bounded import BoundedReadError, load_npy
 from .common import DatasetError, PosedImage, RawScene, image_folder, intrinsics_matrix, rigid_inverse
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -54,10 +55,12 @@ def read_llff(root: Path, downscale: int = 1) -> RawScene:
 def read_poses(path: Path) -> np.ndarray:
     """poses_bounds.npy's pose matrices, bounds dropped. [N, 3, 5] float64"""
     try:
-        array = np.load(path)
+        array = load_npy(path)
     except FileNotFoundError as err:
         raise DatasetError(f"{path}: file missing") from err
-    except (OSError, ValueError) as err:
+    except BoundedReadError as err:  # a header announcing more than the file holds, before allocating it
+        raise DatasetError(str(err)) from err
+    except (OSError, ValueError, EOFError) as err:
         raise DatasetError(f"{path}: cannot read the array ({err})") from err
     if array.ndim != 2 or array.shape[1] != 17:
         raise DatasetError(f"{path}: expected an [N, 17] array (3x5 pose + 2 bounds per image), got {array.shape}")

@@ -14,7 +14,6 @@ Ground-truth depth follows nerfstudio: a frame's `depth_file_path` (relative to 
 from __future__ import annotations
 
 
-import json
 import math
 import os
 from dataclasses import replace
@@ -25,6 +24,8 @@ from plyfile import PlyData
 
 import numpy as np
 
+from ..io.bounded import BoundedReadError
+from ..io.bounded import read_json as read_bounded_json
 from .common import (
     DatasetError,
     PosedImage,
@@ -92,11 +93,11 @@ def read_point_cloud(root: Path, meta: dict[str, Any], source: Path) -> tuple[np
 def read_json(path: Path) -> dict[str, Any]:
     """A transforms file, checked to be an object with a list of frames."""
     try:
-        meta = json.loads(path.read_text())
+        meta = read_bounded_json(path)
     except FileNotFoundError as err:
         raise DatasetError(f"{path}: transforms file missing") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{path}: unreadable JSON ({err})") from err
+    except BoundedReadError as err:  # too large, nested too deep, not UTF-8 or not JSON; names the file
+        raise DatasetError(str(err)) from err
     if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list):
         raise DatasetError(f"{path}: expected a JSON object with a 'frames' list")
     return meta

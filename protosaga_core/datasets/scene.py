@@ -12,9 +12,18 @@ from PIL import Image
 from torch import Tensor
 
 from ..cameras import Cameras
-from ..io.labelmaps import DEPTH_MODES, LABEL_MODES, decoded_image, read_map_for_view
+from ..io.labelmaps import DEPTH_MODES, LABEL_MODES, check_label_range, check_mask_ids, decoded_image, read_map_for_view
 
 Split = Literal["train", "test"]
+
+IMAGE_MODES_8BIT = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV")
+"""Pillow modes of 8-bit images (greyscale, palette, colour, with or without alpha): converted to RGB / 255."""
+IMAGE_MODES_16BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+"""Pillow modes of 16-bit greyscale images (`I`: as older Pillows read 16-bit PNGs, values 0..65535): / 65535."""
+UNSUPPORTED_IMAGE = (
+    "images must be 8-bit (greyscale, palette, RGB or RGBA, with or without alpha) or 16-bit (greyscale, or colour "
+    "PNG read at 8 bits); convert it to an 8- or 16-bit PNG"
+)
 
 
 @dataclass
@@ -71,20 +80,44 @@ class View:
     def load_image(self) -> Tensor:
         """RGB in [0, 1]. [H, W, 3] float32
 
+        8-bit images (IMAGE_MODES_8BIT) are converted to RGB (alpha dropped) and divided by 255; 16-bit
+        greyscale (IMAGE_MODES_16BIT) is divided by 65535 and repeated over the three channels. Pillow reads
+        16-bit colour PNGs as 8-bit RGB itself.
+
         Raises:
-            ValueError: naming the file, when it cannot be decoded (not an image, truncated).
+            ValueError: naming the file, when it cannot be decoded (not an image, truncated), or its mode is
+                neither (32-bit float, LAB, 32-bit integers beyond 16 bits).
         """
         with decoded_image(self.image_path, "image") as img:
+            if img.mode in IMAGE_MODES_16BIT:
+                return self._grey16(img)
+            if img.mode not in IMAGE_MODES_8BIT:
+                raise ValueError(f"{self.image_path}: {UNSUPPORTED_IMAGE} (got mode {img.mode})")
             rgb = img.convert("RGB")
             if rgb.size != self.size:
                 rgb = rgb.resize(self.size, Image.Resampling.BOX)
             return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
 
+    def _grey16(self, img: Image.Image) -> Tensor:
+        """A 16-bit greyscale image scaled to [0, 1], box-filtered to the view's size, as RGB. [H, W, 3]"""
+        grey = np.asarray(img)
+        if grey.size and (int(grey.min()) < 0 or int(grey.max()) > 65535):  # mode I: 32-bit integers
+            raise ValueError(
+                f"{self.image_path}: {UNSUPPORTED_IMAGE} (got 32-bit integers {int(grey.min())}..{int(grey.max())})"
+            )
+        plane = Image.fromarray(grey.astype(np.float32) / 65535.0)
+        if plane.size != self.size:
+            plane = plane.resize(self.size, Image.Resampling.BOX)
+        value = np.clip(np.asarray(plane, dtype=np.float32), 0.0, 1.0)
+        return torch.from_numpy(np.repeat(value[:, :, None], 3, axis=2))
+
     def load_mask(self) -> Tensor | None:
         """The SAM label map, or None. [H, W] int64"""
         if self.mask_path is None:
             return None
-        return self._load_labels(self.mask_path, "label map")
+        labels = self._load_labels(self.mask_path, "label map")
+        check_mask_ids(labels.numpy(), self.mask_path)  # before training and association take them as classes
+        return labels
 
     def load_instances(self) -> Tensor | None:
         """The ground-truth instance map, or None. [H, W] int64"""
@@ -101,6 +134,7 @@ class View:
     def _load_labels(self, path: Path, kind: str) -> Tensor:
         """A label map of this view at its size (see `read_map_for_view` for the sizes accepted). [H, W] int64"""
         labels = read_map_for_view(path, kind, LABEL_MODES, self.size, self.full_size, self.image_path)
+        check_label_range(labels, path, kind)
         return torch.from_numpy(labels.astype(np.int64))
 
 

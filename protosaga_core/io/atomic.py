@@ -42,15 +42,19 @@ STALE_AFTER_S = 300.0
 """A temporary file of `atomic_open` untouched this long has no writer left: writes stream continuously."""
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, now: float | None = None) -> list[Path]:
+def remove_stale_temporaries(folder: str | os.PathLike, now: float | None = None, pattern: str = ".*.tmp") -> list[Path]:
     """Delete the temporaries that `atomic_open` left in `folder` when its process was killed (kill -9,
-    power loss) mid-write; younger ones may belong to a live writer and are kept. Returns the removed."""
+    power loss) mid-write; younger ones may belong to a live writer and are kept. Returns the removed.
+
+    `pattern`: the names to consider, narrower than `atomic_open`'s `.<name>.<random>.tmp` in a folder that
+    holds the user's own files too (`.*.png.*.tmp` for the label maps of DATASET/masks/).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return []
     now = time.time() if now is None else now
     removed = []
-    for path in folder.glob(".*.tmp"):
+    for path in folder.glob(pattern):
         with contextlib.suppress(FileNotFoundError):
             if path.is_file() and now - path.stat().st_mtime > STALE_AFTER_S:
                 path.unlink()

@@ -25,6 +25,12 @@ from torch import Tensor
 from .atomic import atomic_open
 
 MAX_LABEL = np.iinfo(np.uint16).max
+MAX_MASK_IDS = 1_000
+"""The most mask ids one view's SAM label map may hold. SAM's automatic masks give 50-150 a view (Gaga's
+settings), a few hundred in cluttered views with 64 prompts per side; the fallback keeps segments of at least
+0.2 % of the image. 1,000 leaves a wide margin above those while refusing what is not a mask: a depth map or a
+photo copied into masks/ holds thousands of values (about 2,950 a view measured), and association's cost grows
+with the square of the total number of masks."""
 LABEL_MODES = ("I;16", "I;16B", "I;16L", "I", "L", "P")
 DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I")
 # What PIL raises for a file that is not an image or is damaged: UnidentifiedImageError (an OSError), OSError
@@ -166,6 +172,28 @@ def read_map_for_view(
             return np.asarray(img)
         with img.resize(view, Image.Resampling.NEAREST) as resized:
             return np.asarray(resized)
+
+
+def check_label_range(labels: np.ndarray, path: str | os.PathLike, kind: str) -> None:
+    """Refuse ids outside 0..MAX_LABEL (a 32-bit integer map): label maps are uint16, 0 = none."""
+    if labels.size and (labels.dtype.itemsize > 2 or labels.dtype.kind == "i"):
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high > MAX_LABEL:
+            raise ValueError(
+                f"{path}: {kind} ids must lie in 0..{MAX_LABEL} (a uint16 PNG, 0 = none), found {low}..{high}: "
+                f"not a {kind}? Replace it with one"
+            )
+
+
+def check_mask_ids(labels: np.ndarray, path: str | os.PathLike) -> None:
+    """Refuse a SAM label map of more than MAX_MASK_IDS ids (after `check_label_range`): not a mask."""
+    count = int(np.count_nonzero(np.bincount(labels.ravel().astype(np.int64), minlength=1)[1:])) if labels.size else 0
+    if count > MAX_MASK_IDS:
+        raise ValueError(
+            f"{path}: {count:,} mask ids in one view, more than the {MAX_MASK_IDS:,} a view's masks may hold (SAM "
+            "gives 50-150): a depth map or another image rather than a label map? Delete it and run "
+            "`protosaga masks` to make it again"
+        )
 
 
 def save_label_map(path: str | os.PathLike, labels: Tensor | np.ndarray) -> None:

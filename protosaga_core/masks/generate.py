@@ -12,7 +12,8 @@ import torch
 from tqdm import tqdm
 
 from ..datasets.scene import Scene, View
-from ..io.labelmaps import save_label_map
+from ..io.atomic import remove_stale_temporaries
+from ..io.labelmaps import MAX_MASK_IDS, save_label_map
 from .fallback import FallbackMaskGenerator
 from .records import FlattenRule, MaskRecord, flatten
 from .sam import SamMaskGenerator, SamModel
@@ -20,6 +21,10 @@ from .simulated import NOISE_LEVELS, NoiseName, simulate_sam_masks
 from .weights import MOBILE_SAM, cached_weights
 
 MaskMethod = Literal["auto", "sam", "fallback", "simulated"]
+MASK_TEMPORARIES = ".*.png.*.tmp"
+"""What `save_label_map` (through `atomic_open`) names a label map while writing it: `.<stem>.png.<random>.tmp`."""
+
+
 def default_points_per_side(model: SamModel, cuda: bool) -> int:
     """SAM's prompt grid: Gaga's 64 for the ViTs; for MobileSAM 32 on a GPU and 16 on a CPU, where the mask
     decoder's cost grows with the prompts: on 2 cores 16 per side take ~8 s a view, 32 ~30 s, 64 ~120 s,
@@ -70,6 +75,7 @@ def generate_masks(scene: Scene, config: MasksConfig | None = None, progress: bo
     """
     config = resolve(config or MasksConfig())
     views = scene.split("train")
+    sweep_mask_temporaries(scene.root)
     paths = [scene.root / "masks" / f"{view.name}.png" for view in views]
     pending = [(view, path) for view, path in zip(views, paths) if not path.exists()]
     if pending:
@@ -79,10 +85,22 @@ def generate_masks(scene: Scene, config: MasksConfig | None = None, progress: bo
             labels = source(view)
             if labels.shape != (view.height, view.width):
                 raise ValueError(f"{view.name}: mask is {list(labels.shape)}, view is {[view.height, view.width]}")
+            count = len(np.unique(labels[labels > 0]))
+            if count > MAX_MASK_IDS:  # every later stage would refuse the file (View.load_mask)
+                raise ValueError(
+                    f"{view.image_path}: {config.method} gave {count:,} masks, more than the {MAX_MASK_IDS:,} a view may "
+                    "hold; use fewer prompts (--points-per-side) or a higher --pred-iou-thresh"
+                )
             save_label_map(path, labels)
     for view, path in zip(views, paths):
         view.mask_path = path
     return paths
+
+
+def sweep_mask_temporaries(dataset: Path) -> list[Path]:
+    """Remove the label maps a killed masks stage was writing in `dataset/masks/` (`atomic_open`'s temporaries
+    older than `STALE_AFTER_S`), and only those: the folder is the user's. Returns the removed."""
+    return remove_stale_temporaries(dataset / "masks", pattern=MASK_TEMPORARIES)
 
 
 def resolve(config: MasksConfig) -> MasksConfig:

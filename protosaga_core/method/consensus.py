@@ -34,8 +34,10 @@ not, and a mask split in one view rejoins its object because every other view co
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sparse
@@ -52,6 +54,75 @@ SEEN_WEIGHT = 1e-3
 """A Gaussian whose total blending weight in a view is below this is not seen there."""
 UNKNOWN = -1
 SPLIT = -2
+BYTES_PER_MASK_PAIR = 64
+"""Peak bytes of `cluster_masks` per pair of masks for its dense [C, C] float64 rates and their temporaries,
+besides 16 per (mask, slot) for its [A, S] overlaps (measured: 74.5 x A² in all for S ≈ A)."""
+
+
+class ConsensusTooLarge(ValueError):
+    """More masks than view-consensus association can cluster in this machine's memory."""
+
+
+def consensus_bytes(num_masks: int, num_slots: int) -> int:
+    """About the most memory `cluster_masks` takes for `num_masks` masks and `num_slots` (view, slot) columns."""
+    return 16 * num_masks * num_slots + BYTES_PER_MASK_PAIR * num_masks**2
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the system's available memory, capped by a cgroup's limit (less
+    its usage) and by `ulimit -v`; None where none of them can be read."""
+    found = []
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+        found += [int(line.split()[1]) * 1024 for line in lines if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    if not found:
+        try:
+            found.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            pass
+    for limit, usage in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            cap, used = (Path("/sys/fs/cgroup", name).read_text().strip() for name in (limit, usage))
+            found.append(int(cap) - int(used))
+        except (OSError, ValueError):  # no such cgroup file, or "max" (no limit)
+            continue
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            found.append(soft)
+    except (ImportError, OSError, ValueError):
+        pass
+    return max(min(found), 0) if found else None
+
+
+def _amount(size: int) -> str:
+    return f"{size / 2**30:,.1f} GiB" if size >= 2**30 else f"{size / 2**20:,.1f} MiB"
+
+
+def check_consensus_fits(num_masks: int, num_views: int, where: str = "", available: int | None = None) -> None:
+    """Refuse, before any work, a number of masks whose [C, C] arrays (`cluster_masks`) would not fit in memory.
+
+    Args:
+        where: what to name first in the message (the masks folder), "" for nothing.
+        available: bytes free; default `available_memory()` (no check where it is unknown).
+
+    Raises:
+        ConsensusTooLarge: saying how many masks, how much memory they need and what to do instead.
+    """
+    needed = consensus_bytes(num_masks, num_masks + 2 * num_views)
+    available = available_memory() if available is None else available
+    if available is None or needed <= available:
+        return
+    raise ConsensusTooLarge(
+        f"{where}{': ' if where else ''}view-consensus association of {num_masks:,} masks over {num_views:,} views "
+        f"needs about {_amount(needed)} (arrays of masks x masks), more than the {_amount(available)} "
+        "free here; use fewer training views or masks, or the memory bank (`--grouping bank`; "
+        "`--associate.grouping bank` in run)"
+    )
 
 
 @dataclass(frozen=True)
@@ -250,6 +321,7 @@ def cluster_masks(membership: MaskMembership, settings: ConsensusSettings = Cons
         the consensus rate at which each node's cluster last grew (1 for clusters of one node). [A] float64
     """
     num_nodes = membership.num_nodes
+    check_consensus_fits(num_nodes, membership.num_views)
     node_overlap = (membership.members @ membership.placement).toarray()  # [A, S]
     cluster = np.arange(num_nodes)
     joined_at = np.ones(num_nodes)

@@ -28,6 +28,7 @@ from .cameras import Cameras, intrinsics, look_at
 from .gaussians import Gaussians, rgb_to_sh0, sh0_to_rgb
 from .io.atomic import atomic_open, atomic_write_bytes
 from .io.labelmaps import save_label_map
+from .io.outputs import check_outside_scenes
 from .render import render
 
 Shape = Literal["box", "sphere", "cylinder"]
@@ -88,6 +89,7 @@ def synthesize(out: Path, preset: str = "demo", seed: int = 0, noise: str = "def
     `depth_unit_scale_factor` 0.001), `points3d.ply` (noisy surface samples for initialisation),
     `synth.json` (the objects) and `masks/` (simulated SAM masks for the training views).
     """
+    check_outside_scenes(out)  # a dataset never goes into a trained scene
     config = PRESETS[preset]
     rng = np.random.default_rng(seed)
     objects = build_objects(rng, config)

@@ -1,8 +1,13 @@
 """Fetching SAM-family weights: from a file, a source archive or the index; checksums; the auto mask method."""
 
+import contextlib
 import hashlib
 import io
+import socket
 import tarfile
+import tempfile
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -105,3 +110,90 @@ def test_sam_without_a_checkpoint_says_what_to_do(monkeypatch):
         resolve(MasksConfig(method="sam", model="vit_h"))
     with pytest.raises(ValueError, match="run `protosaga weights mobile_sam` once"):
         resolve(MasksConfig(method="sam"))
+
+
+# ------------------------------------------------------- a server that never answers (issue 21.5, 21.8)
+
+
+def never_answering_server(prefix: bytes = b""):
+    """A server on 127.0.0.1 that accepts every connection, sends `prefix` and then nothing: a context
+    manager giving its URL (its connections are closed at exit, so a client stuck on it ends too)."""
+
+    @contextlib.contextmanager
+    def serve():
+        server = socket.create_server(("127.0.0.1", 0))
+        held, stop = [], threading.Event()
+
+        def accept():
+            server.settimeout(0.1)
+            while not stop.is_set():
+                try:
+                    connection, _ = server.accept()
+                except OSError:
+                    continue
+                connection.sendall(prefix)
+                held.append(connection)
+
+        acceptor = threading.Thread(target=accept, daemon=True)
+        acceptor.start()
+        try:
+            yield f"http://127.0.0.1:{server.getsockname()[1]}/mobile_sam.pt"
+        finally:
+            stop.set()
+            acceptor.join()
+            for connection in held:
+                connection.close()
+            server.close()
+
+    return serve()
+
+
+def weights_command_in_a_thread(argv: list[str], limit_s: float) -> tuple[int | None, float]:
+    """main(argv) run in a thread for at most `limit_s`: its exit status (None if it still runs) and time."""
+    result: list[int] = []
+    worker = threading.Thread(target=lambda: result.append(main(argv)), daemon=True)
+    started = time.monotonic()
+    worker.start()
+    worker.join(limit_s)
+    return (result[0] if result else None), time.monotonic() - started
+
+
+@pytest.mark.parametrize("prefix", [b"", b"HTTP/1.0 200 OK\r\nContent-Length: 1000000\r\n\r\nsome bytes"], ids=["no-answer", "stalls-mid-body"])
+def test_a_server_that_stops_answering_times_out_with_one_line(prefix, monkeypatch, capsys):
+    monkeypatch.setattr(weights, "NETWORK_TIMEOUT_S", 0.5, raising=False)  # raising=False: the old code had none
+    weights_dir().mkdir(parents=True)
+    kept = weights_dir() / "mobile_sam.pt"
+    kept.write_bytes(b"an earlier copy")
+    with never_answering_server(prefix) as url:
+        status, took = weights_command_in_a_thread(["weights", "mobile_sam", "--source", url], limit_s=20)
+    assert status == 2, "protosaga weights --source URL hangs on a server that never answers"
+    assert took < 10
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith(f"protosaga weights: {url}: no answer within 0.5 s"), message
+    assert "nothing was stored" in message and "--source PATH" in message
+    assert [p.name for p in weights_dir().iterdir()] == ["mobile_sam.pt"] and kept.read_bytes() == b"an earlier copy"
+
+
+def test_ctrl_c_during_weights_says_nothing_was_stored(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(weights.SOURCES, "mobile_sam", replace(FAKE, name="mobile_sam", filename="mobile_sam.pt"))
+    weights_dir().mkdir(parents=True)
+    kept = weights_dir() / "mobile_sam.pt"
+    kept.write_bytes(b"an earlier copy")
+    local = tmp_path / "copy.pt"
+    local.write_bytes(CONTENT)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    real_copy = weights.shutil.copyfileobj
+
+    def interrupted_copy(reader, writer, length=0):  # Ctrl-C half-way through storing the checked file
+        writer.write(reader.read(len(CONTENT) // 2))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(weights.shutil, "copyfileobj", interrupted_copy)
+    assert main(["weights", "mobile_sam", "--source", str(local)]) == 130
+    monkeypatch.setattr(weights.shutil, "copyfileobj", real_copy)
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message == "protosaga weights: interrupted; nothing was stored (the partial download is removed): run the same command again"
+    assert [p.name for p in weights_dir().iterdir()] == ["mobile_sam.pt"] and kept.read_bytes() == b"an earlier copy"
+    assert list(scratch.iterdir()) == [] and local.read_bytes() == CONTENT

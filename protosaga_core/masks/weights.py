@@ -26,6 +26,9 @@ from ..io.atomic import atomic_open
 from ..io.cache import cache_dir
 
 CHUNK = 1 << 20
+NETWORK_TIMEOUT_S = 60.0
+"""How long a download waits to connect, and then for each read, before it gives up (a server that accepts
+and never answers would otherwise hang `protosaga weights` for ever)."""
 
 
 class WeightsError(ValueError):
@@ -131,9 +134,15 @@ def _obtain(source: WeightsSource, origin: str | None, scratch: Path) -> Path:
     if origin.startswith(("http://", "https://")):
         path = scratch / Path(origin.split("?")[0]).name
         try:
-            with urllib.request.urlopen(origin) as response, open(path, "wb") as handle:
+            with urllib.request.urlopen(origin, timeout=NETWORK_TIMEOUT_S) as response, open(path, "wb") as handle:
                 shutil.copyfileobj(response, handle, CHUNK)
         except OSError as error:
+            if isinstance(error, TimeoutError) or isinstance(getattr(error, "reason", None), TimeoutError):
+                raise WeightsError(
+                    f"{origin}: no answer within {NETWORK_TIMEOUT_S:g} s (connecting, or waiting for the next bytes); "
+                    f"nothing was stored. Check the URL and the network, or download {source.filename} yourself and pass "
+                    "--source PATH"
+                ) from None
             raise WeightsError(f"{origin}: download failed ({error})") from error
         return path
     path = Path(os.path.expanduser(origin))

@@ -43,6 +43,7 @@ import numpy as np
 from protosaga_core.io.atomic import atomic_write_bytes
 from protosaga_core.io.exports import Edit, EditOp, LabelsFingerprint
 from protosaga_core.io.scene_dir import SceneDirError, read_versioned_json
+from protosaga_core.io.scene_lock import scene_lock
 from protosaga_core.method.label_edits import LabelEdit, Merge, Split, new_instance_id
 
 from .selection import EditState
@@ -51,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 EDITS_FORMAT = "protosaga-edits"
 EDITS_VERSION = 1
+SAVE_WAIT_S = 2.0
+"""How long a save waits for another writer of the scene (another viewer's save takes milliseconds); past it
+the edits are not saved, and the save is retried at the next change."""
 
 
 # --- the state as edits, and back --------------------------------------------------------------------
@@ -120,11 +124,19 @@ def replay(edits: Iterable[Edit], instances: frozenset[int], num_gaussians: int)
     return state
 
 
+MESSAGE_CHARS = 80
+"""The most characters of a file's value that a message quotes (an instance's name may be megabytes long)."""
+
+
 def _short_json(edit: Edit) -> str:
-    """An edit for a message: a split's Gaussians summarised."""
+    """An edit for a message: a split's Gaussians summarised, and cut to MESSAGE_CHARS with an ellipsis."""
     if edit.op == "split":
-        return json.dumps({"op": "split", "id": edit.ids[0], "gaussians": f"{len(edit.gaussians):,} indices"})
-    return json.dumps(edit.to_json())
+        return _cut(json.dumps({"op": "split", "id": edit.ids[0], "gaussians": f"{len(edit.gaussians):,} indices"}))
+    return _cut(json.dumps(edit.to_json()))
+
+
+def _cut(text: str, limit: int = MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _available(state: EditState, instances: frozenset[int], op: EditOp) -> frozenset[int]:
@@ -158,7 +170,10 @@ def describe(state: EditState) -> str:
 
 
 def _ids(ids: Iterable[int]) -> str:
-    return ", ".join(map(str, sorted(ids)))
+    """Ids for a message: the first five, and how many in all (a file may list millions, or huge ones)."""
+    ordered = sorted(ids)
+    shown = ", ".join(map(str, ordered[:5])) + (f", ... ({len(ordered):,} in all)" if len(ordered) > 5 else "")
+    return _cut(shown)
 
 
 # --- the file ----------------------------------------------------------------------------------------
@@ -173,12 +188,18 @@ def read_edit_log(path: Path, labels: LabelsFingerprint, instances: frozenset[in
 
     Raises:
         SceneDirError naming the file: unreadable or malformed, made for other labels, or edits that the
-            scene's instances cannot take.
+            scene's instances cannot take. Whatever else reading the file raises (RecursionError for deep
+            nesting, MemoryError, TypeError...) becomes one too, so that any damaged file is set aside and
+            the scene still opens.
     """
     try:
         raw = read_versioned_json(path, EDITS_FORMAT, EDITS_VERSION, "expected the viewer's saved edits")
+    except SceneDirError:
+        raise
     except OSError as error:
         raise SceneDirError(f"{path}: unreadable ({error})") from error
+    except Exception as error:  # a reader without limits: RecursionError, MemoryError, ...
+        raise SceneDirError(f"{path}: unreadable ({_unreadable(error)})") from error
     try:
         saved = LabelsFingerprint.from_json(raw.get("labels"))
         if not isinstance(raw.get("edits"), list):
@@ -188,6 +209,17 @@ def read_edit_log(path: Path, labels: LabelsFingerprint, instances: frozenset[in
         return replay(edits, instances, labels.gaussians)
     except ValueError as error:
         raise SceneDirError(f"{path}: {error}") from error
+    except Exception as error:  # a value of a type no check foresaw
+        raise SceneDirError(f"{path}: malformed ({_unreadable(error)})") from error
+
+
+def _unreadable(error: Exception) -> str:
+    """Why a file could not be read, in a few words."""
+    if isinstance(error, RecursionError):
+        return "arrays or objects nested too deeply to read"
+    if isinstance(error, MemoryError):
+        return "too large to read into memory"
+    return _cut(f"{type(error).__name__}: {error}", 2 * MESSAGE_CHARS)
 
 
 def _check_labels(saved: LabelsFingerprint, current: LabelsFingerprint) -> None:
@@ -275,19 +307,21 @@ class EditLog:
 
     def save(self, state: EditState) -> None:
         """Make the file hold the edits of `state`; none: no file. An EditModel listener, so it runs under
-        the model's lock in the order of the changes. A failed write is warned about, kept in `save_error`
-        and retried at the next change."""
+        the model's lock in the order of the changes. A failed write, or a scene that another process is
+        writing (the scene lock: `protosaga run`, another viewer's save), is warned about, kept in
+        `save_error` and retried at the next change."""
         edits = state.edits_only()
         if not self.writable or edits == self._saved:
             return
         try:
-            self._keep_other_writers_file()
-            if edits == EditState():
-                self.path.unlink(missing_ok=True)
-            else:
-                atomic_write_bytes(self.path, encode_edit_log(self.labels, edits_of(edits)))
-            self._on_disk = file_signature(self.path)
-        except OSError as error:
+            with scene_lock(self.path.parent, "protosaga-view", wait=SAVE_WAIT_S):
+                self._keep_other_writers_file()
+                if edits == EditState():
+                    self.path.unlink(missing_ok=True)
+                else:
+                    atomic_write_bytes(self.path, encode_edit_log(self.labels, edits_of(edits)))
+                self._on_disk = file_signature(self.path)
+        except OSError as error:  # SceneLockedError included
             self.save_error = f"{self.path}: edits not saved ({error})"
             logger.warning("%s", self.save_error)
             return

@@ -17,6 +17,7 @@ import atexit
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +32,11 @@ logger = logging.getLogger(__name__)
 
 REBALANCE_S = 5.0
 """How often (at most) a long-running process looks for other protosaga processes."""
+THREADS_PER_CORE = 4
+"""The most threads `--threads` may ask for, per core available to the process. torch's threads beyond the
+cores only take turns on them (no faster), and each holds its own stack and buffers: at 100,000 the process
+ran out of memory with a traceback. Four per core leaves room to try oversubscription and refuses only
+counts that cannot help."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,23 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def max_threads() -> int:
+    """The largest thread count `--threads` accepts here (THREADS_PER_CORE per available core)."""
+    return THREADS_PER_CORE * available_cores()
+
+
+def check_threads(requested: int) -> int:
+    """`requested` if it is a thread count this process may use; else ValueError, one line saying why."""
+    if requested < 1:
+        raise ValueError(f"--threads must be at least 1, got {requested}")
+    if requested > max_threads():
+        raise ValueError(
+            f"--threads {requested}: at most {max_threads()} here ({THREADS_PER_CORE} per core, and this process "
+            f"may use {available_cores()} cores); more threads than cores cannot make it faster"
+        )
+    return requested
 
 
 def share_of_cores(cores: int, others: int) -> int:
@@ -98,8 +121,8 @@ class ThreadBudget:
     """
 
     def __init__(self, command: str, requested: int | None = None, folder: Path | None = None) -> None:
-        if requested is not None and requested < 1:
-            raise ValueError(f"--threads must be at least 1, got {requested}")
+        if requested is not None:
+            check_threads(requested)
         self.command = command
         self.requested = requested
         self.folder = folder or running_dir()
@@ -153,6 +176,7 @@ def configure(command: str, requested: int | None = None) -> ThreadBudget:
         names = ", ".join(f"{o.command} (pid {o.pid})" for o in others[:3])
         print(
             f"[protosaga] sharing the CPU with {names}: {count} of {available_cores()} threads (--threads sets it)",
+            file=sys.stderr,  # a notice, never part of what a command prints (metrics --json is one JSON object)
             flush=True,
         )
     return _budget

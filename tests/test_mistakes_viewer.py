@@ -1,22 +1,36 @@
 """Mistakes the viewer must not make (issue 11): a page from another site, open in the same browser, must
-not get the scene through the viewer's websocket; listening on the network must say what it exposes."""
+not get the scene through the viewer's websocket; listening on the network must say what it exposes.
+Limits and hangs (issue 21): sizes, ports and hosts are checked before any work, a server that cannot
+listen is an error and not a hang, a damaged edits.json is set aside, and what a client or a file chose
+(malformed messages, huge names) is reported in one short line."""
 
 from __future__ import annotations
 
 import base64
 import functools
+import json
 import logging
 import os
 import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
 
 import pytest
+import torch
 import tyro
 import viser
 import websockets.asyncio.server
 import websockets.sync.client
 from websockets.exceptions import InvalidStatus
 
-from protosaga_app import origins
+from protosaga_app import edit_log, origins
+from protosaga_app.document import SceneDocument
+from protosaga_app.scene import ViewerScene
 from protosaga_app.origins import AllowedOrigin, parse_allowed_origin, refusal, start_viser_server
 from protosaga_app.viewer import ViewerConfig, main, serve, warn_if_exposed
 
@@ -158,3 +172,184 @@ def test_listening_on_the_network_prints_a_warning(capsys):
     for host in ("127.0.0.1", "localhost", "::1"):
         assert not warn_if_exposed(host, 8080, ())
     assert capsys.readouterr().err == ""
+
+
+# --- issue 21: limits and hangs ----------------------------------------------------------------------
+VIEWER_TIMEOUT_S = 90
+"""Far beyond what a refusal takes (the interpreter and torch start in a few seconds): a run that reaches
+it hung, or served where it should have refused."""
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under `root`, by relative path, with its bytes."""
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def run_viewer(*args: str) -> subprocess.CompletedProcess:
+    """`protosaga-view ARGS --no-open-browser` in a process of its own, which is killed (and the test failed)
+    when it is still running after VIEWER_TIMEOUT_S: a refusal must come at once."""
+    command = [sys.executable, "-m", "protosaga_app.viewer", *args, "--no-open-browser"]
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=VIEWER_TIMEOUT_S)
+    except subprocess.TimeoutExpired as expired:
+        pytest.fail(f"protosaga-view {' '.join(args)} still ran after {VIEWER_TIMEOUT_S} s; stderr: {expired.stderr!r}")
+
+
+def assert_refused_in_one_line(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("protosaga-view: error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr and all(fragment in result.stderr for fragment in fragments), result.stderr
+
+
+REFUSED_OPTIONS = {
+    "a still frame of 100,000 px": (("--still-size", "100000"), ("--still-size must be 1..4096", "100000")),
+    "a moving frame of 0 px": (("--moving-size", "0"), ("--moving-size must be 1..4096", "got 0")),
+    "a negative splat count": (("--max-splats", "-5"), ("--max-splats must be 0 or more", "-5")),
+    "port 99999": (("--port", "99999"), ("--port 99999", "0 to 65535")),
+    "host 999.1.1.1": (("--host", "999.1.1.1"), ("--host '999.1.1.1'", "not an IPv4 address")),
+    "a host name that does not resolve": (("--host", "no-such-host.invalid"), ("no-such-host.invalid", "resolves")),
+    "an address of another machine": (("--host", "192.0.2.1"), ("--host '192.0.2.1'", "cannot listen on 192.0.2.1")),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_OPTIONS)
+def test_sizes_ports_and_hosts_that_cannot_work_are_refused_before_any_work(trained_scene_readonly, case):
+    options, fragments = REFUSED_OPTIONS[case]
+    before = snapshot(trained_scene_readonly)
+    assert_refused_in_one_line(run_viewer(str(trained_scene_readonly), *options), *fragments)
+    assert snapshot(trained_scene_readonly) == before
+
+
+@pytest.fixture()
+def port_65535_taken():
+    """Port 65535 of 127.0.0.1 in use (by this test, or already by another program)."""
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 65535))
+        holder.listen()
+    except OSError:
+        pass  # someone else holds it: taken all the same
+    yield 65535
+    holder.close()
+
+
+def test_a_viewer_that_finds_no_free_port_says_so_instead_of_hanging(trained_scene_readonly, port_65535_taken):
+    # The last port is taken, so viser's search for the next free one runs past 65535 (its thread dies
+    # with OverflowError): the up-front checks pass, and the failure comes from the server's start.
+    before = snapshot(trained_scene_readonly)
+    result = run_viewer(str(trained_scene_readonly), "--port", str(port_65535_taken))
+    assert_refused_in_one_line(result, "cannot listen on 127.0.0.1", "port 65535 is taken")
+    assert snapshot(trained_scene_readonly) == before
+
+
+def test_a_server_that_cannot_bind_raises_at_once_instead_of_waiting_for_ever():
+    # Below the viewer's up-front checks: viser's thread fails in bind() (an address of another machine) and
+    # its start() waited on a semaphore nobody would release. Run in a thread, so the old hang fails the test.
+    outcome: list[BaseException | object] = []
+
+    def start() -> None:
+        try:
+            outcome.append(start_viser_server("192.0.2.1", free_port(), (), label="test"))
+        except BaseException as error:
+            outcome.append(error)
+
+    starter = threading.Thread(target=start, daemon=True)
+    started = time.monotonic()
+    starter.start()
+    starter.join(timeout=30)
+    assert not starter.is_alive(), "start_viser_server still waits after 30 s"
+    (error,) = outcome
+    assert isinstance(error, OSError) and str(error).startswith("cannot listen on 192.0.2.1:"), error
+    assert "\n" not in str(error) and time.monotonic() - started < 10
+    from viser.infra._infra import WebsockServer  # nothing is left patched
+
+    assert websockets.asyncio.server.serve.__module__ == "websockets.asyncio.server"
+    assert WebsockServer._background_worker.__module__ == "viser.infra._infra"
+
+
+MALFORMED_MESSAGES = {
+    "not msgpack": b"\xc1 not msgpack",
+    "an unknown message type": b"\x81\xa4type\xa9NoSuchMsg",
+    "a text frame": "a text frame, where viser expects bytes",
+    "a huge unknown type": b"\x81\xa4type\xdb" + (1_000_000).to_bytes(4, "big") + b"x" * 1_000_000,
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_MESSAGES)
+def test_a_malformed_message_is_one_log_line_not_a_traceback(app, monkeypatch, caplog, case):
+    caplog.set_level(logging.WARNING)
+    client = open_tab(app, None, monkeypatch)
+    client.wait_for(lambda m: m["type"] == "GaussianSplatsMessage")
+    client._ws.send(MALFORMED_MESSAGES[case])
+    client._thread.join(timeout=20)  # the server closes the connection
+    assert not client._thread.is_alive(), "the connection stayed open"
+    viewer_records = [r for r in caplog.records if r.name == "websockets.server"]
+    assert [r.exc_info for r in viewer_records] == [None], [r.getMessage()[:300] for r in viewer_records]
+    (line,) = [r.getMessage() for r in viewer_records]
+    assert line.startswith("protosaga-view: closed a websocket connection that sent a message the viewer cannot read (")
+    assert "\n" not in line and len(line) < 400, line
+    assert receives_the_scene(open_tab(app, None, monkeypatch))  # the viewer serves on
+
+
+def bracket_bomb(path: Path) -> bytes:
+    """An edits.json of 200,000 nested arrays (Python's parser raises RecursionError near 1,000)."""
+    path.write_bytes(b"[" * 200_000 + b"]" * 200_000)
+    return path.read_bytes()
+
+
+def unbounded_json(path, *args, **kwargs):
+    """A JSON reader without limits (what edit_log.py called before issue 21): whatever Python raises escapes."""
+    return json.loads(Path(path).read_text())
+
+
+@pytest.mark.parametrize("reader", ["the project's reader", "a reader without limits"])
+def test_a_deeply_nested_edits_json_is_set_aside_and_the_scene_opens(trained_scene, monkeypatch, caplog, reader):
+    data = bracket_bomb(trained_scene / "edits.json")
+    before = snapshot(trained_scene)
+    if reader == "a reader without limits":
+        monkeypatch.setattr(edit_log, "read_versioned_json", unbounded_json)
+    with caplog.at_level(logging.WARNING):
+        app = serve(ViewerConfig(trained_scene, port=free_port(), open_browser=False))
+    try:
+        assert app.document.model.state.edits_only() == edit_log.EditState()
+        (aside,) = trained_scene.glob("edits.set-aside-*.json")
+        after = snapshot(trained_scene)
+        assert after.pop(aside.name) == data and before.pop("edits.json") == data and after == before
+        notice = app.document.edit_log.notice
+        assert notice.startswith(f"{trained_scene / 'edits.json'}: ") and "nested" in notice and aside.name in notice
+        assert len(notice) < 600 and "\n" not in notice
+        assert notice in [r.getMessage() for r in caplog.records]  # the terminal says so
+        assert aside.name in app.gui.edits.content  # and the panel
+        assert receives_the_scene(open_tab(app, None, monkeypatch))
+    finally:
+        app.stop()
+
+
+def test_a_huge_instance_name_is_cut_short_in_the_warning(trained_scene, caplog):
+    labels = np.load(trained_scene / "labels.npy")
+    fingerprint = edit_log.LabelsFingerprint.of(labels)
+    name = "n" * 5_000_000  # named for an instance no split made: the log cannot be replayed
+    raw = {"format": "protosaga-edits", "version": 1, "labels": {"gaussians": fingerprint.gaussians, "sha256": fingerprint.sha256},
+           "edits": [{"op": "name", "id": 999, "name": name}]}
+    (trained_scene / "edits.json").write_text(json.dumps(raw))
+    before = snapshot(trained_scene)
+    with caplog.at_level(logging.WARNING):
+        document = SceneDocument(ViewerScene.load(trained_scene), torch.device("cpu"))
+    notice = document.edit_log.notice
+    assert "edit 1 (" in notice and "instance 999 was not made by an earlier split" in notice
+    assert len(notice) < 600 and "nnnnnnnnnn…" in notice, notice[:600]
+    assert all(len(r.getMessage()) < 600 for r in caplog.records)
+    (aside,) = trained_scene.glob("edits.set-aside-*.json")
+    after = snapshot(trained_scene)
+    assert after.pop(aside.name) == before.pop("edits.json") and after == before
+
+
+def test_renaming_an_instance_refuses_an_absurd_name(trained_scene):
+    document = SceneDocument(ViewerScene.load(trained_scene), torch.device("cpu"))
+    instance = document.scene.instances[0].id
+    before = snapshot(trained_scene)
+    with pytest.raises(ValueError, match="a name has at most 200 characters, this one 5,000,000"):
+        document.rename(instance, "n" * 5_000_000)
+    assert snapshot(trained_scene) == before and len(document.instance_name(instance)) < 200
+    document.rename(instance, "lid " * 50)  # 199 characters once stripped: taken
+    assert document.instance_name(instance) == ("lid " * 50).strip()

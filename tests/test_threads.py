@@ -77,3 +77,43 @@ def test_every_command_takes_threads_and_backend_anywhere(capsys):
     # A finished command leaves no registration behind (tests and scripts call main in-process).
     assert main(["info", "missing.ply", "--threads", "1"]) == 2
     assert not (threads.running_dir() / f"{os.getpid()}.json").exists()
+
+
+# --- issue 21: a thread count beyond any use is refused in one line ----------------------------------
+def test_a_thread_count_far_beyond_the_cores_is_refused_before_anything_is_registered(tmp_path):
+    cap = 4 * threads.available_cores()
+    with pytest.raises(ValueError, match=rf"^--threads 100000: at most {cap} here \(4 per core"):
+        global_options(["info", "a.ply", "--threads", "100000"])
+    with pytest.raises(ValueError, match=rf"^--threads {cap + 1}: at most {cap} here"):
+        global_options(["--threads", str(cap + 1)])
+    assert global_options(["--threads", str(cap)]) == ([], GlobalOptions(cap))
+    with pytest.raises(ValueError, match=rf"^--threads 100000: at most {cap} here"):
+        ThreadBudget("view", requested=100000, folder=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing registered, nothing applied
+
+
+def test_the_command_line_refuses_threads_100000_in_one_line(trained_scene_readonly):
+    ply = trained_scene_readonly / "gaussians.ply"
+    before = ply.read_bytes()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "protosaga_core.cli", "--threads", "100000", "info", str(ply)],
+            capture_output=True, text=True, timeout=90,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("protosaga --threads 100000 info still ran after 90 s")
+    assert result.returncode == 2 and result.stdout == "", (result.stdout, result.stderr)
+    assert result.stderr.startswith("protosaga: --threads 100000: at most ") and result.stderr.count("\n") == 1, result.stderr
+    assert ply.read_bytes() == before
+
+
+def test_the_viewer_refuses_threads_100000_in_one_line(trained_scene_readonly):
+    files = {path: path.read_bytes() for path in trained_scene_readonly.rglob("*") if path.is_file()}
+    command = [sys.executable, "-m", "protosaga_app.viewer", str(trained_scene_readonly), "--threads", "100000", "--no-open-browser"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("protosaga-view --threads 100000 still ran after 90 s")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("protosaga-view: error: --threads 100000: at most ") and result.stderr.count("\n") == 1, result.stderr
+    assert {path: path.read_bytes() for path in trained_scene_readonly.rglob("*") if path.is_file()} == files

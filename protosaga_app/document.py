@@ -31,6 +31,7 @@ from protosaga_core.io.exports import (
     EDITS_FILE,
     ExportSource,
     LabelsFingerprint,
+    SourceRows,
     export_with_record,
     record_path,
     safe_export_name,
@@ -44,6 +45,11 @@ from protosaga_core.stages import read_consistent_mask, render_features
 from .edit_log import EditLog, export_edits
 from .scene import ViewerScene
 from .selection import EditModel, EditState
+
+
+MAX_NAME_CHARS = 200
+"""The longest instance name the viewer gives: names are shown in a panel ~300 px wide, and a name of
+megabytes (a field filled by a script) would be saved, sent to every tab and quoted in messages."""
 
 
 @dataclass(frozen=True)
@@ -149,7 +155,13 @@ class SceneDocument:
 
     def rename(self, instance_id: int, name: str) -> None:
         """Name an instance: one of the scene's in scene.json (at once), one a split made as an undoable
-        edit (saved with the edits)."""
+        edit (saved with the edits).
+
+        Raises:
+            ValueError: a name longer than MAX_NAME_CHARS (nothing is changed).
+        """
+        if len(name.strip()) > MAX_NAME_CHARS:
+            raise ValueError(f"a name has at most {MAX_NAME_CHARS} characters, this one {len(name.strip()):,}")
         if self.scene.instance(instance_id) is not None:
             self.scene.rename(instance_id, name)
         else:
@@ -274,7 +286,9 @@ class SceneDocument:
         path = safe_export_name(self.scene.scene_dir, ids)
         try:
             gaussians = self.scene.gaussians.select(torch.from_numpy(keep))
-            record = export_with_record(gaussians, labels[keep], ids, path, source, with_instance_ids)
+            # An imported scene's export copies the source PLY's rows of the kept Gaussians, byte for byte.
+            verbatim = SourceRows.of(self.scene.scene_dir, np.flatnonzero(keep))
+            record = export_with_record(gaussians, labels[keep], ids, path, source, with_instance_ids, verbatim)
         except BaseException:
             path.unlink(missing_ok=True)
             raise

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import viser
 
 from protosaga_core.io.exports import ExportError
+from protosaga_core.io.scene_dir import FEATURES_HINT
 from protosaga_core.palette import instance_color
 
 from .document import SceneDocument
@@ -94,7 +95,10 @@ class Gui:
             return
         instance_id = next(iter(selected))
         if name.strip() and name.strip() != self.document.instance_name(instance_id):
-            self.document.rename(instance_id, name)  # a scene.json rename is no edit: nothing else refreshes
+            try:
+                self.document.rename(instance_id, name)  # a scene.json rename is no edit: nothing else refreshes
+            except ValueError as error:  # too long: the field shows the name kept again
+                client.add_notification("Name not changed", str(error), color="red", auto_close_seconds=8.0)
             self.refresh(self.document.model.state)
 
 
@@ -103,7 +107,12 @@ def build(gui: viser.GuiApi, document: SceneDocument, controls: ViewerControls, 
     model = document.model
     tabs = gui.add_tab_group()
     with tabs.add_tab("Edit"):
-        mode_choice = gui.add_dropdown("Render mode", tuple(MODES), initial_value=_mode_label(mode))
+        # An imported scene has no features until they are learnt on it: no PCA of them to show.
+        featureless = document.scene.gaussians.feature_dim == 0
+        modes = tuple(label for label, value in MODES.items() if not (featureless and value == "pca"))
+        mode_choice = gui.add_dropdown("Render mode", modes, initial_value=_mode_label(mode))
+        if featureless:
+            gui.add_markdown(f"*Feature PCA: this imported scene has no per-Gaussian features yet; {FEATURES_HINT}.*")
         mode_choice.on_update(lambda _: controls.set_mode(MODES[mode_choice.value]))
         selection = gui.add_markdown("")
         buttons = {}

@@ -18,14 +18,15 @@ from typing import Annotated, Literal, TextIO
 import torch
 import tyro
 
+from protosaga_core.cli import MAX_RENDER_SIDE
 from protosaga_core.device import Backend, default_device, prefer_backend
-from protosaga_core.io.scene_dir import SceneDirError
+from protosaga_core.io.scene_dir import FEATURES_HINT, SceneDirError
 from protosaga_core.threads import configure as configure_threads
 
 from .document import SceneDocument
 from .live import RenderMode
 from .live_view import LiveSettings
-from .origins import AllowedOrigin, network_warning, parse_allowed_origin, start_viser_server
+from .origins import AllowedOrigin, check_listen_address, network_warning, parse_allowed_origin, start_viser_server
 from .scene import ViewerScene
 from .server import ViewerApp, ViewerOptions
 
@@ -47,9 +48,9 @@ class ViewerConfig:
     max_splats: int | None = 1_000_000
     """Gaussians sent to the browser (the most opaque ones; the server keeps all); None: every one"""
     moving_size: int | None = None
-    """longer side of server frames while the camera moves; default: 256 on the CPU, full size on a GPU"""
+    """longer side of server frames while the camera moves (at most 4096); default: 256 on the CPU, full size on a GPU"""
     still_size: int | None = None
-    """longer side of server frames once the camera stops; default: 640 on the CPU, full size on a GPU"""
+    """longer side of server frames once the camera stops (at most 4096); default: 640 on the CPU, full size on a GPU"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """where frames are rendered: auto (cuda if available), cpu or cuda"""
     backend: Backend = "auto"
@@ -59,6 +60,18 @@ class ViewerConfig:
     threads: int | None = None
     """torch's CPU threads for frames and picking; default: all cores, or an equal share while other
     protosaga processes run (e.g. a training), followed as they start and stop"""
+
+    def check(self) -> None:
+        """Refuse, before any work, values that cannot work (ValueError, one line naming the option): frame
+        sides beyond MAX_RENDER_SIDE (100,000 asked for 28 GB at the first frame), a negative --max-splats,
+        a port outside 0..65535, a host this machine cannot listen on, a malformed --allow-origin."""
+        for option, size in (("--moving-size", self.moving_size), ("--still-size", self.still_size)):
+            if size is not None and not 1 <= size <= MAX_RENDER_SIDE:
+                raise ValueError(f"{option} must be 1..{MAX_RENDER_SIDE} (pixels on a frame's longer side), got {size}")
+        if self.max_splats is not None and self.max_splats < 0:
+            raise ValueError(f"--max-splats must be 0 or more (None: every Gaussian), got {self.max_splats}")
+        self.allowed_origins()
+        check_listen_address(self.host, self.port)
 
     def allowed_origins(self) -> tuple[AllowedOrigin, ...]:
         """The parsed --allow-origin values (ValueError naming the first malformed one)."""
@@ -81,13 +94,20 @@ def resolve_device(name: str) -> torch.device:
 
 def serve(config: ViewerConfig) -> ViewerApp:
     """Load the scene and start the server (returns at once; the server runs on its own threads)."""
+    config.check()
     allowed = config.allowed_origins()
     scene = ViewerScene.load(config.scene)
+    if config.mode == "pca" and scene.gaussians.feature_dim == 0:
+        raise ValueError(f"--mode pca: {config.scene} is an imported scene with no per-Gaussian features yet; {FEATURES_HINT}")
     device = resolve_device(config.device)
     document = SceneDocument(scene, device)
     options = ViewerOptions(config.max_splats, config.live_settings(device), config.mode)
     server = start_viser_server(config.host, config.port, allowed, label="ProtoSaGa")
-    return ViewerApp(server, document, options)
+    try:
+        return ViewerApp(server, document, options)
+    except BaseException:
+        server.stop()  # free the port: the caller reports the error and may go on (tests, scripts)
+        raise
 
 
 def url_of(app: ViewerApp) -> str:
@@ -138,6 +158,7 @@ def _has_display() -> bool:
 def main(argv: list[str] | None = None) -> int:
     config = tyro.cli(ViewerConfig, args=sys.argv[1:] if argv is None else argv, prog="protosaga-view")
     try:
+        config.check()
         configure_threads("view", config.threads)
         prefer_backend(config.backend)
     except ValueError as error:

@@ -27,20 +27,24 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 import torch  # noqa: E402
 import tyro  # noqa: E402
 
-from .datasets import DatasetConfig
+from .datasets import DatasetConfig, DatasetFormat, SplitRule
 from .device import BACKENDS, Backend, prefer_backend
 from .evaluate import EvalConfig, evaluate
-from .io.exports import EDITS_FILE, export_scene, record_path
+from .io.cache import check_cache_dir
+from .io.exports import EDITS_FILE, EXPORTS_DIR, export_scene, record_path
 from .io.outputs import check_output_dir, check_output_file
 from .io.scene_dir import SceneDir
 from .masks import MasksConfig, generate_masks
 from .method.association import AssociateConfig, associate
+from .method.frozen_features import FeatureConfig, train_features
 from .method.prototypes import PrototypesConfig, compute_prototypes
 from .method.segment import SegmentConfig, segment
 from .method.train import PRESETS as TRAIN_PRESETS
 from .method.train import Preset, TrainConfig, train
 from .metrics.instances import evaluate_folders
-from .pipeline import RunConfig, run, run_demo
+from .imports.importer import ImportConfig, import_scene
+from .pipeline import RunConfig, dataset_of_scene, run, run_demo
+from .threads import check_threads
 from .threads import configure as configure_threads
 from .threads import release as release_threads
 
@@ -127,7 +131,7 @@ class Render:
 
         if not (1 <= self.width <= MAX_RENDER_SIDE and 1 <= self.height <= MAX_RENDER_SIDE):
             raise ValueError(f"--width and --height must be 1..{MAX_RENDER_SIDE}, got {self.width}x{self.height}")
-        check_output_file(self.output, self.overwrite)
+        check_output_file(self.output, self.overwrite, free=(EXPORTS_DIR,))  # never over a scene's own files
 
         gaussians = read_ply(self.path).gaussians
         cameras = orbit_camera(
@@ -167,7 +171,7 @@ class Synth:
     def run(self) -> None:
         from .synthetic import synthesize
 
-        check_output_dir(self.output, self.overwrite)
+        check_output_dir(self.output, self.overwrite)  # never into a trained scene
         synthesize(self.output, self.preset, self.seed, self.noise)
         print(f"wrote {self.output} (preset {self.preset}, seed {self.seed})")
 
@@ -197,6 +201,25 @@ class Train:
 
 
 SceneArg = Annotated[Path, tyro.conf.Positional]
+
+
+@dataclass
+class Features:
+    """Learn only the 16-D features and the per-view classifiers on a scene's frozen Gaussians (Eq. 1-8 with
+    the geometry fixed): for a scene whose Gaussians another trainer made, or to retrain a scene's features.
+    Replaces gaussians.ply's feat_* columns and classifiers.pt; the later stages then run again."""
+
+    scene: SceneArg
+    config: tyro.conf.OmitArgPrefixes[FeatureConfig]
+    resume: bool = False
+    """continue from SCENE/checkpoints/features.pt"""
+
+    def run(self) -> None:
+        result = train_features(SceneDir(self.scene), self.config, resume=self.resume)
+        tail = result.losses[-min(len(result.losses), 50) :]
+        loss = f"; cross-entropy {sum(tail) / len(tail):.4f} over the last {len(tail)} iterations" if tail else ""
+        print(f"features of {result.gaussians:,} Gaussians in {result.scene_dir.gaussians_path}{loss}")
+        print(f"next: protosaga associate {self.scene} (or protosaga run), then prototypes, segment and eval")
 
 
 @dataclass
@@ -248,18 +271,51 @@ class Eval:
 
 @dataclass
 class Run:
-    """masks (if missing), train, associate, prototypes and eval on a dataset, reusing finished stages."""
+    """masks (if missing), train, associate, prototypes and eval on a dataset, reusing finished stages.
+    `protosaga run SCENE` runs a scene made by `protosaga import` on its own dataset, without training."""
 
     dataset: tyro.conf.OmitArgPrefixes[DatasetConfig]
-    output: Annotated[Path, tyro.conf.arg(aliases=("-o",))]
-    """the scene directory to write"""
-    config: Annotated[RunConfig, tyro.conf.arg(name="")]
+    output: Annotated[Path | None, tyro.conf.arg(aliases=("-o",))] = None
+    """the scene directory to write; without it, the positional is a scene (protosaga import's) to run on its dataset"""
+    config: Annotated[RunConfig, tyro.conf.arg(name="")] = field(default_factory=RunConfig)
     preset: Preset = "paper"
     """training defaults to start from (default: cpu without CUDA, paper with it)"""
 
     def run(self) -> None:
-        run(self.dataset, self.output, self.config)
-        print(f"scene ready: {self.output}")
+        dataset, output = self.dataset, self.output
+        if output is None:  # `protosaga run SCENE`
+            dataset, output = dataset_of_scene(self.dataset.root), self.dataset.root
+        run(dataset, output, self.config)
+        print(f"scene ready: {output}")
+
+
+@dataclass
+class Import:
+    """Make a scene of Gaussians trained elsewhere (an INRIA 3DGS output folder, or a bare INRIA-layout PLY)
+    and the posed images they were trained on, to segment without training: then `protosaga run SCENE`.
+
+    The Gaussians are kept byte for byte in their own frame; a few training views are rendered against their
+    photos first, and a poor fit is refused with its likely cause (nothing is written)."""
+
+    source: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="SOURCE")]
+    """the INRIA model folder (holding point_cloud/iteration_N/point_cloud.ply, cameras.json, cfg_args) or a .ply"""
+    output: Annotated[Path, tyro.conf.arg(aliases=("-o",))]
+    """the scene folder to make (new or empty)"""
+    dataset: Path | None = None
+    """the posed images the Gaussians were trained on (COLMAP, NeRF, LLFF or Replica layout); default: the folder
+    the model's cfg_args names, where it exists"""
+    format: DatasetFormat = "auto"
+    """the dataset's layout; auto detects it"""
+    downscale: int = 1
+    """read the dataset's images shrunk by this factor (or a shipped images_N/)"""
+    split: SplitRule = "auto"
+    """the dataset's train/test rule"""
+    config: tyro.conf.OmitArgPrefixes[ImportConfig] = field(default_factory=ImportConfig)
+
+    def run(self) -> None:
+        dataset = None if self.dataset is None else DatasetConfig(self.dataset, self.format, self.downscale, self.split)
+        scene_dir = import_scene(self.source, dataset, self.output, self.config)
+        print(f"imported {scene_dir.root}; segment it with: protosaga run {scene_dir.root}")
 
 
 @dataclass
@@ -422,7 +478,7 @@ def command_type(preset: Preset):
     """The subcommands, with training defaults taken from `preset`."""
     train_config = TRAIN_PRESETS[preset]
     train_default = Train(DatasetConfig(tyro.MISSING), tyro.MISSING, train_config, preset)
-    run_default = Run(DatasetConfig(tyro.MISSING), tyro.MISSING, RunConfig(train=train_config), preset)
+    run_default = Run(DatasetConfig(tyro.MISSING), None, RunConfig(train=train_config), preset)
     demo_default = Demo(None, RunConfig(train=train_config), preset)
     return Union[
         Annotated[Demo, tyro.conf.subcommand("demo", default=demo_default)],
@@ -430,6 +486,8 @@ def command_type(preset: Preset):
         Annotated[Weights, tyro.conf.subcommand("weights")],
         Annotated[Masks, tyro.conf.subcommand("masks")],
         Annotated[Train, tyro.conf.subcommand("train", default=train_default)],
+        Annotated[Import, tyro.conf.subcommand("import")],
+        Annotated[Features, tyro.conf.subcommand("features")],
         Annotated[Associate, tyro.conf.subcommand("associate")],
         Annotated[Prototypes, tyro.conf.subcommand("prototypes")],
         Annotated[Segment, tyro.conf.subcommand("segment")],
@@ -445,9 +503,11 @@ def command_type(preset: Preset):
 
 RESUME_HINTS = {
     "train": "the checkpoint is saved: run the same command with --resume to continue",
+    "features": "the checkpoint is saved and the scene is unchanged: run the same command with --resume to continue",
     "run": "run the same command again: finished stages and the training checkpoint are reused",
     "demo": "run the same command again: finished stages and the training checkpoint are reused",
     "masks": "run the same command again: the views already done are kept",
+    "weights": "nothing was stored (the partial download is removed): run the same command again",
 }
 """What to do after Ctrl-C, per command; the others change nothing until their outputs are complete."""
 
@@ -476,7 +536,8 @@ def global_options(argv: list[str]) -> tuple[list[str], GlobalOptions]:
     """`--threads N` and `--backend NAME` (or `--x=value`), anywhere in `argv`, taken out.
 
     Raises:
-        ValueError: a thread count that is not a positive integer, an unknown backend, or no value.
+        ValueError: a thread count that is not a positive integer or more than `check_threads` allows, an
+            unknown backend, or no value.
     """
     rest, values = [], {}
     args = iter(argv)
@@ -487,8 +548,10 @@ def global_options(argv: list[str]) -> tuple[list[str], GlobalOptions]:
             continue
         values[name] = arg.split("=", 1)[1] if "=" in arg else next(args, "")
     threads, backend = values.get("--threads"), values.get("--backend", "auto")
-    if threads is not None and (not threads.isdigit() or int(threads) < 1):
-        raise ValueError(f"--threads needs a positive integer, got {threads!r}")
+    if threads is not None and (not (threads.isascii() and threads.isdigit()) or int(threads) < 1):
+        raise ValueError(f"--threads needs a positive integer, got {threads[:40]!r}")
+    if threads is not None:
+        check_threads(int(threads))  # at most a few per core: more cannot help, and 100,000 exhausted memory
     if backend not in BACKENDS:
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     return rest, GlobalOptions(None if threads is None else int(threads), backend)
@@ -504,6 +567,11 @@ def main(argv: list[str] | None = None, open_viewer: ViewerLauncher | None = Non
         return 2
     command = tyro.cli(command_type(_preset_in(argv)), args=argv, prog="protosaga", description=f"{__doc__}\n{GLOBAL_HELP}")
     name = next((arg for arg in argv if not arg.startswith("-")), "")
+    try:  # the cache holds the process registry and the weights: a bad one fails now, not after the work
+        check_cache_dir()
+    except ValueError as error:
+        print(f"protosaga {name}: {error}", file=sys.stderr)
+        return 2
     configure_threads(name or "protosaga", options.threads)
     prefer_backend(options.backend)
     try:

@@ -27,7 +27,8 @@ from .device import default_device
 from .gaussians import Gaussians
 from .io.atomic import atomic_write_bytes
 from .io.labelmaps import load_label_map
-from .io.scene_dir import SceneDir
+from .io.scene_dir import FEATURES_HINT, SceneDir
+from .io.scene_lock import writes_scene
 from .method.baselines import cls_model_path
 from .method.segment import Method, SegmentConfig, output_dir, predictions_current, segment
 from .metrics.image import psnr, ssim
@@ -114,17 +115,23 @@ class EvalReport:
         return "\n".join(lines)
 
 
+@writes_scene("eval")
 def evaluate(scene_dir: SceneDir, config: EvalConfig = EvalConfig(), progress: bool = True) -> EvalReport:
     """Measure the scene, write `eval/metrics.json`, print the report and mark the stage done."""
     scene = scene_dir.load_dataset()
     test_views = scene.split("test")
     gaussians = scene_dir.read_gaussians().to(default_device())
     quality = _image_quality(gaussians, scene, test_views, progress)
+    methods = list(dict.fromkeys(config.methods))  # unique, in the given order
+    if gaussians.feature_dim == 0 and any(m != "lifted" for m in methods):  # an imported scene
+        skipped = [m for m in methods if m != "lifted"]
+        methods = [m for m in methods if m == "lifted"]
+        print(f"eval: {', '.join(skipped)} skipped: {scene_dir.root} has no per-Gaussian features yet; {FEATURES_HINT}", flush=True)
     del gaussians  # segment loads its own copy; do not hold two
 
     test_gt = [v for v in test_views if v.instance_path is not None]
     segmentation = {}
-    for method in dict.fromkeys(config.methods):  # unique, in the given order
+    for method in methods:
         if test_gt:
             segmentation[method] = _segmentation_metrics(scene_dir, method, test_views, test_gt, config, progress)
 

@@ -18,6 +18,8 @@ SH_C0 = 0.28209479177387814
 
 DEFAULT_FEATURE_DIM = 16
 INITIAL_OPACITY = 0.1
+INITIAL_FEATURE_STD = 1e-2
+"""Fresh features f_i are drawn from N(0, this²)."""
 
 
 def activate_scales(scales: Tensor) -> Tensor:
@@ -174,7 +176,7 @@ class Gaussians:
         colors: Tensor,
         sh_degree: int = 3,
         feature_dim: int = DEFAULT_FEATURE_DIM,
-        feature_std: float = 1e-2,
+        feature_std: float = INITIAL_FEATURE_STD,
         generator: torch.Generator | None = None,
     ) -> "Gaussians":
         """Initialise as the 3DGS reference does from an SfM point cloud.

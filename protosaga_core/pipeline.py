@@ -11,9 +11,12 @@ import tyro
 from .datasets import DatasetConfig
 from .evaluate import EvalConfig, EvalReport, evaluate
 from .io.cache import cache_dir
-from .io.scene_dir import SceneDir, config_record
+from .io.outputs import check_scene_output, is_trained_scene, real_path
+from .io.scene_dir import FEATURES_HINT, SceneDir, config_record
+from .io.scene_lock import scene_lock, writes_scene
 from .masks import MasksConfig, generate_masks
 from .masks.generate import resolve as resolve_masks
+from .masks.generate import sweep_mask_temporaries
 from .method.association import AssociateConfig, associate
 from .method.prototypes import PrototypesConfig, compute_prototypes
 from .method.train import PRESETS, TrainConfig, train
@@ -51,6 +54,7 @@ class RunConfig:
         )
 
 
+@writes_scene("run", scene="output", create=True)
 def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool = True) -> EvalReport:
     """masks (if missing) -> train -> associate -> prototypes -> eval, into the scene directory `output`.
 
@@ -58,21 +62,28 @@ def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool 
     was made from this dataset); otherwise it runs again, and so does every later stage. Each decision is
     printed.
     """
+    check_scene_output(output)  # before any work: never a scene inside another scene's folders
     config = config.resolved()
     scene_dir = SceneDir(output)
     scene = dataset.load()
     if scene_dir.meta_path.exists():
         check_same_dataset(scene_dir, dataset, config.force)
         scene_dir.sweep()
+    imported = scene_dir.meta_path.exists() and scene_dir.is_imported()
+    if imported:
+        check_frozen_config(scene_dir, config)  # before the masks: minutes of SAM for a run that would fail
     if any(view.mask_path is None for view in scene.split("train")):
         masks = resolve_masks(config.masks)  # `auto` decided here, so the line says what runs
         detail = f"sam ({masks.model})" if masks.method == "sam" else masks.method
         _stage("masks", f"{detail} masks for the training views")
         generate_masks(scene, masks, progress=progress)
     else:
+        sweep_mask_temporaries(scene.root)
         _stage("masks", f"every training view has a mask in {scene.root / 'masks'}; reused (delete them to make new ones)")
     rerun = stage_decision(scene_dir, "train", config.train, config.force)
-    if rerun is None:
+    if imported:  # Gaussians trained elsewhere stay as they are (frozen geometry)
+        _stage("train", "none: an imported scene keeps its Gaussians as imported")
+    elif rerun is None:
         _stage("train", "done earlier with these flags; reused")
     else:
         checkpoint = scene_dir.checkpoints_dir / "last.pt"
@@ -100,6 +111,39 @@ def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool 
 
 
 NOT_DONE = "not done yet"
+
+
+def check_frozen_config(scene_dir: SceneDir, config: RunConfig) -> None:
+    """An imported scene without features runs the defaults (view consensus, lifted labels); the settings
+    that need features are refused, naming what adds them."""
+    if scene_dir.is_done("train") or scene_dir.is_done("features"):
+        return
+    needs = [
+        flag for flag, wanted in (
+            ("--associate.grouping bank", config.associate.grouping == "bank"),
+            ("--prototypes.gaussian-labels features", config.prototypes.gaussian_labels == "features"),
+        ) if wanted
+    ]
+    if needs:
+        what = "--paper" if config.paper else " and ".join(needs)
+        raise ValueError(f"{scene_dir.root}: {what} needs per-Gaussian features, and this imported scene has none yet; {FEATURES_HINT}")
+
+
+def dataset_of_scene(root: Path) -> DatasetConfig:
+    """The dataset an imported scene records (`protosaga run SCENE` runs it on its own dataset)."""
+    if not is_trained_scene(real_path(root)):
+        raise ValueError(
+            f"{root}: is no scene (no protosaga scene.json); give the scene folder to write with -o SCENE, or a scene "
+            "made by protosaga import as the only argument"
+        )
+    scene_dir = SceneDir(root)
+    if not scene_dir.is_imported():  # its training flags are not on this command line: it would train again
+        raise ValueError(
+            f"{root}: `protosaga run SCENE` runs a scene made by protosaga import; for a scene trained here give its "
+            "dataset and the flags it was trained with: protosaga run DATASET -o SCENE ..."
+        )
+    meta = scene_dir.read_meta()
+    return DatasetConfig(Path(meta.dataset), meta.dataset_format, 1, meta.split_rule)
 
 
 def stage_decision(scene_dir: SceneDir, stage: str, config: Any, force: bool) -> str | None:
@@ -153,5 +197,6 @@ def _stage(name: str, detail: str) -> None:
 def run_demo(output: Path | None, config: RunConfig) -> tuple[Path, EvalReport]:
     """The whole method on the demo scene; returns the scene directory and the evaluation."""
     output = output or cache_dir() / "demo"
-    report = run(DatasetConfig(demo_dataset()), output, config)
+    with scene_lock(output, "demo", create=True):  # the lock names `demo`, not the `run` it calls
+        report = run(DatasetConfig(demo_dataset()), output, config)
     return output, report

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from .cameras import Cameras
 from .datasets.scene import Scene, View
 from .gaussians import Gaussians
 from .io.labelmaps import load_label_map
@@ -56,12 +57,24 @@ def render_features(
             cameras = scene.cameras(batch).to(gaussians.device)
             with torch.no_grad():
                 weights = frozen_weights(gaussians, cameras, "never")  # one render: only if cached
-                if weights is not None:
+                if gaussians.feature_dim == 0:  # an imported scene: empty maps, without rendering anything
+                    features = gaussians.features.new_zeros(len(batch), cameras.height, cameras.width, 0)
+                elif weights is not None:
                     features = torch.stack([view.render(gaussians.features) for view in weights])
                 else:
                     features = render(gaussians, cameras, rgb=False, extras=gaussians.features).extras
             bar.update(len(batch))
             yield from zip(batch, features.cpu())
+
+
+def frozen_feature_map(frozen: Gaussians, camera: Cameras, features: Tensor) -> Tensor:
+    """`features` rendered from one camera with the geometry of `frozen`, differentiable in the features
+    (what trains them with the geometry frozen): the view's cached blending weights where they apply
+    (on the CPU, within `render.sparse.shared_weights`, computed on first use), else the rasterizer. [N, D] -> [H, W, D]"""
+    weights = frozen_weights(frozen, camera)
+    if weights is not None:
+        return weights[0].render(features)
+    return render(frozen, camera, rgb=False, extras=features).extras[0]
 
 
 def read_consistent_mask(scene_dir: SceneDir, view: View) -> Tensor:

@@ -9,13 +9,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("files and types", ("protosaga_core.io.atomic", "protosaga_core.io.cache", "protosaga_core.io.labelmaps",
-                         "protosaga_core.io.outputs", "protosaga_core.io.ply", "protosaga_core.gaussians",
+    ("files and types", ("protosaga_core.io.atomic", "protosaga_core.io.bounded", "protosaga_core.io.cache",
+                         "protosaga_core.io.labelmaps", "protosaga_core.io.outputs", "protosaga_core.io.ply", "protosaga_core.io.scene_lock",
+                         "protosaga_core.io.source_ply", "protosaga_core.imports.inria",
+                         "protosaga_core.gaussians",
                          "protosaga_core.cameras", "protosaga_core.palette", "protosaga_core.device")),
     ("data and rendering", ("protosaga_core.datasets", "protosaga_core.render", "protosaga_core.orbit")),
     ("inputs", ("protosaga_core.masks", "protosaga_core.io.scene_dir", "protosaga_core.synthetic")),
     ("stage utilities", ("protosaga_core.stages", "protosaga_core.threads", "protosaga_core.metrics",
-                         "protosaga_core.io.exports")),
+                         "protosaga_core.io.exports", "protosaga_core.imports")),
     ("the method", ("protosaga_core.method",)),
     ("evaluation", ("protosaga_core.evaluate",)),
     ("commands", ("protosaga_core.pipeline", "protosaga_core.doctor", "protosaga_core.cli")),
@@ -103,7 +105,7 @@ def test_the_layer_check_sees_an_upward_import(tmp_path):
     assert layer_of("protosaga_core.method.prototypes") > layer_of("protosaga_core.stages")
 
 
-METHOD_ORDER = ("classifier", "lifting", "label_edits", "train", "consensus", "association", "prototypes", "baselines", "segment")
+METHOD_ORDER = ("classifier", "lifting", "label_edits", "train", "frozen_features", "consensus", "association", "prototypes", "baselines", "segment")
 """The method's modules, shared rules first, then the stages in the order a scene goes through them."""
 
 

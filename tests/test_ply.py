@@ -11,7 +11,7 @@ import torch
 from builders import random_gaussians
 
 from protosaga_core.gaussians import Gaussians, num_sh_rest
-from protosaga_core.io.ply import PlyFormatError, read_ply, write_ply
+from protosaga_core.io.ply import PlyFormatError, read_ply, write_features, write_ply
 
 INRIA_PLY = Path(__file__).resolve().parents[2] / "shared" / "data" / "inria_ply" / "point_cloud.ply"
 
@@ -229,3 +229,33 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch: p
         write_ply(path, random_gaussians(10, 1, 3))
     assert path.read_bytes() == b"old contents"
     assert [p.name for p in tmp_path.iterdir()] == ["scene.ply"]
+
+
+def test_write_features_replaces_the_feature_columns_and_keeps_every_other_one(tmp_path):
+    gaussians = random_gaussians(20, sh_degree=1, feature_dim=4)
+    path = tmp_path / "scene.ply"
+    write_ply(path, gaussians, instance_ids=torch.arange(20) * 3)
+    before = plyfile.PlyData.read(str(path))["vertex"]
+    write_features(path, torch.full((20, 6), 2.0))
+    after = plyfile.PlyData.read(str(path))["vertex"]
+    names = [p.name for p in after.properties]
+    assert names == inria_names(1) + [f"feat_{i}" for i in range(6)] + ["instance"]  # where the old ones were
+    for name in inria_names(1) + ["instance"]:
+        assert after.data[name].tobytes() == before.data[name].tobytes(), name
+    contents = read_ply(path)
+    assert torch.equal(contents.gaussians.features, torch.full((20, 6), 2.0))
+    assert torch.equal(contents.instance_ids, torch.arange(20) * 3)
+
+    with pytest.raises(ValueError, match="holds 20 Gaussians"):
+        write_features(path, torch.zeros(19, 6))
+    with pytest.raises(ValueError, match="NaN or inf values in feat_1"):
+        write_features(path, torch.tensor([[0.0, float("nan")]]).expand(20, 2))
+    assert read_ply(path).gaussians.feature_dim == 6  # refused writes changed nothing
+
+    plain = tmp_path / "plain.ply"
+    write_ply(plain, gaussians, plain=True)
+    original = plain.read_bytes()
+    write_features(plain, torch.ones(20, 3))
+    assert [p.name for p in plyfile.PlyData.read(str(plain))["vertex"].properties][-3:] == ["feat_0", "feat_1", "feat_2"]
+    write_features(plain, torch.zeros(20, 0))
+    assert plain.read_bytes() == original  # added then removed: the file as it was, byte for byte

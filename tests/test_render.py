@@ -294,7 +294,7 @@ def test_culled_gaussians_contribute_nothing():
         height=height,
         seed=2,
     )
-    num_visible, num_culled = 5, 7
+    num_visible = 5
     scene = concat_scenes(visible, culled)
     settings = RasterSettings(far_plane=50.0)
     result = compare_with_reference(scene, settings=settings)

@@ -205,7 +205,7 @@ def test_gaussians_round_trip(scene_dir):
 
 
 def test_missing_or_featureless_gaussians_are_named(scene_dir):
-    with pytest.raises(SceneDirError, match="missing; run protosaga train first") as error:
+    with pytest.raises(SceneDirError, match=r"missing; run protosaga train \(or protosaga import\) first") as error:
         scene_dir.read_gaussians()
     assert str(scene_dir.gaussians_path) in str(error.value)
     write_ply(scene_dir.gaussians_path, random_gaussians(5), plain=True)  # an INRIA file: no feat_* columns
@@ -232,7 +232,7 @@ def test_classifiers_round_trip_and_for_view(scene_dir):
 
 
 def test_missing_or_foreign_classifiers_are_named(scene_dir):
-    with pytest.raises(SceneDirError, match="missing; run protosaga train first") as error:
+    with pytest.raises(SceneDirError, match=r"missing; run protosaga train \(or protosaga import\) first") as error:
         scene_dir.read_classifiers()
     assert str(scene_dir.classifiers_path) in str(error.value)
     scene_dir.classifiers_path.write_text("not torch")

@@ -5,8 +5,9 @@ in `export_instances`. `Edit` is how the viewer's merges, splits, names of split
 hiding are written down (the app's edit_log.py converts them from and to `method.label_edits`).
 
 Exports are plain INRIA PLYs (DESIGN §7: they open in SuperSplat and the INRIA viewer); the only extra
-column ever written is `instance`, and only on request. Beside each PLY lies its record (same stem,
-`.json`, `ExportRecord`): the instances it holds and the viewer's edits it includes, so a file found later
+column ever written is `instance`, and only on request. An imported scene's exports are the source PLY's own
+rows of the Gaussians kept, byte for byte, with every property it has (`SourceRows`, io/source_ply.py).
+Beside each PLY lies its record (same stem, `.json`, `ExportRecord`): the instances it holds and the viewer's edits it includes, so a file found later
 still says what it is. The viewer saves its edits as `Edit`s in SCENE/edits.json, tied to the labels they
 were made on by a `LabelsFingerprint`; this command exports the computed labels and applies none of them.
 """
@@ -30,6 +31,8 @@ from .atomic import atomic_write_bytes
 from .outputs import check_output_file
 from .ply import write_ply
 from .scene_dir import SceneDir, SceneDirError
+from .scene_lock import is_inside, writes_scene
+from .source_ply import write_source_rows
 
 EXPORTS_DIR = "exports"
 EDITS_FILE = "edits.json"
@@ -150,6 +153,27 @@ class ExportSource:
 
 
 @dataclass(frozen=True)
+class SourceRows:
+    """The verbatim source PLY of an imported scene (`protosaga import`): exports copy its rows, every byte.
+
+    Attributes:
+        ply: the scene's gaussians.ply (the source PLY as it was imported).
+        properties: the source's vertex properties (later columns such as feat_* are left out).
+        rows: the row in `ply` of each Gaussian handed to the export; None: Gaussian i is row i. [N] int64
+    """
+
+    ply: Path
+    properties: tuple[str, ...]
+    rows: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, scene_dir: SceneDir, rows: np.ndarray | None = None) -> "SourceRows | None":
+        """An imported scene's source rows; None for a scene trained here (its PLY is written from the Gaussians)."""
+        properties = scene_dir.source_properties()
+        return None if properties is None else cls(scene_dir.gaussians_path, tuple(properties), rows)
+
+
+@dataclass(frozen=True)
 class ExportedInstance:
     """An instance in an export: its id (after the export's merges), name and number of Gaussians."""
 
@@ -211,6 +235,7 @@ def export_with_record(
     path: str | os.PathLike,
     source: ExportSource,
     with_instance_ids: bool = False,
+    verbatim: SourceRows | None = None,
 ) -> ExportRecord:
     """`export_instances`, then its record beside the PLY (both atomic); returns the record.
 
@@ -219,7 +244,7 @@ def export_with_record(
     Raises:
         ExportError: as `export_instances`; nothing is written then.
     """
-    count = export_instances(gaussians, labels, instance_ids, path, with_instance_ids)
+    count = export_instances(gaussians, labels, instance_ids, path, with_instance_ids, verbatim)
     exported = None if labels is None else labels if instance_ids is None else labels[np.isin(labels, sorted(instance_ids))]
     record = ExportRecord.of(Path(path), source, count, exported, with_instance_ids)
     try:
@@ -230,6 +255,7 @@ def export_with_record(
     return record
 
 
+@writes_scene("export", only_if=lambda scene_dir, output, **_: output is None or is_inside(output, scene_dir.root))
 def export_scene(
     scene_dir: SceneDir, instances: Iterable[int] = (), output: Path | None = None, with_instance_ids: bool = False, overwrite: bool = False
 ) -> tuple[Path, ExportRecord]:
@@ -243,10 +269,10 @@ def export_scene(
         the PLY's path and its record.
     """
     if output is not None:
+        for path in (output, record_path(output)):  # first: a path in a scene is refused as such
+            check_output_file(path, overwrite, free=(EXPORTS_DIR,))
         if output.suffix.lower() == ".json":
             raise ValueError(f"{output}: give the PLY another suffix; its record is written beside it as .json")
-        for path in (output, record_path(output)):
-            check_output_file(path, overwrite, scene_dir.root, free=(EXPORTS_DIR,))
     gaussians = scene_dir.read_gaussians()
     selection = set(instances) or None
     if selection is not None or with_instance_ids:
@@ -257,7 +283,7 @@ def export_scene(
     source = ExportSource(scene_dir.root.resolve(), fingerprint, _instance_names(scene_dir))
     path = output if output is not None else safe_export_name(scene_dir, selection)
     try:
-        record = export_with_record(gaussians, labels, selection, path, source, with_instance_ids)
+        record = export_with_record(gaussians, labels, selection, path, source, with_instance_ids, SourceRows.of(scene_dir))
     except BaseException:
         if output is None:  # drop the name safe_export_name reserved
             path.unlink(missing_ok=True)
@@ -287,6 +313,7 @@ def export_instances(
     instance_ids: set[int] | None,
     path: str | os.PathLike,
     with_instance_ids: bool = False,
+    verbatim: SourceRows | None = None,
 ) -> int:
     """Write the Gaussians of some instances as a plain INRIA PLY; returns how many were written.
 
@@ -297,6 +324,8 @@ def export_instances(
         instance_ids: the instances to export; None exports every Gaussian (unassigned ones included).
         path: the PLY to write (atomically).
         with_instance_ids: add the `int instance` column holding each Gaussian's label.
+        verbatim: for an imported scene, the source PLY whose rows are written byte for byte (every property
+            the source has, in its encoding) instead of INRIA columns written from `gaussians`.
 
     Raises:
         ExportError: unknown ids (named, with the valid ones), an empty selection, or missing labels.
@@ -312,6 +341,10 @@ def export_instances(
         keep = np.ones(len(gaussians), dtype=bool) if instance_ids is None else _instance_mask(labels, instance_ids)
     if not keep.any():
         raise ExportError("nothing to export: the selection holds no Gaussians")
+    if verbatim is not None:
+        rows = np.flatnonzero(keep) if verbatim.rows is None else np.asarray(verbatim.rows)[keep]
+        ids = labels[keep].astype(np.int64) if with_instance_ids else None
+        return write_source_rows(verbatim.ply, verbatim.properties, rows, path, ids)
     selected = gaussians.select(torch.from_numpy(keep).to(gaussians.device))
     if with_instance_ids:
         # plain=False with zero feature columns: exactly the INRIA columns followed by `instance`.

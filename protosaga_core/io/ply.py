@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from plyfile import PlyData, PlyElement, PlyElementParseError, PlyListProperty, PlyParseError
+from plyfile import PlyData, PlyElement, PlyElementParseError, PlyListProperty, PlyParseError, PlyProperty
 from torch import Tensor
 
 from protosaga_core.gaussians import Gaussians, num_sh_rest
@@ -161,6 +161,47 @@ def _vertex_array(names: list[str], matrix: np.ndarray, instance_ids: np.ndarray
     return vertices
 
 
+def write_features(path: str | os.PathLike, features: Tensor) -> None:
+    """Replace the feat_* columns of the splat PLY `path` (or add them), atomically, keeping every other
+    property of every element, their order, the comments and the encoding as they are: the geometry and
+    anything another trainer stored stay bit for bit. New columns go where the old ones were, else
+    before `instance`, else last.
+
+    Args:
+        features: one row per vertex, any device, stored as float32. [N, D]
+
+    Raises:
+        PlyFormatError: as `read_ply`, for a file that is not a splat PLY.
+        ValueError: `features` of another length than the file's vertices, or NaN/inf values.
+    """
+    ply = _read_plydata(path)
+    vertex = _vertex_element(path, ply)
+    matrix = features.detach().to(device="cpu", dtype=torch.float32).numpy()
+    if matrix.ndim != 2 or matrix.shape[0] != vertex.count:
+        raise ValueError(f"cannot write features {list(matrix.shape)} into {os.fspath(path)}: it holds {vertex.count} Gaussians")
+    names = [f"feat_{i}" for i in range(matrix.shape[1])]
+    problem = _non_finite_problem(names, matrix)
+    if problem:
+        raise ValueError(f"cannot write {os.fspath(path)}: {problem}")
+    old = list(vertex.properties)
+    is_feature = [prop.name.startswith("feat_") and prop.name[5:].isdigit() for prop in old]
+    kept = [prop for prop, feature in zip(old, is_feature) if not feature]
+    at = is_feature.index(True) if any(is_feature) else next((i for i, p in enumerate(old) if p.name == INSTANCE), len(old))
+    at -= sum(is_feature[:at])  # the position among the kept properties
+    properties = kept[:at] + [PlyProperty(name, "float") for name in names] + kept[at:]
+    data = np.empty(vertex.count, dtype=[(p.name, vertex.data.dtype[p.name] if p.name not in names else "<f4") for p in properties])
+    for prop in kept:
+        data[prop.name] = vertex.data[prop.name]
+    for index, name in enumerate(names):
+        data[name] = matrix[:, index]
+    replaced = PlyElement(vertex.name, properties, vertex.count, vertex.comments)
+    replaced.data = data
+    elements = [replaced if element is vertex else element for element in ply.elements]
+    updated = PlyData(elements, text=ply.text, byte_order=ply.byte_order, comments=ply.comments, obj_info=ply.obj_info)
+    with atomic_open(path) as handle:
+        updated.write(handle)
+
+
 # --- reading -------------------------------------------------------------------------------------
 
 
@@ -208,7 +249,7 @@ def _read_plydata(path: str | os.PathLike) -> PlyData:
         return PlyData.read(os.fspath(path))
     except PlyElementParseError as error:  # the header parsed, the body is shorter than it declares
         raise PlyFormatError(path, f"truncated or malformed data ({error})") from error
-    except (PlyParseError, ValueError) as error:  # plyfile raises ValueError for bad text/duplicates
+    except (PlyParseError, ValueError, OverflowError) as error:  # bad text/duplicates; counts beyond int64
         raise PlyFormatError(path, f"not a readable PLY file ({error})") from error
 
 

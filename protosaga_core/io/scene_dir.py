@@ -2,8 +2,10 @@
 
 ```
 trained_scene/
-  scene.json         format, version, source dataset, stage status, configs, instance table
-  gaussians.ply      INRIA layout + feat_0..feat_{D-1}
+  scene.json         format, version, source dataset, stage status, configs, instance table; for an
+                     imported scene (protosaga import) also the dataset-to-Gaussians similarity
+  gaussians.ply      INRIA layout + feat_0..feat_{D-1}; an imported scene's is the source PLY, verbatim
+                     (plus feat_* columns once features are learnt on it)
   classifiers.pt     per-view cosine classifiers (tensors, strings and ints only: weights_only loadable)
   association/       <stem>.png uint16 consistent masks; association.json
   prototypes.npz     v [T, D], ids [T], views per instance [T]
@@ -27,13 +29,19 @@ import torch
 from torch import Tensor
 
 from ..datasets.scene import Scene
+from ..datasets.similarity import Similarity, SimilarityError
 from ..gaussians import Gaussians
 from .atomic import atomic_open, atomic_write_bytes, recover_dir, remove_stale_temporaries
-from .ply import read_ply, write_ply
+from .bounded import BoundedReadError, load_npy, read_json
+from .ply import read_ply, write_features, write_ply
 
 SCENE_FORMAT = "protosaga-scene"
 SCENE_VERSION = 1
-STAGES = ("train", "associate", "prototypes", "eval")
+STAGES = ("import", "train", "features", "associate", "prototypes", "eval")
+"""In order; a stage's outputs are made from the earlier ones' ("features": `protosaga features`, optional;
+"import": `protosaga import`, Gaussians trained elsewhere and no features yet, stands in for "train")."""
+FEATURES_HINT = "run protosaga features SCENE to learn them on its Gaussians, which stay as they are"
+"""What adds features to an imported scene, named by every message about a stage that needs them."""
 
 
 class SceneDirError(ValueError):
@@ -64,6 +72,9 @@ class SceneMeta:
         stages: finished stages ("train", "associate", "prototypes", "eval").
         configs: each finished stage's config, as plain JSON values, for the record.
         instances: the instance table, filled by the prototypes stage.
+        world_transform: the similarity from the dataset's world frame to the Gaussians' frame (4x4 rows;
+            datasets/similarity.py), which `SceneDir.load_dataset` applies to the cameras; None: the same
+            frame (a scene trained here).
     """
 
     dataset: str
@@ -74,6 +85,7 @@ class SceneMeta:
     stages: list[str] = field(default_factory=list)
     configs: dict[str, Any] = field(default_factory=dict)
     instances: list[InstanceInfo] = field(default_factory=list)
+    world_transform: list[list[float]] | None = None
     format: str = SCENE_FORMAT
     version: int = SCENE_VERSION
 
@@ -173,6 +185,17 @@ class SceneDir:
         meta.configs[stage] = config_record(config)
         self.write_meta(meta)
 
+    def forget_from(self, stage: str) -> None:
+        """Forget `stage` and the stages after it in scene.json, before `stage` replaces in place files
+        that it and they were made from (gaussians.ply's features): a process killed between its writes
+        leaves them to be redone, never recorded as done from files that have changed since."""
+        meta = self.read_meta()
+        later = STAGES[STAGES.index(stage) :]
+        if any(s in later for s in meta.stages):
+            meta.stages = [s for s in meta.stages if s not in later]
+            meta.configs = {k: v for k, v in meta.configs.items() if k not in later}
+            self.write_meta(meta)
+
     def sweep(self) -> None:
         """Clean up after a killed process: temporaries of atomic writes whose writer is gone, and a
         folder swap (association/) cut between its two renames."""
@@ -184,28 +207,77 @@ class SceneDir:
         return self.meta_path.exists() and stage in self.read_meta().stages
 
     def load_dataset(self) -> Scene:
-        """The dataset this scene was trained on, read exactly as training read it."""
+        """The dataset this scene was trained on, read exactly as training read it; for an imported scene
+        its cameras (GT depths and points too) moved into the Gaussians' frame: the one place that happens."""
         from ..datasets import load_scene
 
         meta = self.read_meta()
-        return load_scene(Path(meta.dataset), meta.dataset_format, meta.downscale, meta.split_rule)
+        scene = load_scene(Path(meta.dataset), meta.dataset_format, meta.downscale, meta.split_rule)
+        return self.similarity(meta).apply_scene(scene)
+
+    def similarity(self, meta: SceneMeta | None = None) -> Similarity:
+        """The dataset-to-Gaussians transform scene.json records (the identity where it records none)."""
+        meta = meta or self.read_meta()
+        if meta.world_transform is None:
+            return Similarity.identity()
+        try:
+            return Similarity.from_matrix(meta.world_transform, f"{self.meta_path} (world_transform)")
+        except SimilarityError as error:
+            raise SceneDirError(str(error)) from error
+
+    def is_imported(self) -> bool:
+        """Whether the Gaussians were trained elsewhere (`protosaga import`) rather than by `train`."""
+        return self.is_done("import")
+
+    def source_properties(self) -> list[str] | None:
+        """For an imported scene, the vertex properties of the source PLY in their order (gaussians.ply holds
+        them verbatim, and exports copy them byte for byte); None for a scene trained here."""
+        try:
+            meta = self.read_meta() if self.meta_path.exists() else None
+        except SceneDirError:  # exports of a scene whose scene.json is damaged still work (INRIA columns)
+            meta = None
+        record = meta.configs.get("import") if meta is not None and "import" in meta.stages else None
+        names = record.get("properties") if isinstance(record, dict) else None
+        return list(names) if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
 
     # --- Gaussians -----------------------------------------------------------------------------------
     def read_gaussians(self) -> Gaussians:
+        """The scene's Gaussians. An imported scene's have no features (features [N, 0]) until features are
+        learnt on it: feat_* columns of the source PLY were not made with this scene's classifiers."""
         if not self.gaussians_path.exists():
-            raise SceneDirError(f"{self.gaussians_path}: missing; run protosaga train first")
+            raise SceneDirError(f"{self.gaussians_path}: missing; run protosaga train (or protosaga import) first")
         gaussians = read_ply(self.gaussians_path).gaussians
+        try:
+            stages = self.read_meta().stages if self.meta_path.exists() else []
+        except SceneDirError:  # the Gaussians are readable without it
+            stages = []
+        if "import" in stages and not {"train", "features"} & set(stages):
+            return Gaussians(**{**gaussians.tensors(), "features": gaussians.features[:, :0]})
         if gaussians.feature_dim == 0:
             raise SceneDirError(f"{self.gaussians_path}: has no feat_* columns; it was not trained by protosaga")
         return gaussians
 
+    def require_features(self, gaussians: Gaussians, what: str) -> None:
+        """Refuse `what` (an option that needs per-Gaussian features) on a scene that has none yet."""
+        if gaussians.feature_dim == 0:
+            raise SceneDirError(
+                f"{self.root}: {what} needs per-Gaussian features, and this imported scene has none yet; "
+                f"{FEATURES_HINT}, or use the defaults, which need none"
+            )
+
     def write_gaussians(self, gaussians: Gaussians) -> None:
         write_ply(self.gaussians_path, gaussians)
+
+    def write_features(self, features: Tensor) -> None:
+        """Replace gaussians.ply's feat_* columns (atomically), every other column kept bit for bit. [N, D]"""
+        write_features(self.gaussians_path, features)
 
     # --- classifiers ---------------------------------------------------------------------------------
     def read_classifiers(self) -> Classifiers:
         path = self.classifiers_path
         if not path.exists():
+            if self.is_imported():
+                raise SceneDirError(f"{path}: missing: this imported scene has no per-view classifiers yet; {FEATURES_HINT}")
             raise SceneDirError(f"{path}: missing; run protosaga train first")
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -236,7 +308,9 @@ class SceneDir:
         if not self.labels_path.exists():
             raise SceneDirError(f"{self.labels_path}: missing; run protosaga prototypes first")
         try:
-            labels = np.load(self.labels_path, allow_pickle=False)
+            labels = load_npy(self.labels_path)
+        except BoundedReadError as error:  # a header announcing more than the file holds, before allocating it
+            raise SceneDirError(f"{error}; run protosaga prototypes again") from error
         except (ValueError, OSError, EOFError) as error:
             raise SceneDirError(f"{self.labels_path}: not a NumPy array file ({error}); run protosaga prototypes again") from error
         if not isinstance(labels, np.ndarray) or not np.issubdtype(labels.dtype, np.integer):
@@ -274,6 +348,10 @@ def mistyped_fields(meta: SceneMeta) -> list[str]:
         "train_views": is_names(meta.train_views),
         "stages": is_names(meta.stages),
         "configs": isinstance(meta.configs, dict),
+        "world_transform": meta.world_transform is None or (
+            isinstance(meta.world_transform, list)
+            and all(isinstance(row, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row) for row in meta.world_transform)
+        ),
     }
     wrong = [name for name, ok in checks.items() if not ok]
     for row in meta.instances:
@@ -288,13 +366,19 @@ def read_versioned_json(path: Path, file_format: str, version: int, missing_hint
     if not path.is_file():
         raise SceneDirError(f"{path}: missing; {missing_hint}")
     try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SceneDirError(f"{path}: unreadable JSON ({error})") from error
+        raw = read_json(path)
+    except BoundedReadError as error:  # too large, nested too deep, not UTF-8 or not JSON; names the file
+        raise SceneDirError(str(error)) from error
     if not isinstance(raw, dict) or raw.get("format") != file_format:
         raise SceneDirError(f"{path}: not a {file_format} file")
-    if raw.get("version") != version:
-        raise SceneDirError(f"{path}: version {raw.get('version')} is not the supported {version}")
+    found = raw.get("version")
+    if found is not None and (not isinstance(found, int) or isinstance(found, bool)):
+        kind = {str: "a string", float: "a decimal number", bool: "a boolean", list: "an array"}.get(type(found), "an object")
+        shown = json.dumps(found)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise SceneDirError(f"{path}: version {shown} is {kind}; the version must be the integer {version}")
+    if found != version:
+        raise SceneDirError(f"{path}: version {found} is not the supported {version}")
     return raw
 
 

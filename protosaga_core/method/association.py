@@ -55,8 +55,9 @@ from ..gaussians import Gaussians
 from ..io.atomic import atomic_write_bytes, replace_dir, staging_dir
 from ..io.labelmaps import MAX_LABEL, save_label_map
 from ..io.scene_dir import Classifiers, SceneDir, SceneDirError, read_versioned_json
+from ..io.scene_lock import writes_scene
 from .classifier import cosine_logits
-from .consensus import ConsensusSettings, cluster_masks, mask_membership
+from .consensus import ConsensusSettings, check_consensus_fits, cluster_masks, mask_membership
 
 ASSOCIATION_FORMAT = "protosaga-association"
 ASSOCIATION_VERSION = 1
@@ -464,6 +465,9 @@ def associate_by_consensus(
     which its cluster last grew (1 for a cluster of one mask), and `matched` says it shares its id.
     """
     raw_masks = [view.load_mask() for view in views]
+    # Refused before lifting every view's masks (minutes of rendering), as cluster_masks would refuse them after.
+    folder = str(views[0].mask_path.parent) if views and views[0].mask_path is not None else ""
+    check_consensus_fits(sum(len(torch.unique(mask[mask > 0])) for mask in raw_masks), len(views), folder)
     batches = ((view.cameras, mask[None]) for view, mask in zip(tqdm(views, desc="lift masks", unit="view", disable=not progress), raw_masks))
     membership = mask_membership(gaussians, batches)
     cluster, joined_at = cluster_masks(membership, settings)
@@ -530,14 +534,15 @@ def _mask_json(mask: MaskAssociation) -> dict[str, Any]:
     return {"raw": mask.raw, "global": mask.global_id, "score": mask.score, "matched": mask.matched, "gaussians": mask.num_gaussians}
 
 
-def training_views(scene_dir: SceneDir, classifiers: Classifiers) -> list[View]:
-    """The dataset's training views sorted by name, each checked to have a mask and a classifier."""
+def training_views(scene_dir: SceneDir, classifiers: Classifiers | None) -> list[View]:
+    """The dataset's training views sorted by name, each checked to have a mask and a classifier (None: an
+    imported scene's view consensus, which needs none)."""
     scene = scene_dir.load_dataset()
     views = sorted(scene.split("train"), key=lambda view: view.name)
     if not views:
         raise SceneDirError(f"{scene.root}: the dataset has no training views")
     for view in views:
-        if view.name not in classifiers.view_names:
+        if classifiers is not None and view.name not in classifiers.view_names:
             raise SceneDirError(f"{scene_dir.classifiers_path}: no classifier for training view {view.name}; retrain the scene")
         if view.mask_path is None:
             raise SceneDirError(f"{scene.root}: training view {view.name} has no mask; run protosaga masks first")
@@ -549,6 +554,7 @@ def association_view(view: View, classifiers: Classifiers) -> AssociationView:
     return AssociationView(view.viewmat, view.K, view.load_mask(), labels, weights, view.name)
 
 
+@writes_scene("associate")
 def associate(scene_dir: SceneDir, config: AssociateConfig, progress: bool = True) -> AssociationRecord:
     """The associate stage: consistent masks for every training view of a trained scene.
 
@@ -560,7 +566,10 @@ def associate(scene_dir: SceneDir, config: AssociateConfig, progress: bool = Tru
     scene_dir.sweep()
     staging = staging_dir(scene_dir.association_dir)
     gaussians = scene_dir.read_gaussians().to(default_device())
-    classifiers = scene_dir.read_classifiers()
+    if config.grouping == "bank":  # Eq. 14-15 rank by the classifiers' probabilities of the features
+        scene_dir.require_features(gaussians, "--grouping bank (the paper's memory bank and its per-view classifiers)")
+    # View consensus reads the geometry only: an imported scene has no classifiers to check the views against.
+    classifiers = scene_dir.read_classifiers() if config.grouping == "bank" or not scene_dir.is_imported() else None
     views = training_views(scene_dir, classifiers)
     if config.grouping == "consensus":
         results, num_instances = associate_by_consensus(gaussians, views, config.consensus_settings, progress)

@@ -30,14 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from ..cameras import Cameras
 from ..datasets.scene import Scene
 from ..gaussians import Gaussians
 from ..io.atomic import atomic_open
 from ..io.scene_dir import SceneDir
-from ..render import render
-from ..render.sparse import frozen_weights, shared_weights
-from ..stages import read_consistent_mask
+from ..render.sparse import shared_weights
+from ..stages import frozen_feature_map, read_consistent_mask
 from .prototypes import CLASSIFY_CHUNK, Prototypes
 
 REG3D_INTERVAL = 2
@@ -231,7 +229,7 @@ def train_cls(
             if not order:  # Gaga's viewpoint stack: every view once per epoch, in random order
                 order = torch.randperm(len(views), generator=generator).tolist()
             index = order.pop()
-            rendered = _render_features_of(frozen, views[index].cameras.to(device), features)
+            rendered = frozen_feature_map(frozen, views[index].cameras.to(device), features)
             logits = rendered.reshape(-1, dim) @ weight.T + bias
             loss = F.cross_entropy(logits, targets[index]) / math.log(num_classes)
             if neighbours is not None and iteration % REG3D_INTERVAL == 0:
@@ -242,15 +240,6 @@ def train_cls(
             feature_optimizer.step()
             classifier_optimizer.step()
     return ClsModel(class_ids, weight.detach(), bias.detach(), features.detach())
-
-
-def _render_features_of(frozen: Gaussians, camera: Cameras, features: Tensor) -> Tensor:
-    """`features` [N, D] rendered from one camera with the geometry of `frozen`, differentiable in the
-    features: the view's cached blending weights where they apply, else the rasterizer. [H, W, D]"""
-    weights = frozen_weights(frozen, camera)
-    if weights is not None:
-        return weights[0].render(features)
-    return render(frozen, camera, rgb=False, extras=features).extras[0]
 
 
 def _neighbours(means: Tensor, k: int) -> Tensor:

@@ -137,7 +137,7 @@ class ViewSums:
         labels = mask.reshape(-1).to(device=features.device, dtype=torch.int64)
         inside = labels > 0
         ids, rows, counts = torch.unique(labels[inside], return_inverse=True, return_counts=True)
-        flat = features.reshape(-1, features.shape[-1])[inside]
+        flat = features.reshape(len(labels), features.shape[-1])[inside]  # D may be 0 (an imported scene)
         return cls(ids, flat.new_zeros(len(ids), flat.shape[1]).index_add_(0, rows, flat), counts)
 
     def prototypes(self) -> tuple[Tensor, Tensor, Tensor]:

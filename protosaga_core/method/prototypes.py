@@ -26,7 +26,9 @@ from ..datasets.scene import Scene
 from ..device import default_device
 from ..gaussians import Gaussians
 from ..io.atomic import atomic_open
+from ..io.bounded import BoundedReadError, load_npz
 from ..io.scene_dir import InstanceInfo, SceneDir, SceneDirError
+from ..io.scene_lock import writes_scene
 from ..palette import instance_color
 from ..stages import DEFAULT_CHUNK_VIEWS, read_consistent_mask, render_features, view_batches
 from .classifier import cosine_logits
@@ -115,9 +117,10 @@ class Prototypes:
         if not os.path.exists(path):
             raise SceneDirError(f"{path}: missing; run protosaga prototypes first")
         try:
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {key: archive[key] for key in archive.files}
-        except (OSError, ValueError) as error:  # not a zip / not an npz / pickled content
+            arrays = load_npz(path)
+        except BoundedReadError as error:  # a member announcing more than the file holds, before allocating it
+            raise SceneDirError(f"{error}; run protosaga prototypes again") from error
+        except (OSError, ValueError, EOFError) as error:  # not a zip / not an npz / pickled content
             raise SceneDirError(f"{path}: not a prototypes file ({error})") from error
         missing = [key for key in PROTOTYPE_KEYS if key not in arrays]
         if missing:
@@ -262,6 +265,7 @@ def lifted_gaussian_labels(
     return fill_from_neighbours(gaussians.means.detach().cpu(), labels, config.fill_neighbours)
 
 
+@writes_scene("prototypes")
 def compute_prototypes(scene_dir: SceneDir, config: PrototypesConfig = PrototypesConfig(), progress: bool = True) -> Prototypes:
     """The prototypes stage: render every training view's features, Eq. 17-18, per-Gaussian labels.
 
@@ -271,6 +275,10 @@ def compute_prototypes(scene_dir: SceneDir, config: PrototypesConfig = Prototype
         raise ValueError(f"unknown gaussian_labels rule {config.gaussian_labels!r}; expected 'lifted' or 'features'")
     scene_dir.sweep()
     gaussians = scene_dir.read_gaussians().to(default_device())
+    if config.gaussian_labels == "features":
+        scene_dir.require_features(gaussians, "--gaussian-labels features (Eq. 19 on each Gaussian's feature)")
+    # Without features (an imported scene) the prototypes are empty vectors [T, 0]: their ids and view counts
+    # (the instance table) still come from the consistent masks, and the lifted labels need no features.
     scene = scene_dir.load_dataset()
     per_view = collect_view_prototypes(scene_dir, gaussians, scene, config.chunk_views, progress)
     prototypes = ensemble_prototypes([p[0] for p in per_view], [p[1] for p in per_view])

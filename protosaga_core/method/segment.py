@@ -31,6 +31,7 @@ from ..gaussians import Gaussians
 from ..io.labelmaps import save_label_map
 from ..io.outputs import check_output_dir
 from ..io.scene_dir import SceneDir
+from ..io.scene_lock import is_inside, writes_scene
 from ..stages import DEFAULT_CHUNK_VIEWS, render_features, view_batches
 from .baselines import ClsSettings, kmeans_prototypes, train_or_load_cls
 from .lifting import render_label_maps
@@ -81,6 +82,7 @@ def output_dir(scene_dir: SceneDir, config: SegmentConfig) -> Path:
     return config.output if config.output is not None else scene_dir.root / "segment" / config.method / config.split
 
 
+@writes_scene("segment", only_if=lambda scene_dir, config, **_: is_inside(output_dir(scene_dir, config), scene_dir.root))
 def segment(scene_dir: SceneDir, config: SegmentConfig = SegmentConfig(), progress: bool = True) -> Path:
     """Write one uint16 `<stem>.png` label map per view of `config.split`; returns the folder."""
     if config.method not in METHODS:
@@ -91,8 +93,10 @@ def segment(scene_dir: SceneDir, config: SegmentConfig = SegmentConfig(), progre
         raise ValueError(f"{scene.root}: the dataset has no {config.split} views")
     out = output_dir(scene_dir, config)
     if config.output is not None:
-        check_output_dir(out, config.overwrite, scene_dir.root, free=("segment", "exports"))
+        check_output_dir(out, config.overwrite, free=("segment", "exports"))
     gaussians = scene_dir.read_gaussians().to(default_device())
+    if config.method != "lifted":  # Eq. 19 and the Table 4 baselines classify rendered features
+        scene_dir.require_features(gaussians, f"--method {config.method}")
     desc = f"segment {config.split} ({config.method})"
     # The folder is made once what the method needs has been read (or trained): a failure leaves none.
     if config.method == "lifted":

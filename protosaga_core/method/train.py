@@ -18,6 +18,7 @@ import hashlib
 import io
 import math
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -33,7 +34,9 @@ from ..datasets import DatasetConfig, Scene, View
 from ..device import default_device
 from ..gaussians import DEFAULT_FEATURE_DIM, Gaussians
 from ..io.atomic import atomic_write_bytes
+from ..io.outputs import check_scene_output
 from ..io.scene_dir import Classifiers, SceneDir, SceneMeta
+from ..io.scene_lock import LOCK_FILE, writes_scene
 from ..metrics.image import ssim_loss
 from ..render import render
 from ..threads import rebalance as rebalance_threads
@@ -202,10 +205,7 @@ def new_state(gaussians: Gaussians, views: list[TrainingView], config: TrainConf
     from the same start on every device)."""
     params = gaussians.as_parameter_dict()
     generator = torch.Generator().manual_seed(config.seed)
-    classifiers = [
-        torch.nn.Parameter(torch.randn(max(len(v.labels), 1), config.feature_dim, generator=generator).to(gaussians.device))
-        for v in views
-    ]
+    classifiers = new_classifiers(views, config.feature_dim, generator, gaussians.device)
     return TrainState(
         iteration=0,
         params=params,
@@ -215,6 +215,17 @@ def new_state(gaussians: Gaussians, views: list[TrainingView], config: TrainConf
         strategy_state=_strategy(config).initialize_state(scene_scale=extent),
         view_generator=generator,
     )
+
+
+def new_classifiers(views: list[TrainingView], dim: int, generator: torch.Generator, device: torch.device) -> list[Tensor]:
+    """Fresh per-view classifiers w_k (Eq. 6), one row per mask label (at least one), drawn from N(0, 1)
+    on the CPU generator in view order. list of [L_k, D] Parameters on `device`"""
+    return [torch.nn.Parameter(torch.randn(max(len(v.labels), 1), dim, generator=generator).to(device)) for v in views]
+
+
+def draw_view(generator: torch.Generator, count: int) -> int:
+    """The training view of the next iteration, uniformly at random."""
+    return int(torch.randint(count, (1,), generator=generator))
 
 
 def _optimizers(params: torch.nn.ParameterDict, config: TrainConfig, extent: float) -> dict[str, torch.optim.Adam]:
@@ -328,15 +339,26 @@ def training_loss(
     rgb, features = out.colors[0], out.extras[0]
     reconstruction = (1 - config.lambda_ssim) * (rgb - sample.image).abs().mean()
     reconstruction = reconstruction + config.lambda_ssim * ssim_loss(rgb, sample.image)
-    logits = cosine_logits(features, classifier, config.temperature)  # [H, W, L]
-    if (sample.target != IGNORE).any():
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), sample.target.reshape(-1), ignore_index=IGNORE)
-    else:
-        ce = logits.sum() * 0.0
+    ce = classification_loss(features, classifier, sample.target, config.temperature)
     return reconstruction + config.lambda_ce * ce, rgb, out.info
 
 
-class _DeferredInterrupt:
+def classification_loss(features: Tensor, classifier: Tensor, target: Tensor, temperature: float) -> Tensor:
+    """Eq. 6-7: the mean cross-entropy of `softmax(τ cos(w_k, F̂_k(p)))` against the mask's classifier row of
+    every labelled pixel; 0 (still in the graph) where no pixel is labelled.
+
+    Args:
+        features: the rendered feature map F̂_k. [H, W, D]
+        classifier: w_k. [L, D]
+        target: classifier row of each pixel, IGNORE where unlabeled. [H, W] int64
+    """
+    logits = cosine_logits(features, classifier, temperature)  # [H, W, L]
+    if not (target != IGNORE).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
+
+
+class DeferredInterrupt:
     """Turns SIGINT/SIGTERM into a flag checked between iterations.
 
     An interrupt in the middle of an iteration (after the view was drawn, between two optimizer steps)
@@ -348,7 +370,7 @@ class _DeferredInterrupt:
         self.requested = False
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "_DeferredInterrupt":
+    def __enter__(self) -> "DeferredInterrupt":
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._request)
         return self
@@ -359,6 +381,23 @@ class _DeferredInterrupt:
 
     def _request(self, signum, frame) -> None:
         self.requested = True
+
+
+def end_of_iteration(
+    interrupt: DeferredInterrupt, iteration: int, every: int, save: Callable[[], None], checkpoint: Path, bar: tqdm
+) -> None:
+    """Between two iterations: save and stop when interrupted, save when `every` (0: never) divides
+    `iteration`.
+
+    Raises:
+        KeyboardInterrupt: after saving, when `interrupt` was requested.
+    """
+    if interrupt.requested:
+        save()
+        bar.close()
+        raise KeyboardInterrupt(f"interrupted after iteration {iteration}; checkpoint {checkpoint}")
+    if every and iteration % every == 0:
+        save()
 
 
 def train_loop(
@@ -372,10 +411,10 @@ def train_loop(
     strategy = _strategy(config)
     means_decay = (config.lr_means_final / config.lr_means) ** (1 / max(config.iterations, 1))
     bar = tqdm(total=config.iterations, initial=state.iteration, desc="train", unit="it", dynamic_ncols=True)
-    with _DeferredInterrupt() as interrupt:
+    with DeferredInterrupt() as interrupt:
         while state.iteration < config.iterations:
             step = state.iteration
-            index = int(torch.randint(len(views), (1,), generator=state.view_generator))
+            index = draw_view(state.view_generator, len(views))
             sh_degree = min(step // config.sh_degree_interval, config.sh_degree)
             state.optimizers["means"].param_groups[0]["lr"] = config.lr_means * extent * means_decay**step
             loss, rgb, info = training_loss(state.params, state.classifiers[index], views[index], sh_degree, config)
@@ -392,12 +431,9 @@ def train_loop(
                 mse = F.mse_loss(rgb.detach(), views[index].image).item()
                 psnr = -10 * math.log10(max(mse, 1e-10))
                 bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.2f}", gaussians=len(state.params["means"]))
-            if interrupt.requested:
-                save_checkpoint(checkpoint, state, fingerprint)
-                bar.close()
-                raise KeyboardInterrupt(f"interrupted after iteration {state.iteration}; checkpoint {checkpoint}")
-            if config.checkpoint_every and state.iteration % config.checkpoint_every == 0:
-                save_checkpoint(checkpoint, state, fingerprint)
+            end_of_iteration(
+                interrupt, state.iteration, config.checkpoint_every, lambda: save_checkpoint(checkpoint, state, fingerprint), checkpoint, bar
+            )
     bar.close()
     save_checkpoint(checkpoint, state, fingerprint)
     return state
@@ -421,6 +457,7 @@ def check_output(scene_dir: SceneDir, resume: bool, overwrite: bool) -> None:
     """`train` writes a new scene only where there is none, continues one only when told (--resume), and
     replaces one only when told (--overwrite)."""
     root = scene_dir.root
+    check_scene_output(root)  # never a scene inside another scene's folders
     if resume and overwrite:
         raise ValueError("--resume continues the scene's training and --overwrite starts it again: choose one")
     if root.exists() and not root.is_dir():
@@ -430,7 +467,7 @@ def check_output(scene_dir: SceneDir, resume: bool, overwrite: bool) -> None:
         if not checkpoint.exists():
             raise FileNotFoundError(f"{checkpoint}: no checkpoint to resume from")
         return
-    if overwrite or not root.exists() or not any(root.iterdir()):
+    if overwrite or not root.exists() or not any(p.name != LOCK_FILE for p in root.iterdir()):
         return
     if scene_dir.meta_path.exists() or checkpoint.exists():
         state = "a trained scene" if scene_dir.is_done("train") else "an interrupted training (checkpoints/last.pt)"
@@ -441,6 +478,7 @@ def check_output(scene_dir: SceneDir, resume: bool, overwrite: bool) -> None:
     raise ValueError(f"{root}: exists and holds other files; choose a new or empty -o folder (or --overwrite)")
 
 
+@writes_scene("train", scene="output", create=True)
 def train(
     dataset: DatasetConfig,
     output: Path,

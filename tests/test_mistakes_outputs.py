@@ -20,10 +20,10 @@ from protosaga_core.cli import command_type, main
 from protosaga_core.io.cache import cache_dir
 from protosaga_core.io.scene_dir import SCENE_FORMAT
 
-INPUTS = {"path", "scene", "gt", "pred", "dataset.root", "masks.checkpoint", "config.masks.checkpoint"}
+INPUTS = {"path", "scene", "gt", "pred", "dataset.root", "masks.checkpoint", "config.masks.checkpoint", "source", "dataset", "config.transform"}
 """Path options that name what a command reads. Every other Path option of every command is an output,
 and `test_no_output_option_of_any_command_replaces_a_scenes_files` checks it."""
-MAKES_A_SCENE = {"train", "run", "demo"}
+MAKES_A_SCENE = {"train", "run", "demo", "import"}
 """Commands whose output is a scene folder: a scene itself is a valid one (their own rules say when it is
 continued or replaced); anything inside a scene is not."""
 OUTPUT_PLACES = ("exports", "segment")
@@ -41,6 +41,7 @@ def base_argv(command: str, scene: Path, dataset: Path) -> list[str]:
         "train": ["train", str(dataset), *TINY_TRAINING, "--overwrite"],
         "run": ["run", str(dataset), *TINY_TRAINING, "--force", "--masks.method", "simulated"],
         "demo": ["demo", "--no-view", *TINY_TRAINING, "--force", "--masks.method", "simulated"],
+        "import": ["import", str(scene / "gaussians.ply"), "--dataset", str(dataset), "--skip-alignment-check"],
     }
     assert command in rows, f"protosaga {command} has an output option: add a command line for it to base_argv"
     return rows[command]

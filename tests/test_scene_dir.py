@@ -232,7 +232,7 @@ def test_classifiers_round_trip_and_for_view(scene_dir):
 
 
 def test_missing_or_foreign_classifiers_are_named(scene_dir):
-    with pytest.raises(SceneDirError, match=r"missing; run protosaga train \(or protosaga import\) first") as error:
+    with pytest.raises(SceneDirError, match="missing; run protosaga train first") as error:
         scene_dir.read_classifiers()
     assert str(scene_dir.classifiers_path) in str(error.value)
     scene_dir.classifiers_path.write_text("not torch")

@@ -51,6 +51,7 @@ from .train import (
     end_of_iteration,
     new_classifiers,
     prepare_views,
+    read_checkpoint,
     scene_fingerprint,
 )
 
@@ -213,15 +214,12 @@ def load_checkpoint(path: Path, config: FeatureConfig, fingerprint: str, device:
     """The state a checkpoint holds, on `device` (whichever device wrote it)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from; run without --resume")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file raises many different types
-        raise ValueError(f"{path}: not a readable checkpoint ({error})") from error
-    if not isinstance(payload, dict) or payload.get("fingerprint") != fingerprint:
-        raise ValueError(
-            f"{path}: this checkpoint was written for other Gaussians, training views, masks or feature width, "
-            "so it cannot resume this scene; run without --resume to start again"
-        )
+    payload = read_checkpoint(
+        path,
+        fingerprint,
+        "other Gaussians, training views, masks or feature width, so it cannot resume this scene; run without "
+        "--resume to start again",
+    )
     distinct = [torch.nn.Parameter(t.to(device)) for t in payload["classifiers"]]
     generator = torch.Generator()
     generator.set_state(payload["generator"])

@@ -285,22 +285,30 @@ def save_checkpoint(path: Path, state: TrainState, fingerprint: str) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def read_checkpoint(path: Path, fingerprint: str, mismatch: str) -> dict:
+    """A checkpoint's payload, read onto the CPU, if it was written for `fingerprint`; else ValueError saying
+    it was written for `mismatch`."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file raises many different types
+        raise ValueError(f"{path}: not a readable checkpoint ({error})") from error
+    if not isinstance(payload, dict) or payload.get("fingerprint") != fingerprint:
+        raise ValueError(f"{path}: this checkpoint was written for {mismatch}")
+    return payload
+
+
 def load_checkpoint(path: Path, config: TrainConfig, extent: float, fingerprint: str, device: torch.device) -> TrainState:
     """The state a checkpoint holds, on `device` (whichever device wrote it).
 
     Everything is read onto the CPU first: generator states must stay CPU byte tensors, and the tensors
     that train move to `device` explicitly (the optimizers' state follows its parameters).
     """
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file raises many different types
-        raise ValueError(f"{path}: not a readable checkpoint ({error})") from error
-    if not isinstance(payload, dict) or payload.get("fingerprint") != fingerprint:
-        raise ValueError(
-            f"{path}: this checkpoint was written for other training views or masks (or by an older "
-            "protosaga), so it cannot resume this dataset; train into a new -o folder, or add --overwrite "
-            "instead of --resume to start this scene again from scratch"
-        )
+    payload = read_checkpoint(
+        path,
+        fingerprint,
+        "other training views or masks (or by an older protosaga), so it cannot resume this dataset; train into "
+        "a new -o folder, or add --overwrite instead of --resume to start this scene again from scratch",
+    )
     params = torch.nn.ParameterDict({n: torch.nn.Parameter(t.to(device)) for n, t in payload["params"].items()})
     optimizers = _optimizers(params, config, extent)
     for name, optimizer in optimizers.items():

@@ -12,12 +12,13 @@ from .datasets import DatasetConfig
 from .evaluate import EvalConfig, EvalReport, evaluate
 from .io.cache import cache_dir
 from .io.outputs import check_scene_output, is_trained_scene, real_path
-from .io.scene_dir import FEATURES_HINT, SceneDir, config_record
+from .io.scene_dir import SceneDir, config_record
 from .io.scene_lock import scene_lock, writes_scene
 from .masks import MasksConfig, generate_masks
 from .masks.generate import resolve as resolve_masks
 from .masks.generate import sweep_mask_temporaries
 from .method.association import AssociateConfig, associate
+from .method.frozen_features import FeatureConfig, train_features
 from .method.prototypes import PrototypesConfig, compute_prototypes
 from .method.train import PRESETS, TrainConfig, train
 from .render.sparse import shared_weights
@@ -70,8 +71,6 @@ def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool 
         check_same_dataset(scene_dir, dataset, config.force)
         scene_dir.sweep()
     imported = scene_dir.meta_path.exists() and scene_dir.is_imported()
-    if imported:
-        check_frozen_config(scene_dir, config)  # before the masks: minutes of SAM for a run that would fail
     if any(view.mask_path is None for view in scene.split("train")):
         masks = resolve_masks(config.masks)  # `auto` decided here, so the line says what runs
         detail = f"sam ({masks.model})" if masks.method == "sam" else masks.method
@@ -83,6 +82,9 @@ def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool 
     rerun = stage_decision(scene_dir, "train", config.train, config.force)
     if imported:  # Gaussians trained elsewhere stay as they are (frozen geometry)
         _stage("train", "none: an imported scene keeps its Gaussians as imported")
+        if needs_features(config) and not scene_dir.is_done("features"):
+            _stage("features", "not done yet: the settings read features; learnt on the frozen Gaussians (protosaga features)")
+            train_features(scene_dir, FeatureConfig(), progress=progress)
     elif rerun is None:
         _stage("train", "done earlier with these flags; reused")
     else:
@@ -113,20 +115,9 @@ def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool 
 NOT_DONE = "not done yet"
 
 
-def check_frozen_config(scene_dir: SceneDir, config: RunConfig) -> None:
-    """An imported scene without features runs the defaults (view consensus, lifted labels); the settings
-    that need features are refused, naming what adds them."""
-    if scene_dir.is_done("train") or scene_dir.is_done("features"):
-        return
-    needs = [
-        flag for flag, wanted in (
-            ("--associate.grouping bank", config.associate.grouping == "bank"),
-            ("--prototypes.gaussian-labels features", config.prototypes.gaussian_labels == "features"),
-        ) if wanted
-    ]
-    if needs:
-        what = "--paper" if config.paper else " and ".join(needs)
-        raise ValueError(f"{scene_dir.root}: {what} needs per-Gaussian features, and this imported scene has none yet; {FEATURES_HINT}")
+def needs_features(config: RunConfig) -> bool:
+    """Whether the run's settings read per-Gaussian features (an imported scene has none until `features`)."""
+    return config.associate.grouping == "bank" or config.prototypes.gaussian_labels == "features"
 
 
 def dataset_of_scene(root: Path) -> DatasetConfig:

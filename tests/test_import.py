@@ -20,6 +20,7 @@ import pytest
 import torch
 from numpy.lib import recfunctions
 from plyfile import PlyData, PlyElement
+from scipy.spatial.transform import Rotation
 
 from protosaga_core.cli import main
 from protosaga_core.datasets import load_scene
@@ -29,7 +30,8 @@ from protosaga_core.datasets.similarity import (
     similarity_from_json,
 )
 from protosaga_core.gaussians import Gaussians
-from protosaga_core.imports.inria import find_source, read_cfg_args
+from protosaga_core.imports.inria import read_cfg_args
+from protosaga_core.imports.sources import find_source
 from protosaga_core.io.exports import SourceRows, export_instances
 from protosaga_core.io.ply import write_ply
 from protosaga_core.io.scene_dir import SceneDir
@@ -55,13 +57,16 @@ def similarity() -> Similarity:
 
 
 def moved(gaussians: Gaussians, sim: Similarity) -> Gaussians:
-    """Gaussians of SH degree 0 moved by a similarity about the z axis: centres, log-scales + log s, and each
-    rotation composed with Rz (wxyz quaternions); SH of higher degree would have to be rotated too."""
+    """Gaussians of SH degree 0 moved by a similarity: centres, log-scales + log s, and each rotation composed
+    with R (wxyz quaternions, q_R ⊗ q); SH of higher degree would have to be rotated too."""
     assert gaussians.sh_degree == 0
-    half = math.radians(ANGLE) / 2
-    w, x, y, z = gaussians.quats.double().unbind(-1)
-    c, s = math.cos(half), math.sin(half)  # q_R = (c, 0, 0, s); q_R ⊗ q
-    quats = torch.stack([c * w - s * z, c * x - s * y, c * y + s * x, c * z + s * w], dim=-1)
+    x, y, z, w = Rotation.from_matrix(sim.rotation.numpy()).as_quat()
+    rw, rx, ry, rz = (torch.tensor(v, dtype=torch.float64) for v in (w, x, y, z))
+    qw, qx, qy, qz = gaussians.quats.double().unbind(-1)
+    quats = torch.stack([
+        rw * qw - rx * qx - ry * qy - rz * qz, rw * qx + rx * qw + ry * qz - rz * qy,
+        rw * qy - rx * qz + ry * qw + rz * qx, rw * qz + rx * qy - ry * qx + rz * qw,
+    ], dim=-1)
     return Gaussians(
         means=sim.apply_points(gaussians.means.double()).float(),
         scales=gaussians.scales + math.log(sim.scale),
@@ -233,7 +238,6 @@ def test_a_similarity_round_trip_segments_as_the_original(original, tmp_path, ca
         ["prototypes", "{scene}", "--gaussian-labels", "features"],
         ["segment", "{scene}", "--method", "proto"],
         ["segment", "{scene}", "--method", "cls"],
-        ["run", "{scene}", "--paper"],
     ],
 )
 def test_what_needs_features_names_the_training_that_adds_them(segmented_import, args, capsys):
@@ -243,6 +247,23 @@ def test_what_needs_features_names_the_training_that_adds_them(segmented_import,
     assert "no per-Gaussian features" in error or "has none yet" in error
     assert "protosaga features" in error
     assert (scene / "scene.json").read_bytes() == before
+
+
+def test_run_paper_on_an_imported_scene_learns_the_features_first(segmented_import, inria_folder, tmp_path, capsys):
+    """`protosaga run SCENE --paper` chains `features` (on the frozen Gaussians) before the memory bank and
+    Eq. 19; the Gaussians and the source rows an export copies stay as imported."""
+    scene = Path(shutil.copytree(segmented_import[0], tmp_path / "scene"))
+    out = run_ok(["run", str(scene), "--paper"], capsys)
+    assert "features: not done yet" in out and "memory bank" in out
+    imported = SceneDir(scene)
+    meta = imported.read_meta()
+    assert "features" in meta.stages and meta.configs["prototypes"]["gaussian_labels"] == "features"
+    gaussians = imported.read_gaussians()
+    assert gaussians.feature_dim == 16
+    torch.testing.assert_close(gaussians.means, SceneDir(segmented_import[0]).read_gaussians().means, rtol=0, atol=0)
+    whole = tmp_path / "whole.ply"
+    run_ok(["export", str(scene), "-o", str(whole)], capsys)
+    assert whole.read_bytes() == (inria_folder / "point_cloud" / "iteration_300" / "point_cloud.ply").read_bytes()
 
 
 def test_the_viewer_opens_an_imported_scene_without_its_pca_mode(segmented_import, tmp_path):
@@ -415,3 +436,205 @@ def test_similarity_files_are_validated():
     ]:
         with pytest.raises(SimilarityError, match=problem):
             similarity_from_json(raw, "f")
+
+
+# --- nerfstudio and gsplat: their layouts and frames -------------------------------------------------------
+
+APPLIED = [[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]]
+"""The applied_transform ns-process-data records for a COLMAP capture: transforms.json stores the capture's
+frames turned by it."""
+NERFSTUDIO_CONFIG = """!!python/object:nerfstudio.engine.trainer.TrainerConfig
+_target: !!python/name:nerfstudio.engine.trainer.Trainer ''
+data: null
+method_name: splatfacto
+pipeline: !!python/object:nerfstudio.pipelines.base_pipeline.VanillaPipelineConfig
+  datamanager: !!python/object:nerfstudio.data.datamanagers.full_images_datamanager.FullImageDatamanagerConfig
+    data: null
+    dataparser: !!python/object:nerfstudio.data.dataparsers.nerfstudio_dataparser.NerfstudioDataParserConfig
+      _target: !!python/name:nerfstudio.data.dataparsers.nerfstudio_dataparser.Nerfstudio ''
+      auto_scale_poses: true
+      data: !!python/object/apply:pathlib.PosixPath
+      - {data}
+      orientation_method: up
+  model: !!python/object:nerfstudio.models.splatfacto.SplatfactoModelConfig
+    sh_degree: 0
+"""
+"""config.yml as nerfstudio's yaml.dump writes it (abridged): Python tags, the dataset a relative PosixPath."""
+GSPLAT_CONFIG = """data_dir: {data}
+data_factor: 1
+normalize_world_space: {normalized}
+result_dir: results/demo
+save_ply: true
+strategy: !!python/object:gsplat.strategy.default.DefaultStrategy
+  absgrad: false
+  prune_opa: 0.005
+test_every: 8
+"""
+"""cfg.yml as gsplat's simple_trainer writes it with yaml.dump(vars(cfg)) (abridged)."""
+
+
+def nerfstudio_dataset(dataset: Path, folder: Path) -> Path:
+    """The dataset as ns-process-data leaves a COLMAP capture: every frame turned by APPLIED, which its
+    transforms files record (the point cloud left out: nothing here reads it)."""
+    shutil.copytree(dataset, folder)
+    applied = np.eye(4)
+    applied[:3] = APPLIED
+    for name in ("transforms_train.json", "transforms_test.json"):
+        meta = json.loads((folder / name).read_text())
+        for frame in meta["frames"]:
+            frame["transform_matrix"] = (applied @ np.array(frame["transform_matrix"])).tolist()
+        meta["applied_transform"] = APPLIED
+        meta.pop("ply_file_path", None)
+        (folder / name).write_text(json.dumps(meta))
+    return folder
+
+
+def test_a_nerfstudio_run_imports_in_its_dataparser_frame_and_segments_as_the_original(original, tmp_path, capsys, monkeypatch):
+    """The trained Gaussians exported as splatfacto would (INRIA columns, in the dataparser frame: turned,
+    scaled x2, shifted from the capture's frame) beside dataparser_transforms.json, whose transform starts from
+    the capture's original frame, not from the transforms.json frame the dataset is read in."""
+    sim = similarity()
+    data = nerfstudio_dataset(Path(original.read_meta().dataset), tmp_path / "ns_data")
+    run = tmp_path / "outputs" / "ns_data" / "splatfacto" / "2026-12-05_120000"
+    write_ply(run / "splat.ply", moved(original.read_gaussians(), sim), plain=True)
+    (run / "dataparser_transforms.json").write_text(json.dumps({"transform": (sim.matrix[:3] / SCALE).tolist(), "scale": SCALE}))
+    (run / "config.yml").write_text(NERFSTUDIO_CONFIG.format(data="ns_data"))
+    monkeypatch.chdir(run)  # config.yml's path is relative to where ns-train ran: found above the run folder
+    scene = tmp_path / "imported"
+
+    out = run_ok(["import", str(run), "-o", str(scene)], capsys)
+    assert "(config.yml's dataparser data)" in out and "after the dataset's applied_transform" in out
+    imported = SceneDir(scene)
+    applied = torch.eye(4, dtype=torch.float64)
+    applied[:3] = torch.tensor(APPLIED)
+    expected = sim.matrix @ torch.linalg.inv(applied)  # the transforms.json frame -> the capture's -> theirs
+    torch.testing.assert_close(torch.tensor(imported.read_meta().world_transform, dtype=torch.float64), expected)
+    assert imported.read_meta().configs["import"]["kind"] == "nerfstudio"
+    assert imported.gaussians_path.read_bytes() == (run / "splat.ply").read_bytes()
+
+    run_ok(["run", str(scene)], capsys)
+    same = float((imported.read_labels() == original.read_labels()).mean())
+    assert same > 0.995, f"{same:.4f} of the labels agree"
+
+    wrong = tmp_path / "wrong.json"  # the rotation and scale right, the shift not
+    wrong.write_text(json.dumps({"transform": [row[:3] + [0.0] for row in (sim.matrix[:3] / SCALE).tolist()], "scale": SCALE}))
+    error = refused(["import", str(run), "--transform", str(wrong), "-o", str(tmp_path / "no")], capsys)
+    assert "none of the 2 frames tried" in error and "--transform" in error and not (tmp_path / "no").exists()
+    (run / "splat.ply").rename(run / "other.ply")
+    (run / "more.ply").write_bytes(b"")
+    error = refused(["import", str(run), "-o", str(tmp_path / "no")], capsys)
+    assert "without splat.ply" in error and "other.ply" in error
+
+
+def gsplat_reference(scene) -> np.ndarray:
+    """gsplat's normalize_world_space for a dataset, written out step by step and camera by camera as its
+    examples/datasets (normalize.py, colmap.py's Parser) describe it: an independent reference for frames.py."""
+    c2ws = [np.linalg.inv(view.viewmat.double().numpy()) for view in scene.views]
+    up = sum(c2w[:3, :3] @ np.array([0.0, -1.0, 0.0]) for c2w in c2ws) / len(c2ws)
+    up /= np.linalg.norm(up)
+    target = np.array([0.0, -1.0, 0.0])
+    align = Rotation.align_vectors([target], [up])[0].as_matrix()  # the shortest turn of `up` onto target
+    nearest = []
+    for c2w in c2ws:
+        centre, forward = align @ c2w[:3, 3], align @ c2w[:3, 2]
+        nearest.append(centre - (forward @ centre) * forward)
+    translate = -np.median(np.array(nearest), axis=0)
+    scale = 1.0 / np.median([np.linalg.norm(align @ c2w[:3, 3] + translate) for c2w in c2ws])
+    t1 = np.eye(4)
+    t1[:3, :3], t1[:3, 3] = scale * align, scale * translate
+    points = np.array([t1[:3, :3] @ p + t1[:3, 3] for p in scene.points.double().numpy()])
+    centroid = np.median(points, axis=0)
+    variances, axes = np.linalg.eigh(np.cov((points - centroid).T))
+    axes = axes[:, ::-1]
+    axes[:, 0] *= np.sign(np.linalg.det(axes))
+    t2 = np.eye(4)
+    t2[:3, :3], t2[:3, 3] = axes.T, -axes.T @ centroid
+    moved_points = points @ t2[:3, :3].T + t2[:3, 3]
+    flip = np.diag([1.0, -1.0, -1.0, 1.0]) if np.median(moved_points[:, 2]) > np.mean(moved_points[:, 2]) else np.eye(4)
+    return flip @ t2 @ t1
+
+
+def write_gsplat_result(folder: Path, gaussians: Gaussians, data: str, normalized: bool, ranks: int = 0) -> Path:
+    """A gsplat simple_trainer result folder at step 299: cfg.yml and ply/point_cloud_299.ply (--save-ply,
+    written by gsplat's exporter as the trainer does), or with `ranks`, only ckpts/ckpt_299_rank{r}.pt holding
+    each rank's share."""
+    from gsplat.exporter import export_splats
+
+    folder.mkdir(parents=True)
+    (folder / "cfg.yml").write_text(GSPLAT_CONFIG.format(data=data, normalized=str(normalized).lower()))
+    tensors = {"means": gaussians.means, "scales": gaussians.scales, "quats": gaussians.quats,
+               "opacities": gaussians.opacities, "sh0": gaussians.sh0, "shN": gaussians.shN}
+    if not ranks:
+        (folder / "ply").mkdir()
+        export_splats(**tensors, format="ply", save_to=str(folder / "ply" / "point_cloud_299.ply"))
+        return folder
+    (folder / "ckpts").mkdir()
+    for rank, rows in enumerate(torch.arange(len(gaussians)).tensor_split(ranks)):
+        torch.save({"step": 299, "splats": {key: value[rows].clone() for key, value in tensors.items()}}, folder / "ckpts" / f"ckpt_299_rank{rank}.pt")
+    return folder
+
+
+def test_gsplat_results_import_in_their_normalised_world_and_segment_as_the_original(original, tmp_path, capsys):
+    """The trained Gaussians moved into the world gsplat's COLMAP parser normalises (computed by the reference
+    above), saved as --save-ply saves them, and as two ranks' checkpoints only; cfg.yml names the dataset."""
+    dataset = Path(original.read_meta().dataset)
+    reference = gsplat_reference(load_scene(dataset))
+    sim = Similarity.from_matrix(reference, "reference")
+    gaussians = moved(original.read_gaussians(), sim)
+    assert abs(sim.scale - 1.0) > 0.05 and not torch.allclose(sim.rotation, torch.eye(3, dtype=torch.float64), atol=0.1)
+
+    for result in (
+        write_gsplat_result(tmp_path / "ply_result", gaussians, str(dataset), normalized=True),
+        write_gsplat_result(tmp_path / "ckpt_result", gaussians, str(dataset), normalized=True, ranks=2),
+    ):
+        scene = tmp_path / f"imported_{result.name}"
+        out = run_ok(["import", str(result), "-o", str(scene)], capsys)
+        assert "(cfg.yml's data_dir)" in out and "iteration 299 of 299" in out
+        imported = SceneDir(scene)
+        record = imported.read_meta().configs["import"]
+        assert record["kind"] == "gsplat" and record["frame"].startswith("gsplat's normalised world")
+        torch.testing.assert_close(torch.tensor(imported.read_meta().world_transform, dtype=torch.float64), sim.matrix)
+        assert len(imported.read_gaussians()) == len(gaussians)
+        run_ok(["run", str(scene)], capsys)
+        same = float((imported.read_labels() == original.read_labels()).mean())
+        assert same > 0.995, f"{result.name}: {same:.4f} of the labels agree"
+    assert "rank0.pt" in record["ply"] and "rank1.pt" in record["ply"]
+
+    wrong = write_gsplat_result(tmp_path / "says_not_normalised", gaussians, str(dataset), normalized=False)
+    error = refused(["import", str(wrong), "-o", str(tmp_path / "no")], capsys)
+    assert "refused, nothing written" in error and not (tmp_path / "no").exists()
+    error = refused(["import", str(wrong), "--iteration", "7", "-o", str(tmp_path / "no")], capsys)
+    assert "no step 7 saved; it holds steps 299" in error
+
+
+def test_gsplat_frames_match_the_reference_in_every_sign_pattern(original):
+    """frames.py's normalisation against the reference, and what it is meant to do: the points' principal axes
+    on x, y, z, largest variance first."""
+    from protosaga_core.imports.frames import gsplat_frames
+
+    scene = load_scene(original.read_meta().dataset)
+    frames = gsplat_frames(scene)
+    reference = gsplat_reference(scene)
+    assert len(frames) == 4 and any(np.allclose(frame.similarity.matrix.numpy(), reference, atol=1e-9) for frame in frames)
+    points = frames[0].similarity.apply_points(scene.points.double()).numpy()
+    covariance = np.cov(points.T)
+    assert np.abs(covariance - np.diag(np.diag(covariance))).max() < 1e-9 * np.abs(covariance).max()
+    assert covariance[0, 0] > covariance[1, 1] > covariance[2, 2]
+    signs = [np.sign(np.diag(f.similarity.rotation.numpy() @ frames[0].similarity.rotation.numpy().T)) for f in frames]
+    assert sorted(map(tuple, signs)) == sorted([(1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1)])
+
+
+def test_trainer_configs_are_read_without_running_their_code(tmp_path):
+    from protosaga_core.imports.trainer_yaml import find_key, read_trainer_yaml
+
+    path = tmp_path / "config.yml"
+    path.write_text(NERFSTUDIO_CONFIG.format(data="data/nerfstudio/poster"))
+    config = read_trainer_yaml(path)
+    assert find_key(find_key(config, "dataparser"), "data") == "data/nerfstudio/poster"
+    assert find_key(config, "sh_degree") == 0
+    path.write_text("!!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ValueError, match="expected a mapping"):
+        read_trainer_yaml(path)
+    path.write_text("a: [unclosed\n")
+    with pytest.raises(ValueError, match="not a readable YAML config"):
+        read_trainer_yaml(path)

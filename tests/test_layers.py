@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("files and types", ("protosaga_core.io.atomic", "protosaga_core.io.bounded", "protosaga_core.io.cache",
                          "protosaga_core.io.labelmaps", "protosaga_core.io.outputs", "protosaga_core.io.ply", "protosaga_core.io.scene_lock",
-                         "protosaga_core.io.source_ply", "protosaga_core.imports.inria",
+                         "protosaga_core.io.source_ply",
                          "protosaga_core.gaussians",
                          "protosaga_core.cameras", "protosaga_core.palette", "protosaga_core.device")),
     ("data and rendering", ("protosaga_core.datasets", "protosaga_core.render", "protosaga_core.orbit")),

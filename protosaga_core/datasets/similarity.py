@@ -99,6 +99,13 @@ class Similarity:
         """t. [3] float64"""
         return self.matrix[:3, 3]
 
+    def after(self, first: Similarity) -> Similarity:
+        """x ↦ self(first(x))."""
+        return Similarity(self.matrix @ first.matrix)
+
+    def inverse(self) -> Similarity:
+        return Similarity(torch.linalg.inv(self.matrix))
+
     def is_identity(self) -> bool:
         return bool(torch.equal(self.matrix, torch.eye(4, dtype=torch.float64)))
 

@@ -1,9 +1,11 @@
 """`protosaga import`: a scene of Gaussians trained elsewhere, segmented without training them again.
 
 The scene keeps the source's Gaussians as they are, in the source's frame: gaussians.ply is the source PLY
-copied byte for byte (every property, SH degree 0-3), and scene.json records the similarity that moves the
-dataset's cameras into that frame (`world_transform`, applied by `SceneDir.load_dataset`; the identity for
-the INRIA code, which trains in its dataset's frame). Its stage "import" stands in for "train": the frozen-
+copied byte for byte (every property, SH degree 0-3; a gsplat run saved as checkpoints only is converted by
+gsplat's own exporter), and scene.json records the similarity that moves the dataset's cameras into that
+frame (`world_transform`, applied by `SceneDir.load_dataset`): the identity for the INRIA code, which trains
+in its dataset's frame; nerfstudio's dataparser transform; gsplat's normalised world (frames.py lists the
+candidates, and the alignment check keeps the one that fits best). Its stage "import" stands in for "train": the frozen-
 geometry stages (view-consensus association, lifted labels, segment, eval) and the viewer run on it, and
 those that need features say so and name what adds them.
 
@@ -15,15 +17,21 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..datasets import DatasetConfig, Scene, View
+from ..datasets import DatasetConfig, Scene, View, detect_format
+from ..datasets.common import DatasetError
 from ..datasets.similarity import Similarity, similarity_from_json
 from ..device import default_device
+from ..gaussians import Gaussians
 from ..io.atomic import atomic_open
 from ..io.bounded import BoundedReadError, read_json
 from ..io.outputs import check_scene_output
@@ -38,11 +46,20 @@ from .alignment import (
     check_alignment,
     spread_views,
 )
-from .inria import InriaCamera, InriaSource, find_source
+from .frames import Frame, gsplat_frames, identity_frames, transform_frames
+from .gsplat_trainer import read_checkpoints
+from .inria import InriaCamera
+from .nerfstudio import applied_frame
+from .sources import FoundSource, find_source
 
 CAMERA_TOLERANCE = 0.01
 """cameras.json's camera centres may differ from the dataset's (moved by the transform) by this share of the
 cameras' spread: the same cameras agree to float precision (~1e-7); another capture or frame is off by far more."""
+CONFIG_KEYS = {"inria": "cfg_args' source_path", "nerfstudio": "config.yml's dataparser data", "gsplat": "cfg.yml's data_dir"}
+"""Where each trainer's config names its dataset (for messages)."""
+SEARCH_PARENTS = 4
+"""A relative dataset path in a trainer's config is relative to the folder the trainer ran in: tried from the
+current folder and from this many folders above SOURCE (nerfstudio runs lie at outputs/NAME/METHOD/TIME)."""
 SKIP_RISK = (
     "--skip-alignment-check: the alignment was NOT checked; if the Gaussians are not in the dataset's frame, every "
     "later stage lifts the masks onto the wrong Gaussians without saying so"
@@ -61,7 +78,8 @@ class ImportConfig:
     """the iteration_N folder of an INRIA model to import; default: the latest"""
     transform: Path | None = None
     """JSON similarity from the dataset's world frame to the Gaussians' frame: {"transform": 3x4 or 4x4, "scale":
-    s} meaning x' = s·(T·x) (nerfstudio's dataparser_transforms.json as it is); default: the same frame (INRIA)"""
+    s} meaning x' = s·(T·x) (nerfstudio's dataparser_transforms.json as it is); default: what SOURCE's trainer
+    implies (INRIA: the same frame; nerfstudio: its run's dataparser_transforms.json; gsplat: its normalised world)"""
     max_width: int | None = None
     """shrink the dataset's views (by an integer factor) until at most this wide, for every later stage"""
     skip_alignment_check: bool = False
@@ -74,17 +92,20 @@ class ImportRecord:
     """scene.json's record of the import (configs["import"]).
 
     Attributes:
-        source: the path given; ply: the PLY copied; iteration: its INRIA iteration (None for a bare PLY).
+        source: the path given; kind: the trainer recognised (sources.py); ply: the PLY copied, or the gsplat
+            checkpoints converted; iteration: its iteration or step (None for a bare PLY).
         ply_bytes, sha256: of the copy (gaussians.ply), as it was imported.
         properties: the source's vertex properties, in order (exports write these, byte for byte).
         gaussians, sh_degree: what it holds.
         transform: the --transform file, or None; the matrix itself is scene.json's world_transform.
+        frame: the candidate frame the alignment check kept (frames.py).
         max_width: as given.
         alignment: the check's numbers; None when it was skipped.
         cameras_json: max distance of cameras.json's centres from the dataset's, in units of their spread; None without one.
     """
 
     source: str
+    kind: str
     ply: str
     iteration: int | None
     ply_bytes: int
@@ -93,6 +114,7 @@ class ImportRecord:
     gaussians: int
     sh_degree: int
     transform: str | None
+    frame: str
     max_width: int | None
     alignment: dict | None
     cameras_json: float | None
@@ -100,11 +122,11 @@ class ImportRecord:
 
 @writes_scene("import", scene="output", create=True)
 def import_scene(source: Path, dataset: DatasetConfig | None, output: Path, config: ImportConfig = ImportConfig()) -> SceneDir:
-    """Import the Gaussians of `source` (an INRIA model folder or a bare INRIA-layout PLY) with the posed
-    images of `dataset` (None: the one the model's cfg_args names) into the new scene folder `output`.
+    """Import the Gaussians of `source` (a trainer's output folder or a bare INRIA-layout PLY, sources.py) with
+    the posed images of `dataset` (None: the one the trainer's config names) into the new scene folder `output`.
 
     Raises:
-        ImportRefused: the Gaussians do not fit the dataset's cameras; nothing is written.
+        ImportRefused: the Gaussians fit the dataset's cameras in none of the candidate frames; nothing is written.
         ValueError, OSError: one line naming the file, for bad inputs; nothing is written.
     """
     _check_output(output)
@@ -112,58 +134,138 @@ def import_scene(source: Path, dataset: DatasetConfig | None, output: Path, conf
         raise ValueError(f"--max-width must be at least 16, got {config.max_width}")
     found = find_source(Path(source), config.iteration)
     dataset = _dataset(found, dataset)
-    similarity = read_transform(config.transform) if config.transform is not None else Similarity.identity()
-    info = inspect_source_ply(found.ply)
-    gaussians = read_ply(found.ply).gaussians  # the Gaussian columns checked (names, float32, finite)
-    where = f" (iteration {found.iteration} of {', '.join(map(str, found.iterations))})" if found.iterations else ""
-    print(f"[protosaga] import: {found.ply}{where}: {len(gaussians):,} Gaussians, SH degree {gaussians.sh_degree}", flush=True)
-    _note_source_path(found, dataset)
+    with _splat_ply(found) as ply:
+        info = inspect_source_ply(ply)
+        gaussians = read_ply(ply).gaussians  # the Gaussian columns checked (names, float32, finite)
+        where = f" (iteration {found.iteration} of {', '.join(map(str, found.iterations))})" if found.iterations else ""
+        print(f"[protosaga] import: {found.described}{where}: {len(gaussians):,} Gaussians, SH degree {gaussians.sh_degree}", flush=True)
+        _note_source_path(found, dataset)
 
-    scene, downscale = _load(dataset, config.max_width, similarity)
-    views = scene.split("train")
-    if not views:
-        raise ValueError(f"{scene.root}: the dataset has no training views")
+        scene, downscale = _load(dataset, config.max_width)
+        if not scene.split("train"):
+            raise ValueError(f"{scene.root}: the dataset has no training views")
+        frames = candidate_frames(found, config.transform, scene)
+        fit = choose_frame(gaussians, scene, frames, found, config)
+        sh_degree = gaussians.sh_degree
+        del gaussians
+
+        scene_dir = SceneDir(output)
+        try:
+            size, digest = copy_verbatim(ply, scene_dir.gaussians_path)
+            record = ImportRecord(
+                str(Path(source).resolve()), found.kind,
+                str(found.ply.resolve()) if found.ply is not None else ", ".join(str(p.resolve()) for p in found.checkpoints),
+                found.iteration, size, digest, list(info.properties), info.count, sh_degree,
+                None if config.transform is None else str(config.transform.resolve()), fit.frame.name,
+                config.max_width, None if fit.alignment is None else fit.alignment.to_json(), fit.camera_error,
+            )
+            similarity = fit.frame.similarity
+            meta = SceneMeta(
+                dataset=str(Path(dataset.root).resolve()),
+                dataset_format=scene.format,
+                downscale=downscale,
+                split_rule=dataset.split,
+                train_views=sorted(view.name for view in scene.split("train")),
+                world_transform=None if similarity.is_identity() else similarity.to_json(),
+            )
+            scene_dir.mark_done("import", record, meta)
+        except BaseException:
+            for path in (scene_dir.meta_path, scene_dir.gaussians_path):  # an import is whole or absent
+                path.unlink(missing_ok=True)
+            raise
+    kept = f"{found.ply.name} byte for byte" if found.ply is not None else "the checkpoints converted by gsplat's exporter"
+    print(f"[protosaga] import: wrote {output} (gaussians.ply is {kept}; frame: {fit.frame.name})", flush=True)
+    return scene_dir
+
+
+@dataclass(frozen=True)
+class FrameFit:
+    """A candidate frame checked: the alignment (None when skipped), cameras.json's distance, what is wrong."""
+
+    frame: Frame
+    alignment: Alignment | None
+    camera_error: float | None
+    problems: tuple[str, ...]
+
+
+def candidate_frames(found: FoundSource, transform: Path | None, scene: Scene) -> list[Frame]:
+    """The frames the Gaussians may live in (frames.py), most likely first.
+
+    Raises:
+        ValueError: a transform file that is no similarity, or a gsplat run normalised from SfM points the
+            dataset does not have.
+    """
+    transform = transform if transform is not None else found.transform
+    if transform is not None:
+        return transform_frames(read_transform(transform), applied_frame(scene.root), str(transform))
+    if found.kind != "gsplat":
+        return identity_frames()
+    frames = gsplat_frames(scene) if found.normalized is not False else []
+    if found.normalized is True and not frames:
+        raise ValueError(
+            f"{scene.root}: gsplat normalised its world from the SfM points of its COLMAP model, and this dataset has "
+            "none; give the COLMAP dataset it was trained on with --dataset"
+        )
+    return frames + (identity_frames() if found.normalized is not True else [])
+
+
+def choose_frame(gaussians: Gaussians, scene: Scene, frames: list[Frame], found: FoundSource, config: ImportConfig) -> FrameFit:
+    """The frame in which the Gaussians fit the training views best (the first, unchecked, when the check is
+    skipped).
+
+    Raises:
+        ImportRefused: none fits; the message names each frame tried and the likely cause.
+    """
+    on_device = gaussians.to(default_device())
+    fits = [check_frame(on_device, scene, frame, found, config) for frame in (frames[:1] if config.skip_alignment_check else frames)]
+    passing = [fit for fit in fits if not fit.problems]
+    if config.skip_alignment_check:
+        problems = fits[0].problems
+        print(f"[protosaga] import: {SKIP_RISK}" + (f" (and: {'; '.join(problems)})" if problems else ""), flush=True)
+        return fits[0]
+    if passing:
+        return max(passing, key=lambda fit: fit.alignment.gain_db if fit.alignment is not None else 0.0)
+    if len(fits) == 1:
+        raise ImportRefused(f"{found.described}: refused, nothing written: {'; '.join(fits[0].problems)}")
+    tried = "; ".join(f"{fit.frame.name}: {'; '.join(fit.problems)}" for fit in fits)
+    raise ImportRefused(f"{found.described}: refused, nothing written: it fits the dataset in none of the {len(fits)} frames tried: {tried}")
+
+
+def check_frame(gaussians: Gaussians, scene: Scene, frame: Frame, found: FoundSource, config: ImportConfig) -> FrameFit:
+    """cameras.json (INRIA) and the alignment check, with the dataset's cameras moved by `frame`."""
+    moved = frame.similarity.apply_scene(scene)
     problems: list[str] = []
     camera_error = None
     if found.cameras is not None:
-        camera_error, problem = compare_cameras(found.cameras, scene.views, similarity, found.source)
+        camera_error, problem = compare_cameras(found.cameras, moved.views, frame.similarity, found.source)
         problems += [problem] if problem else []
     alignment = None
     if not config.skip_alignment_check:
-        alignment = check_alignment(gaussians.to(default_device()), spread_views(views), 1.0 if found.white_background else 0.0)
-        print(f"[protosaga] import: alignment: {alignment.summary()}", flush=True)
+        alignment = check_alignment(gaussians, spread_views(moved.split("train")), 1.0 if found.white_background else 0.0)
+        label = f" in {frame.name}" if not frame.similarity.is_identity() else ""
+        print(f"[protosaga] import: alignment{label}: {alignment.summary()}", flush=True)
         if not alignment.passed:
             problems.append(alignment_problem(alignment, found, config))
-    if problems and not config.skip_alignment_check:
-        raise ImportRefused(f"{found.ply}: refused, nothing written: {'; '.join(problems)}")
-    if config.skip_alignment_check:
-        print(f"[protosaga] import: {SKIP_RISK}" + (f" (and: {'; '.join(problems)})" if problems else ""), flush=True)
-    sh_degree = gaussians.sh_degree
-    del gaussians
+    return FrameFit(frame, alignment, camera_error, tuple(problems))
 
-    scene_dir = SceneDir(output)
-    try:
-        size, digest = copy_verbatim(found.ply, scene_dir.gaussians_path)
-        record = ImportRecord(
-            str(Path(source).resolve()), str(found.ply.resolve()), found.iteration, size, digest, list(info.properties),
-            info.count, sh_degree, None if config.transform is None else str(config.transform.resolve()),
-            config.max_width, None if alignment is None else alignment.to_json(), camera_error,
-        )
-        meta = SceneMeta(
-            dataset=str(Path(dataset.root).resolve()),
-            dataset_format=scene.format,
-            downscale=downscale,
-            split_rule=dataset.split,
-            train_views=sorted(view.name for view in views),
-            world_transform=None if similarity.is_identity() else similarity.to_json(),
-        )
-        scene_dir.mark_done("import", record, meta)
-    except BaseException:
-        for path in (scene_dir.meta_path, scene_dir.gaussians_path):  # an import is whole or absent
-            path.unlink(missing_ok=True)
-        raise
-    print(f"[protosaga] import: wrote {output} (gaussians.ply is {found.ply.name} byte for byte)", flush=True)
-    return scene_dir
+
+@contextmanager
+def _splat_ply(found: FoundSource) -> Iterator[Path]:
+    """The source's PLY; for a gsplat step saved as checkpoints only, a temporary PLY written from them by
+    gsplat's exporter (the same writer as its trainer's --save-ply)."""
+    if found.ply is not None:
+        yield found.ply
+        return
+    from gsplat.exporter import (
+        export_splats,  # CPU code; never touches gsplat's CUDA kernels
+    )
+
+    gaussians = read_checkpoints(found.checkpoints)
+    data = export_splats(gaussians.means, gaussians.scales, gaussians.quats, gaussians.opacities, gaussians.sh0, gaussians.shN, format="ply")
+    with tempfile.TemporaryDirectory(prefix="protosaga-import-") as folder:
+        path = Path(folder) / f"point_cloud_{found.iteration}.ply"
+        path.write_bytes(data)
+        yield path
 
 
 def _check_output(output: Path) -> None:
@@ -175,21 +277,40 @@ def _check_output(output: Path) -> None:
         raise ValueError(f"{output}: already holds files; import into a new or empty folder")
 
 
-def _dataset(found: InriaSource, dataset: DatasetConfig | None) -> DatasetConfig:
+def _dataset(found: FoundSource, dataset: DatasetConfig | None) -> DatasetConfig:
     if dataset is not None:
         return dataset
-    named = found.source_path
-    if named is not None and Path(named).is_dir():
-        print(f"[protosaga] import: dataset {named} (cfg_args' source_path)", flush=True)
-        return DatasetConfig(Path(named))
-    why = f"its cfg_args names {named}, which is not a folder here" if named else "it has no cfg_args naming one"
+    named = found.dataset_path
+    located = _locate(named, found.source) if named is not None else None
+    if located is not None:
+        print(f"[protosaga] import: dataset {located} ({CONFIG_KEYS[found.kind]})", flush=True)
+        return DatasetConfig(located)
+    config = found.config_file.name if found.config_file is not None else "config"
+    why = f"its {config} names {named}, which is not a folder here" if named else f"it has no {config} naming one"
     raise ValueError(f"{found.source}: give the posed images it was trained on with --dataset DATASET ({why})")
 
 
-def _note_source_path(found: InriaSource, dataset: DatasetConfig) -> None:
-    named = found.source_path
+def _locate(named: str, source: Path) -> Path | None:
+    """The dataset folder a trainer's config names, here (see SEARCH_PARENTS), or None."""
+    path = Path(named)
+    bases = [Path("/")] if path.is_absolute() else [Path.cwd(), *list(Path(os.path.abspath(source)).parents)[:SEARCH_PARENTS]]
+    return next((base / path for base in bases if _is_dataset(base / path)), None)
+
+
+def _is_dataset(folder: Path) -> bool:
+    """Whether a folder holds a dataset layout (a trainer's output folder of the same name does not)."""
+    try:
+        detect_format(folder)
+    except (DatasetError, OSError):
+        return False
+    return True
+
+
+def _note_source_path(found: FoundSource, dataset: DatasetConfig) -> None:
+    named = found.dataset_path
     if named is not None and Path(named).name != Path(dataset.root).resolve().name:
-        print(f"[protosaga] import: note: cfg_args says it was trained on {named}; checking it against {dataset.root}", flush=True)
+        key = CONFIG_KEYS[found.kind].split("'")[0]
+        print(f"[protosaga] import: note: {key} says it was trained on {named}; checking it against {dataset.root}", flush=True)
 
 
 def read_transform(path: Path) -> Similarity:
@@ -201,16 +322,15 @@ def read_transform(path: Path) -> Similarity:
     return similarity_from_json(raw, str(path))
 
 
-def _load(dataset: DatasetConfig, max_width: int | None, similarity: Similarity) -> tuple[Scene, int]:
-    """The dataset at the downscale the later stages will use (as `train` picks it), moved into the
-    Gaussians' frame."""
+def _load(dataset: DatasetConfig, max_width: int | None) -> tuple[Scene, int]:
+    """The dataset at the downscale the later stages will use (as `train` picks it), in its own frame."""
     probe = dataset.load()
     downscale = dataset.downscale
     if max_width is not None:
         widest = max(view.width * view.downscale for view in probe.views)
         downscale = max(dataset.downscale, math.ceil(widest / max_width))
     scene = probe if downscale == dataset.downscale else replace(dataset, downscale=downscale).load()
-    return similarity.apply_scene(scene), downscale
+    return scene, downscale
 
 
 def compare_cameras(cameras: list[InriaCamera], views: list[View], similarity: Similarity, source: Path) -> tuple[float | None, str | None]:
@@ -246,7 +366,7 @@ def compare_cameras(cameras: list[InriaCamera], views: list[View], similarity: S
     )
 
 
-def alignment_problem(alignment: Alignment, found: InriaSource, config: ImportConfig) -> str:
+def alignment_problem(alignment: Alignment, found: FoundSource, config: ImportConfig) -> str:
     """What a failed alignment check most likely means, and the flag that fixes it."""
     frame = (
         "the --transform given does not map the dataset's frame to theirs" if config.transform is not None

@@ -22,11 +22,14 @@ import ast
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..io.bounded import BoundedReadError, read_json
+
+if TYPE_CHECKING:
+    from .sources import FoundSource
 
 POINT_CLOUD_DIR = "point_cloud"
 PLY_NAME = "point_cloud.ply"
@@ -55,39 +58,7 @@ class InriaCamera:
     height: int
 
 
-@dataclass(frozen=True)
-class InriaSource:
-    """What `protosaga import SOURCE` found.
-
-    Attributes:
-        source: the path given (a model folder or a PLY).
-        ply: the splat PLY to import.
-        iteration: its iteration (the folder iteration_N), or None for a bare PLY.
-        iterations: every iteration the folder holds, ascending; () for a bare PLY.
-        cameras: cameras.json's entries, or None where there is none.
-        cfg: cfg_args' values, or None where there is none.
-    """
-
-    source: Path
-    ply: Path
-    iteration: int | None
-    iterations: tuple[int, ...]
-    cameras: list[InriaCamera] | None
-    cfg: dict[str, Any] | None
-
-    @property
-    def source_path(self) -> str | None:
-        """The dataset cfg_args says the model was trained on (a path on the training machine)."""
-        value = (self.cfg or {}).get("source_path")
-        return value if isinstance(value, str) and value else None
-
-    @property
-    def white_background(self) -> bool:
-        """Whether the model was trained over white (cfg_args' white_background; -w), else black."""
-        return bool((self.cfg or {}).get("white_background", False))
-
-
-def find_source(source: Path, iteration: int | None = None) -> InriaSource:
+def find_inria(source: Path, iteration: int | None = None) -> FoundSource:
     """The PLY to import from an INRIA model folder (the latest iteration_N, or `iteration`) or a bare PLY.
 
     Raises:
@@ -95,19 +66,19 @@ def find_source(source: Path, iteration: int | None = None) -> InriaSource:
             point_cloud/iteration_*/point_cloud.ply, a missing --iteration (the ones present are listed),
             --iteration with a bare PLY, a malformed cameras.json or cfg_args.
     """
-    if not source.exists():
-        raise FileNotFoundError(f"{source}: no such file or folder; give an INRIA model folder (holding {POINT_CLOUD_DIR}/) or a .ply")
+    from .sources import FoundSource
+
     if source.is_file():
         if iteration is not None:
             raise ValueError(f"{source}: --iteration picks a folder under MODEL/{POINT_CLOUD_DIR}/; this is a single PLY")
-        return InriaSource(source, source, None, (), None, None)
+        return FoundSource("ply", source, source)
     found = iterations(source)
     if not found:
         if (source / PLY_NAME).is_file() and iteration is None:  # an iteration_N folder given itself
-            return InriaSource(source, source / PLY_NAME, _iteration_of(source), (), None, None)
+            return FoundSource("inria", source, source / PLY_NAME, _iteration_of(source))
         raise ValueError(
-            f"{source}: no {POINT_CLOUD_DIR}/iteration_<N>/{PLY_NAME}; give the INRIA model folder (the -m of its "
-            "train.py) or the .ply itself"
+            f"{source}: no {POINT_CLOUD_DIR}/iteration_<N>/{PLY_NAME} (INRIA), dataparser_transforms.json (nerfstudio) "
+            "or ply/ and ckpts/ (gsplat); give the trainer's output folder or the .ply itself"
         )
     if iteration is None:
         iteration = found[-1]
@@ -115,8 +86,13 @@ def find_source(source: Path, iteration: int | None = None) -> InriaSource:
         raise ValueError(f"{source / POINT_CLOUD_DIR}: no iteration_{iteration}; it holds iterations {', '.join(map(str, found))}")
     ply = source / POINT_CLOUD_DIR / f"iteration_{iteration}" / PLY_NAME
     cameras = read_cameras_json(source / CAMERAS_FILE) if (source / CAMERAS_FILE).is_file() else None
-    cfg = read_cfg_args(source / CFG_FILE) if (source / CFG_FILE).is_file() else None
-    return InriaSource(source, ply, iteration, tuple(found), cameras, cfg)
+    cfg = read_cfg_args(source / CFG_FILE) if (source / CFG_FILE).is_file() else {}
+    named = cfg.get("source_path")
+    return FoundSource(
+        "inria", source, ply, iteration, tuple(found), cameras=cameras,
+        dataset_path=named if isinstance(named, str) and named else None,
+        config_file=source / CFG_FILE if cfg else None, white_background=bool(cfg.get("white_background", False)),
+    )
 
 
 def iterations(folder: Path) -> list[int]:

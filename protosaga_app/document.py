@@ -29,6 +29,7 @@ from protosaga_core.device import default_device
 from protosaga_core.gaussians import Gaussians
 from protosaga_core.io.exports import (
     EDITS_FILE,
+    ExportFormat,
     ExportSource,
     LabelsFingerprint,
     SourceRows,
@@ -69,12 +70,14 @@ class VisibleGaussians:
 
 @dataclass(frozen=True)
 class Export:
-    """A written export: the file under SCENE/exports/, how many Gaussians it holds, and its record
-    (the JSON beside it: the edits it includes and its instances)."""
+    """A written export: the file under SCENE/exports/, how many Gaussians it holds, how many of those
+    asked for its format left out (`ExportRecord.left_out`), and its record (the JSON beside it: the edits
+    it includes and its instances)."""
 
     path: Path
     count: int
     record: Path
+    left_out: int
 
 
 class SceneDocument:
@@ -267,9 +270,10 @@ class SceneDocument:
         return split
 
     # --- export --------------------------------------------------------------------------------------
-    def export(self, selection_only: bool, with_instance_ids: bool = False) -> Export:
-        """Write the selection (or the whole edited scene: every Gaussian not deleted) under SCENE/exports/,
-        with its record beside it (`ExportRecord`: the edits it includes, its instances).
+    def export(self, selection_only: bool, with_instance_ids: bool = False, file_format: ExportFormat = "ply") -> Export:
+        """Write the selection (or the whole edited scene: every Gaussian not deleted) under SCENE/exports/
+        as a file of `file_format`, with its record beside it (`ExportRecord`: the edits it includes, its
+        instances).
 
         The file name is generated (`safe_export_name`), never taken from the browser.
         """
@@ -283,14 +287,14 @@ class SceneDocument:
             keep = state.kept(self.scene.labels)
         names = {row.id: row.name for row in self.scene.instances} | dict(state.names)  # splits' names too
         source = ExportSource(self.scene.scene_dir.root.resolve(), self.edit_log.labels, names, export_edits(state, selection_only))
-        path = safe_export_name(self.scene.scene_dir, ids)
+        path = safe_export_name(self.scene.scene_dir, ids, file_format=file_format)
         try:
             gaussians = self.scene.gaussians.select(torch.from_numpy(keep))
-            # An imported scene's export copies the source PLY's rows of the kept Gaussians, byte for byte.
+            # An imported scene's ply export copies the source PLY's rows of the kept Gaussians, byte for byte.
             verbatim = SourceRows.of(self.scene.scene_dir, np.flatnonzero(keep))
-            record = export_with_record(gaussians, labels[keep], ids, path, source, with_instance_ids, verbatim)
+            record = export_with_record(gaussians, labels[keep], ids, path, source, with_instance_ids, verbatim, file_format)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return Export(path, record.gaussians, record_path(path))
+        return Export(path, record.gaussians, record_path(path), record.left_out)
 

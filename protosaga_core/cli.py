@@ -31,7 +31,7 @@ from .datasets import DatasetConfig, DatasetFormat, SplitRule
 from .device import BACKENDS, Backend, prefer_backend
 from .evaluate import EvalConfig, evaluate
 from .io.cache import check_cache_dir
-from .io.exports import EDITS_FILE, EXPORTS_DIR, export_scene, record_path
+from .io.exports import EDITS_FILE, EXPORTS_DIR, LEFT_OUT, ExportFormat, export_scene, record_path
 from .io.outputs import check_output_dir, check_output_file
 from .io.scene_dir import SceneDir
 from .masks import MasksConfig, generate_masks
@@ -165,6 +165,10 @@ class Synth:
     seed: int = 0
     noise: Literal["low", "default", "high"] = "default"
     """noise level of the simulated SAM masks written for the training views"""
+    density_scale: float = 1.0
+    """multiply the preset's Gaussians per m² (the bench preset holds ~67k Gaussians at 1)"""
+    write_gaussians: bool = False
+    """also write the Gaussians that render the images as OUTPUT/gaussians.ply (INRIA layout), to import"""
     overwrite: bool = False
     """write into an output folder that already holds files"""
 
@@ -172,7 +176,9 @@ class Synth:
         from .synthetic import synthesize
 
         check_output_dir(self.output, self.overwrite)  # never into a trained scene
-        synthesize(self.output, self.preset, self.seed, self.noise)
+        synthesize(
+            self.output, self.preset, self.seed, self.noise, density_scale=self.density_scale, write_gaussians=self.write_gaussians
+        )
         print(f"wrote {self.output} (preset {self.preset}, seed {self.seed})")
 
 
@@ -413,27 +419,35 @@ InstanceIds = Annotated[
 
 @dataclass
 class Export:
-    """Export instances (or the whole scene) as a plain INRIA PLY that opens in SuperSplat, with a record of
-    what it holds beside it (same name, .json)."""
+    """Export instances (or the whole scene) as a plain INRIA PLY that opens in SuperSplat and other viewers
+    (or, with --format, SuperSplat's compressed PLY or a .splat for web viewers), with a record of what it
+    holds beside it (same name, .json)."""
 
     scene: tyro.conf.Positional[Path]
     """the trained scene directory"""
     instances: InstanceIds = ()
     """instance ids to export, e.g. 3,7; none: every Gaussian of the scene"""
     output: Annotated[Path | None, tyro.conf.arg(aliases=("-o",))] = None
-    """the PLY to write (its record goes beside it, .json); default: a new generated name under SCENE/exports/"""
+    """the file to write, *.ply or *.splat as --format says (its record goes beside it, .json); default: a new generated name under SCENE/exports/"""
+    format: ExportFormat = "ply"
+    """ply: every viewer, every property; ply_compressed: SuperSplat, ~4x smaller, quantised, without nearly transparent Gaussians; splat: web viewers, SH degree 0 only"""
     with_instance_ids: bool = False
-    """add an integer `instance` column (other viewers ignore it)"""
+    """add an integer `instance` column (ply only; other viewers ignore it)"""
     overwrite: bool = False
     """replace an existing --output file and its record"""
 
     def run(self) -> Path:
-        """Write the PLY and its record, print what was written and return the PLY's path."""
+        """Write the file and its record, print what was written and return the file's path."""
         scene_dir = SceneDir(self.scene)
-        path, record = export_scene(scene_dir, self.instances, self.output, self.with_instance_ids, self.overwrite)
+        path, record = export_scene(scene_dir, self.instances, self.output, self.with_instance_ids, self.overwrite, self.format)
         what = "the whole scene" if not self.instances else f"instances {', '.join(map(str, sorted(set(self.instances))))}"
-        columns = "INRIA columns + instance" if self.with_instance_ids else "plain INRIA columns"
-        print(f"wrote {path}: {record.gaussians:,} Gaussians of {what} ({columns}); its record: {record_path(path).name}")
+        columns = {
+            "ply": "INRIA columns + instance" if self.with_instance_ids else "plain INRIA columns",
+            "ply_compressed": "SuperSplat's compressed PLY, quantised",
+            "splat": ".splat, quantised, SH degree 0",
+        }[self.format]
+        left_out = f"; {record.left_out:,} {LEFT_OUT[self.format]} left out" if record.left_out else ""
+        print(f"wrote {path}: {record.gaussians:,} Gaussians of {what} ({columns}{left_out}); its record: {record_path(path).name}")
         if (scene_dir.root / EDITS_FILE).exists():
             print(
                 f"note: the viewer's saved edits ({scene_dir.root / EDITS_FILE}) are not applied: this exports the "

@@ -1,11 +1,15 @@
 """The edited scene: what is on screen, prototypes after merges and splits (Eq. 17-18 exactly), export."""
 
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from protosaga_app.document import SceneDocument
 from protosaga_app.scene import ViewerScene
+from protosaga_core.io.exports import ExportError
 from protosaga_core.io.ply import read_ply
 from protosaga_core.io.scene_dir import SceneDirError
 from protosaga_core.method.lifting import render_label_maps
@@ -135,6 +139,25 @@ def test_export_selection_and_edited_scene(document):
     plain = read_ply(whole.path)
     assert plain.instance_ids is None and plain.gaussians.feature_dim == 0
     assert len(plain.gaussians) == int((~np.isin(document.scene.labels, [a, b])).sum())
+
+
+def test_export_in_the_formats_gsplat_writes(document):
+    exports = document.scene.scene_dir.root / "exports"
+    compressed = document.export(selection_only=False, file_format="ply_compressed")
+    assert compressed.path.parent == exports and compressed.path.name.endswith(".compressed.ply")
+    record = json.loads(compressed.record.read_text())
+    transparent = int((torch.sigmoid(document.scene.gaussians.opacities) <= 1 / 255).sum())
+    assert record["file_format"] == "ply_compressed" and record["left_out"] == compressed.left_out == transparent
+    header = compressed.path.read_bytes().split(b"end_header")[0].decode()
+    assert int(re.search(r"element vertex (\d+)", header)[1]) == compressed.count == len(document.scene.labels) - transparent
+    a, _ = two_largest(document)
+    document.model.click(a)
+    splat = document.export(selection_only=True, file_format="splat")
+    assert splat.path.suffix == ".splat" and splat.path.stat().st_size == 32 * splat.count
+    assert splat.count == int((document.scene.labels == a).sum()) and splat.left_out == 0
+    with pytest.raises(ExportError, match="no place for instance ids"):
+        document.export(selection_only=True, with_instance_ids=True, file_format="splat")
+    assert len(list(exports.iterdir())) == 4  # two exports and their records: nothing of the refused one
 
 
 def test_exporting_an_empty_selection_fails_and_leaves_no_file(document):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,3 +139,18 @@ def test_an_instance_made_by_a_split_is_named_as_an_undoable_edit(panels):
     until(lambda: "left half" in gui.instance_table.content)
     document.model.undo()
     assert document.instance_name(split.id) == f"instance {split.id}"
+
+
+def test_the_export_format_dropdown_picks_the_file_and_clears_the_id_column(panels, trained_scene):
+    _, document, _, tab = panels
+    tab.set_value("Add instance-id column", True)
+    tab.set_value("Format", ".splat (web viewers)")
+    checkbox = tab.gui_uuid("Add instance-id column")
+    tab.wait_for(lambda m: m["type"] == "GuiUpdateMessage" and m["uuid"] == checkbox and m["updates"].get("disabled") is True)
+    tab.click_button("Export edited scene")
+    start = tab.wait_for(lambda m: m["type"] == "FileTransferStartDownload")
+    saved = trained_scene / "exports" / start["filename"]
+    assert start["filename"].startswith("scene_") and saved.suffix == ".splat"
+    assert start["size_bytes"] == saved.stat().st_size == 32 * len(document.scene.labels)  # 32-byte records
+    record = json.loads(saved.with_suffix(".json").read_text())
+    assert record["file_format"] == "splat" and record["with_instance_ids"] is False

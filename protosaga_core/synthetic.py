@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +29,7 @@ from .gaussians import Gaussians, rgb_to_sh0, sh0_to_rgb
 from .io.atomic import atomic_open, atomic_write_bytes
 from .io.labelmaps import save_label_map
 from .io.outputs import check_outside_scenes
+from .io.ply import write_ply
 from .render import render
 
 Shape = Literal["box", "sphere", "cylinder"]
@@ -65,6 +66,9 @@ PRESETS: dict[str, SynthPreset] = {
     "demo": SynthPreset(width=128, height=96, num_views=48, test_every=4, min_objects=8, max_objects=10, density=220.0),
     "bench": SynthPreset(width=160, height=120, num_views=80, test_every=4, min_objects=14, max_objects=20, density=300.0),
 }
+MAX_DENSITY_SCALE = 50.0
+"""Bounds what a typo can ask for: the bench preset holds ~67k Gaussians at scale 1, ~3.4M at 50; a scale of
+thousands would exhaust memory building them."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,15 @@ class SceneObject:
     duplicate_of: int | None = None
 
 
-def synthesize(out: Path, preset: str = "demo", seed: int = 0, noise: str = "default", progress: bool = True) -> Path:
+def synthesize(
+    out: Path,
+    preset: str = "demo",
+    seed: int = 0,
+    noise: str = "default",
+    progress: bool = True,
+    density_scale: float = 1.0,
+    write_gaussians: bool = False,
+) -> Path:
     """Build, render and write a dataset; returns `out`.
 
     Writes `transforms_{train,test}.json` (OpenGL camera-to-world, as NeRF datasets do), `images/`,
@@ -88,9 +100,15 @@ def synthesize(out: Path, preset: str = "demo", seed: int = 0, noise: str = "def
     render's alpha < 0.5 like the instance maps; named by nerfstudio's per-frame `depth_file_path` and
     `depth_unit_scale_factor` 0.001), `points3d.ply` (noisy surface samples for initialisation),
     `synth.json` (the objects) and `masks/` (simulated SAM masks for the training views).
+
+    Args:
+        density_scale: multiplies the preset's surface density, so the scene holds about this many times
+            its Gaussians (the same objects, finer splats: the images barely change).
+        write_gaussians: also write the Gaussians that render the images as `gaussians.ply` (INRIA layout,
+            plain): a splat scene "trained elsewhere" that fits the dataset exactly, to import.
     """
     check_outside_scenes(out)  # a dataset never goes into a trained scene
-    config = PRESETS[preset]
+    config = scaled_preset(preset, density_scale)
     rng = np.random.default_rng(seed)
     objects = build_objects(rng, config)
     gaussians, instance_ids = objects_to_gaussians(objects, config, rng)
@@ -114,10 +132,20 @@ def synthesize(out: Path, preset: str = "demo", seed: int = 0, noise: str = "def
         frames = [(name, cameras.viewmats[i]) for i, name in enumerate(names) if is_test[i] == wanted]
         atomic_write_bytes(out / f"transforms_{split}.json", _transforms_json(frames, cameras).encode())
     _write_point_cloud(out / "points3d.ply", gaussians, rng)
-    meta = {"preset": preset, "seed": seed, "objects": [asdict(o) for o in objects]}
+    if write_gaussians:
+        write_ply(out / "gaussians.ply", gaussians, plain=True)
+    meta = {"preset": preset, "seed": seed, "density_scale": density_scale, "objects": [asdict(o) for o in objects]}
     atomic_write_bytes(out / "synth.json", (json.dumps(meta, indent=1) + "\n").encode())
     _write_simulated_masks(out, noise, seed, progress)
     return out
+
+
+def scaled_preset(preset: str, density_scale: float = 1.0) -> SynthPreset:
+    """The preset `preset` with its surface density times `density_scale` (in (0, MAX_DENSITY_SCALE])."""
+    if not (0 < density_scale <= MAX_DENSITY_SCALE):  # NaN fails too
+        raise ValueError(f"--density-scale must be in (0, {MAX_DENSITY_SCALE:g}], got {density_scale}")
+    config = PRESETS[preset]
+    return replace(config, density=config.density * density_scale)
 
 
 # --- scene content ---------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import torch
 from protosaga_core.cli import main
 from protosaga_core.datasets import load_scene
 from protosaga_core.io.labelmaps import load_label_map
-from protosaga_core.synthetic import PRESETS, build_objects, objects_to_gaussians, synthesize
+from protosaga_core.io.ply import read_ply
+from protosaga_core.synthetic import PRESETS, build_objects, objects_to_gaussians, scaled_preset, synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +50,30 @@ def test_gaussians_carry_instance_ids():
     assert len(gaussians) == len(ids)
     assert set(ids.unique().tolist()) == {o.instance_id for o in objects}
     assert torch.isfinite(gaussians.quats).all() and torch.allclose(gaussians.activated_quats.norm(dim=1), torch.ones(len(ids)))
+
+
+def test_density_scale_multiplies_the_gaussians_of_the_same_objects():
+    counts = {}
+    for scale in (1.0, 3.0):
+        rng = np.random.default_rng(0)
+        objects = build_objects(rng, scaled_preset("demo", scale))
+        counts[scale] = len(objects_to_gaussians(objects, scaled_preset("demo", scale), rng)[0])
+    assert objects == build_objects(np.random.default_rng(0), PRESETS["demo"])  # only the splats get finer
+    assert 2.9 < counts[3.0] / counts[1.0] < 3.1
+    for bad in (0.0, -1.0, float("nan"), 1e4):
+        with pytest.raises(ValueError, match="--density-scale"):
+            scaled_preset("demo", bad)
+
+
+def test_written_gaussians_are_the_ones_that_render_the_images(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "data"), "--density-scale", "0.25", "--write-gaussians"]) == 0
+    written = read_ply(tmp_path / "data" / "gaussians.ply")
+    rng = np.random.default_rng(0)
+    expected, _ = objects_to_gaussians(build_objects(rng, PRESETS["demo"]), scaled_preset("demo", 0.25), rng)
+    assert written.instance_ids is None and written.gaussians.feature_dim == 0 and written.gaussians.sh_degree == 0
+    for name in ("means", "scales", "quats", "opacities", "sh0"):
+        assert torch.equal(getattr(written.gaussians, name), getattr(expected, name)), name
+    assert json.loads((tmp_path / "data" / "synth.json").read_text())["density_scale"] == 0.25
 
 
 def test_synthesize_writes_a_loadable_dataset_with_ground_truth(demo):

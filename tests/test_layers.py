@@ -13,7 +13,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                          "protosaga_core.io.labelmaps", "protosaga_core.io.outputs", "protosaga_core.io.ply", "protosaga_core.io.scene_lock",
                          "protosaga_core.io.source_ply",
                          "protosaga_core.gaussians",
-                         "protosaga_core.cameras", "protosaga_core.palette", "protosaga_core.device")),
+                         "protosaga_core.cameras", "protosaga_core.palette", "protosaga_core.device", "protosaga_core.memory")),
     ("data and rendering", ("protosaga_core.datasets", "protosaga_core.render", "protosaga_core.orbit")),
     ("inputs", ("protosaga_core.masks", "protosaga_core.io.scene_dir", "protosaga_core.synthetic")),
     ("stage utilities", ("protosaga_core.stages", "protosaga_core.threads", "protosaga_core.metrics",

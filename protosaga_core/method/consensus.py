@@ -34,10 +34,8 @@ not, and a mask split in one view rejoins its object because every other view co
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sparse
@@ -48,6 +46,7 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..gaussians import Gaussians
+from ..memory import amount, available_memory
 from .lifting import compact_labels, transpose_render
 
 SEEN_WEIGHT = 1e-3
@@ -68,41 +67,6 @@ def consensus_bytes(num_masks: int, num_slots: int) -> int:
     return 16 * num_masks * num_slots + BYTES_PER_MASK_PAIR * num_masks**2
 
 
-def available_memory() -> int | None:
-    """Bytes this process may still allocate: the system's available memory, capped by a cgroup's limit (less
-    its usage) and by `ulimit -v`; None where none of them can be read."""
-    found = []
-    try:
-        lines = Path("/proc/meminfo").read_text().splitlines()
-        found += [int(line.split()[1]) * 1024 for line in lines if line.startswith("MemAvailable:")]
-    except (OSError, ValueError, IndexError):
-        pass
-    if not found:
-        try:
-            found.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (ValueError, OSError, AttributeError):
-            pass
-    for limit, usage in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
-        try:
-            cap, used = (Path("/sys/fs/cgroup", name).read_text().strip() for name in (limit, usage))
-            found.append(int(cap) - int(used))
-        except (OSError, ValueError):  # no such cgroup file, or "max" (no limit)
-            continue
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-        if soft != resource.RLIM_INFINITY:
-            found.append(soft)
-    except (ImportError, OSError, ValueError):
-        pass
-    return max(min(found), 0) if found else None
-
-
-def _amount(size: int) -> str:
-    return f"{size / 2**30:,.1f} GiB" if size >= 2**30 else f"{size / 2**20:,.1f} MiB"
-
-
 def check_consensus_fits(num_masks: int, num_views: int, where: str = "", available: int | None = None) -> None:
     """Refuse, before any work, a number of masks whose [C, C] arrays (`cluster_masks`) would not fit in memory.
 
@@ -119,7 +83,7 @@ def check_consensus_fits(num_masks: int, num_views: int, where: str = "", availa
         return
     raise ConsensusTooLarge(
         f"{where}{': ' if where else ''}view-consensus association of {num_masks:,} masks over {num_views:,} views "
-        f"needs about {_amount(needed)} (arrays of masks x masks), more than the {_amount(available)} "
+        f"needs about {amount(needed)} (arrays of masks x masks), more than the {amount(available)} "
         "free here; use fewer training views or masks, or the memory bank (`--grouping bank`; "
         "`--associate.grouping bank` in run)"
     )

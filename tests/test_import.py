@@ -249,6 +249,14 @@ def test_what_needs_features_names_the_training_that_adds_them(segmented_import,
     assert (scene / "scene.json").read_bytes() == before
 
 
+def test_training_into_an_imported_scene_is_refused_naming_features(segmented_import, original, capsys):
+    scene = segmented_import[0]
+    before = (scene / "gaussians.ply").read_bytes()
+    error = refused(["train", original.read_meta().dataset, "-o", str(scene), "--preset", "cpu"], capsys)
+    assert "imported" in error and "protosaga features" in error and "interrupted" not in error
+    assert (scene / "gaussians.ply").read_bytes() == before
+
+
 def test_run_paper_on_an_imported_scene_learns_the_features_first(segmented_import, inria_folder, tmp_path, capsys):
     """`protosaga run SCENE --paper` chains `features` (on the frozen Gaussians) before the memory bank and
     Eq. 19; the Gaussians and the source rows an export copies stay as imported."""

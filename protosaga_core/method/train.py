@@ -477,6 +477,11 @@ def check_output(scene_dir: SceneDir, resume: bool, overwrite: bool) -> None:
         return
     if overwrite or not root.exists() or not any(p.name != LOCK_FILE for p in root.iterdir()):
         return
+    if scene_dir.meta_path.exists() and scene_dir.is_imported():
+        raise ValueError(
+            f"{root}: holds a scene imported with its Gaussians trained elsewhere (protosaga import); training here would "
+            "replace them: choose a new -o folder (or --overwrite), or learn only the features with protosaga features"
+        )
     if scene_dir.meta_path.exists() or checkpoint.exists():
         state = "a trained scene" if scene_dir.is_done("train") else "an interrupted training (checkpoints/last.pt)"
         raise ValueError(

@@ -44,7 +44,7 @@ from protosaga_core.method.frozen_features import FeatureConfig, train_features
 from protosaga_core.method.prototypes import compute_prototypes
 from protosaga_core.method.train import PRESETS, train
 from protosaga_core.pipeline import RunConfig
-from protosaga_core.render.sparse import shared_weights
+from protosaga_core.render.sparse import WeightsCache
 
 DEMO = Path(__file__).resolve().parent.parent / "assets" / "demo"
 
@@ -53,9 +53,10 @@ def segment_and_score(scene: Path, paper: bool) -> dict[str, float]:
     """associate, prototypes and eval as `protosaga run` (with `--paper` or not) chains them; the scores."""
     config = RunConfig(paper=paper).resolved()
     scene_dir = SceneDir(scene)
-    with shared_weights():
-        associate(scene_dir, config.associate, progress=False)
-        compute_prototypes(scene_dir, config.prototypes, progress=False)
+    weights = WeightsCache()
+    associate(scene_dir, config.associate, progress=False, weights=weights)
+    compute_prototypes(scene_dir, config.prototypes, progress=False, weights=weights)
+    del weights  # freed before eval, as `protosaga run` does
     with contextlib.redirect_stdout(io.StringIO()):  # eval's own table; the bench prints one row
         report = evaluate(scene_dir, replace(EvalConfig(), methods=("proto",) if paper else ("proto", "lifted")), progress=False)
     scores = {}

@@ -9,11 +9,11 @@ On a trained demo scene (`--scene`, or one trained into a temporary folder the w
 - lifted labels: `lifted_gaussian_labels`, the consistent masks' votes (`lift_votes`);
 - cls: `train_cls`, the Cls baseline's training (one view rendered forward and backward per iteration).
 
-Columns: `old` rasterizes (`shared_weights(0)` turns the sparse path off; what each stage does when run
-by itself, as `protosaga associate` or `protosaga prototypes`); `alone` runs the stage in its own
-`shared_weights()` block, computing every weight it uses; `in run` is its time inside one block spanning
-association -> prototypes -> lifted labels, as `protosaga run` chains them (later stages find the
-training views' weights cached). Extra rows: the prototypes stage (features, then labels, in one block)
+Columns: `old` rasterizes (a `WeightsCache(0)` keeps no weights; what each stage does when run by
+itself, as `protosaga associate` or `protosaga prototypes`); `alone` gives the stage a `WeightsCache()` of
+its own, computing every weight it uses; `in run` is its time with one cache passed along association ->
+prototypes -> lifted labels, as `protosaga run` chains them (later stages find the training views'
+weights cached). Extra rows: the prototypes stage (features, then labels, in one block)
 and all three. Times are the minimum over `--runs`; the old and new outputs are compared. Memory: the
 training views' weights (nonzeros, MB).
 """
@@ -37,7 +37,7 @@ from protosaga_core.io.scene_dir import SceneDir
 from protosaga_core.method.baselines import ClsSettings, train_cls
 from protosaga_core.method.consensus import cluster_masks, mask_membership
 from protosaga_core.method.prototypes import collect_view_prototypes, ensemble_prototypes, lifted_gaussian_labels
-from protosaga_core.render.sparse import DEFAULT_BUDGET_BYTES, WeightsCache, shared_weights
+from protosaga_core.render.sparse import WeightsCache
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
 QUICK_TRAINING = ["--preset", "cpu", "--iterations", "300", "--sh-degree", "0", "--masks.method", "simulated"]
@@ -66,14 +66,13 @@ def train_scene(root: Path) -> Path:
     return root / "scene"
 
 
-def timed(fn: Callable[[], object], runs: int, budget: int) -> tuple[float, object]:
-    """Minimum wall time of `fn` over `runs`, each in a fresh `shared_weights(budget)` block, and its
-    last result."""
+def timed(fn: Callable[[WeightsCache], object], runs: int, budget: int | None) -> tuple[float, object]:
+    """Minimum wall time of `fn` over `runs`, each given a fresh `WeightsCache(budget)` (None: the default
+    budget), and its last result."""
     best, result = float("inf"), None
     for _ in range(runs):
         start = time.perf_counter()
-        with shared_weights(budget):
-            result = fn()
+        result = fn(WeightsCache(budget))
         best = min(best, time.perf_counter() - start)
     return best, result
 
@@ -108,34 +107,34 @@ def run_bench(scene_dir: SceneDir, runs: int, cls_iterations: int) -> tuple[list
     views = scene.split("train")
     raw_masks = [view.load_mask() for view in views]
 
-    def association():
-        return mask_membership(gaussians, ((view.cameras, mask[None]) for view, mask in zip(views, raw_masks)))
+    def association(weights):
+        return mask_membership(gaussians, ((view.cameras, mask[None]) for view, mask in zip(views, raw_masks)), weights=weights)
 
-    def prototypes():
-        return collect_view_prototypes(scene_dir, gaussians, scene, progress=False)
+    def prototypes(weights):
+        return collect_view_prototypes(scene_dir, gaussians, scene, progress=False, weights=weights)
 
-    def labels():
-        return lifted_gaussian_labels(scene_dir, gaussians, scene, ids, progress=False)
+    def labels(weights):
+        return lifted_gaussian_labels(scene_dir, gaussians, scene, ids, progress=False, weights=weights)
 
-    def cls():
-        return train_cls(scene_dir, gaussians, scene, ClsSettings(iterations=cls_iterations), progress=False)
+    def cls(weights):
+        return train_cls(scene_dir, gaussians, scene, ClsSettings(iterations=cls_iterations), progress=False, weights=weights)
 
     per_view = collect_view_prototypes(scene_dir, gaussians, scene, progress=False)
     ids = ensemble_prototypes([p[0] for p in per_view], [p[1] for p in per_view]).ids
     stages = {"association": association, "prototypes": prototypes, "lifted labels": labels}
     old = {name: timed(fn, runs, 0) for name, fn in stages.items()}
-    alone = {name: timed(fn, runs, DEFAULT_BUDGET_BYTES) for name, fn in stages.items()}
+    alone = {name: timed(fn, runs, None) for name, fn in stages.items()}
     # The prototypes stage renders features, then lifts labels, from the same training views.
-    both = timed(lambda: (prototypes(), labels()), runs, DEFAULT_BUDGET_BYTES)[0]
+    both = timed(lambda weights: (prototypes(weights), labels(weights)), runs, None)[0]
     in_run = {name: float("inf") for name in stages}
     for _ in range(runs):
-        with shared_weights() as cache:
-            for name, fn in stages.items():
-                start = time.perf_counter()
-                fn()
-                in_run[name] = min(in_run[name], time.perf_counter() - start)
-            memory = weights_memory(cache, gaussians, views[0])
-    cls_old, cls_new = timed(cls, 1, 0), timed(cls, 1, DEFAULT_BUDGET_BYTES)
+        cache = WeightsCache()
+        for name, fn in stages.items():
+            start = time.perf_counter()
+            fn(cache)
+            in_run[name] = min(in_run[name], time.perf_counter() - start)
+        memory = weights_memory(cache, gaussians, views[0])
+    cls_old, cls_new = timed(cls, 1, 0), timed(cls, 1, None)
 
     records = [Record(name, old[name][0], alone[name][0], in_run[name], compare(name, old[name][1], alone[name][1])) for name in stages]
     records.append(Record("prototypes stage", old["prototypes"][0] + old["lifted labels"][0], both, in_run["prototypes"] + in_run["lifted labels"], "features + labels"))

@@ -117,7 +117,8 @@ class EvalReport:
 
 @writes_scene("eval")
 def evaluate(scene_dir: SceneDir, config: EvalConfig = EvalConfig(), progress: bool = True) -> EvalReport:
-    """Measure the scene, write `eval/metrics.json`, print the report and mark the stage done."""
+    """Measure the scene, write `eval/metrics.json`, print the report and mark the stage done. No blending
+    weights are shared with it: it renders the test views, each once (`segment`)."""
     scene = scene_dir.load_dataset()
     test_views = scene.split("test")
     gaussians = scene_dir.read_gaussians().to(default_device())

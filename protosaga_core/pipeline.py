@@ -21,7 +21,7 @@ from .method.association import AssociateConfig, associate
 from .method.frozen_features import FeatureConfig, train_features
 from .method.prototypes import PrototypesConfig, compute_prototypes
 from .method.train import PRESETS, TrainConfig, train
-from .render.sparse import shared_weights
+from .render.sparse import WeightsCache
 
 DEMO_DATASET = Path(__file__).resolve().parents[1] / "assets" / "demo"
 
@@ -92,24 +92,31 @@ def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool 
         resume = rerun == NOT_DONE and checkpoint.exists()
         _stage("train", "resuming from the last checkpoint" if resume else f"{rerun}: {config.train.iterations} iterations")
         train(dataset, output, config.train, resume=resume, overwrite=rerun != NOT_DONE)
-    # Association and prototypes render the training views of the same frozen geometry: association
-    # computes their blending weights and the prototypes stage reuses them (DESIGN §3).
-    with shared_weights():
-        rerun = stage_decision(scene_dir, "associate", config.associate, config.force)
-        if rerun is None:
-            _stage("associate", "done earlier with these flags; reused")
-        else:
-            how = "view consensus" if config.associate.grouping == "consensus" else f"memory bank, criterion {config.associate.criterion}"
-            _stage("associate", f"{rerun}: {how}")
-            associate(scene_dir, config.associate, progress=progress)
-        rerun = stage_decision(scene_dir, "prototypes", config.prototypes, config.force)
-        if rerun is None:
-            _stage("prototypes", "done earlier with these flags; reused")
-        else:
-            _stage("prototypes", f"{rerun}: per-view prototypes, their ensemble and {config.prototypes.gaussian_labels} per-Gaussian labels")
-            compute_prototypes(scene_dir, config.prototypes, progress=progress)
+    associate_and_prototypes(scene_dir, config, progress)
     _stage("eval", "test-view rendering and segmentation")
     return evaluate(scene_dir, config.eval, progress=progress)
+
+
+def associate_and_prototypes(scene_dir: SceneDir, config: RunConfig, progress: bool) -> WeightsCache:
+    """The associate and prototypes stages of `run`, each unless done earlier with these flags, sharing one
+    cache of blending weights: both render the training views of the same frozen geometry, so association
+    computes their weights and the prototypes stage reuses them (DESIGN §3). Returns the cache: `run`
+    drops it, freeing the weights before evaluation, which renders other views."""
+    weights = WeightsCache()
+    rerun = stage_decision(scene_dir, "associate", config.associate, config.force)
+    if rerun is None:
+        _stage("associate", "done earlier with these flags; reused")
+    else:
+        how = "view consensus" if config.associate.grouping == "consensus" else f"memory bank, criterion {config.associate.criterion}"
+        _stage("associate", f"{rerun}: {how}")
+        associate(scene_dir, config.associate, progress=progress, weights=weights)
+    rerun = stage_decision(scene_dir, "prototypes", config.prototypes, config.force)
+    if rerun is None:
+        _stage("prototypes", "done earlier with these flags; reused")
+    else:
+        _stage("prototypes", f"{rerun}: per-view prototypes, their ensemble and {config.prototypes.gaussian_labels} per-Gaussian labels")
+        compute_prototypes(scene_dir, config.prototypes, progress=progress, weights=weights)
+    return weights
 
 
 NOT_DONE = "not done yet"

@@ -19,7 +19,7 @@ from .gaussians import Gaussians
 from .io.labelmaps import load_label_map
 from .io.scene_dir import SceneDir, SceneDirError
 from .render import render
-from .render.sparse import frozen_weights
+from .render.sparse import WeightsCache, frozen_weights
 
 DEFAULT_CHUNK_VIEWS = 4
 """Views rendered at once."""
@@ -46,34 +46,37 @@ def render_features(
     chunk_views: int = DEFAULT_CHUNK_VIEWS,
     progress: bool = True,
     desc: str = "features",
+    weights: WeightsCache | None = None,
 ) -> Iterator[tuple[View, Tensor]]:
     """Each view with its rendered features F̂ [H, W, D] (on the CPU, no gradient), in the given order.
 
     `gaussians` should already be on the device to render on (`default_device()`). Views whose blending
-    weights an earlier stage cached (`render.sparse.shared_weights`) are rendered from them.
+    weights `weights` holds (an earlier stage computed them) are rendered from them; the others, and all
+    without a cache, are rasterized: weights are never computed here, as one render costs less.
     """
     with tqdm(total=len(views), desc=desc, unit="view", disable=not progress) as bar:
         for batch in view_batches(views, chunk_views):
             cameras = scene.cameras(batch).to(gaussians.device)
             with torch.no_grad():
-                weights = frozen_weights(gaussians, cameras, "never")  # one render: only if cached
+                cached = frozen_weights(gaussians, cameras, weights, "never")
                 if gaussians.feature_dim == 0:  # an imported scene: empty maps, without rendering anything
                     features = gaussians.features.new_zeros(len(batch), cameras.height, cameras.width, 0)
-                elif weights is not None:
-                    features = torch.stack([view.render(gaussians.features) for view in weights])
+                elif cached is not None:
+                    features = torch.stack([view.render(gaussians.features) for view in cached])
                 else:
                     features = render(gaussians, cameras, rgb=False, extras=gaussians.features).extras
             bar.update(len(batch))
             yield from zip(batch, features.cpu())
 
 
-def frozen_feature_map(frozen: Gaussians, camera: Cameras, features: Tensor) -> Tensor:
+def frozen_feature_map(frozen: Gaussians, camera: Cameras, features: Tensor, weights: WeightsCache | None = None) -> Tensor:
     """`features` rendered from one camera with the geometry of `frozen`, differentiable in the features
-    (what trains them with the geometry frozen): the view's cached blending weights where they apply
-    (on the CPU, within `render.sparse.shared_weights`, computed on first use), else the rasterizer. [N, D] -> [H, W, D]"""
-    weights = frozen_weights(frozen, camera)
-    if weights is not None:
-        return weights[0].render(features)
+    (what trains them with the geometry frozen): the view's blending weights from `weights` where they
+    apply (on the CPU; computed and kept there on first use), else the rasterizer (always without a
+    cache). [N, D] -> [H, W, D]"""
+    cached = frozen_weights(frozen, camera, weights)
+    if cached is not None:
+        return cached[0].render(features)
     return render(frozen, camera, rgb=False, extras=features).extras[0]
 
 

@@ -22,7 +22,7 @@ from protosaga_core.method.frozen_features import FeatureConfig, initial_state, 
 from protosaga_core.method.prototypes import PrototypesConfig, compute_prototypes
 from protosaga_core.method.train import classification_loss, prepare_views
 from protosaga_core.render import render
-from protosaga_core.render.sparse import shared_weights
+from protosaga_core.render.sparse import WeightsCache
 
 GEOMETRY = ("means", "scales", "quats", "opacities", "sh0", "shN")
 CPU = torch.device("cpu")
@@ -146,8 +146,7 @@ def test_the_rasterizer_path_learns_what_the_sparse_path_learns(trained_scene, t
     config = FeatureConfig(iterations=6, fresh=True, checkpoint_every=0)
     rasterized_scene = SceneDir(shutil.copytree(trained_scene, tmp_path / "rasterized"))
     sparse = train_features(SceneDir(trained_scene), config, device=CPU, progress=False)
-    with shared_weights(budget_bytes=0):  # no view's blending weights are kept
-        rasterized = train_features(rasterized_scene, config, device=CPU, progress=False)
+    rasterized = train_features(rasterized_scene, config, device=CPU, progress=False, weights=WeightsCache(0))  # keeps no weights
     assert sparse.losses == pytest.approx(rasterized.losses, rel=1e-4)
     assert sparse.losses[-1] != sparse.losses[0]
 

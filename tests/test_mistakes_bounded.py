@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.sparse as sparse
 import torch
 from builders import random_gaussians
 from numpy.lib import format as npy_format
@@ -35,7 +34,11 @@ from protosaga_core.datasets import DatasetError, load_scene
 from protosaga_core.io.labelmaps import save_label_map
 from protosaga_core.io.scene_dir import SceneDir, SceneDirError
 from protosaga_core.method import consensus
-from protosaga_core.method.consensus import ConsensusSettings, MaskMembership, cluster_masks
+from protosaga_core.method.consensus import (
+    ConsensusSettings,
+    check_consensus_fits,
+    consensus_bytes,
+)
 from protosaga_core.method.prototypes import Prototypes
 
 DEEP = "[" * 200_000 + "]" * 200_000
@@ -111,28 +114,17 @@ def test_mask_ids_outside_uint16_are_refused(tmp_path):
 # --- association: a number of masks whose arrays would not fit ---------------------------------------------------
 
 
-def membership_of(num_masks: int, num_views: int = 2, num_gaussians: int = 4) -> MaskMembership:
-    """Masks spread over views that no Gaussian renders into: only their number matters here."""
-    slots = num_masks + 2 * num_views
-    return MaskMembership(
-        view_labels=[torch.arange(1, num_masks // num_views + 1) for _ in range(num_views)],
-        node_view=np.repeat(np.arange(num_views), num_masks // num_views),
-        node_raw=np.tile(np.arange(1, num_masks // num_views + 1), num_views),
-        members=sparse.csr_matrix((num_masks, num_gaussians)),
-        placement=sparse.csr_matrix((num_gaussians, slots)),
-        slot_view=np.zeros(slots, dtype=np.int64),
-        slot_node=np.full(slots, -1),
-    )
-
-
-def test_association_refuses_more_masks_than_its_arrays_fit_in_memory():
-    # 121,314 masks (the depth maps of the issue) would take ~1 TB: refused before any array is made
+def test_association_refuses_more_masks_than_its_arrays_fit_in_memory(monkeypatch):
+    # 121,314 masks (the depth maps of issue 21) once asked ~1 TB of masks x masks arrays; clustering now
+    # holds arrays of masks x views and one block of candidate pairs: well under a GiB for two views
+    assert consensus_bytes(121_314, 2) < 2**30
+    monkeypatch.setattr(consensus, "available_memory", lambda: 100 << 20)  # 100 MiB free
     with pytest.raises(ValueError, match=(
-        r"^view-consensus association of 121,314 masks over 2 views needs about [\d,.]+ GiB \(arrays of masks x "
-        r"masks\), more than the [\d,.]+ [GM]iB free here; use fewer training views or masks, or the memory bank "
+        r"^view-consensus association of 121,314 masks over 200 views needs about [\d,.]+ GiB \(arrays of masks x "
+        r"views\), more than the 100.0 MiB free here; use fewer training views or masks, or the memory bank "
         r"\(`--grouping bank`; `--associate.grouping bank` in run\)$"
     )):
-        cluster_masks(membership_of(121_314), ConsensusSettings())  # a MemoryError traceback before
+        check_consensus_fits(121_314, 200)
 
 
 def test_association_refuses_them_before_lifting_any_view_naming_the_masks_folder(tmp_path, monkeypatch):

@@ -10,9 +10,11 @@ from protosaga_core.io.scene_dir import SceneDir
 from protosaga_core.method.consensus import cluster_masks, mask_membership
 from protosaga_core.method.lifting import CHANNEL_CHUNK, transpose_render
 from protosaga_core.method.prototypes import collect_view_prototypes, ensemble_prototypes, lifted_gaussian_labels
+from protosaga_core.pipeline import RunConfig, associate_and_prototypes
 from protosaga_core.render import RasterSettings, render
-from protosaga_core.render.sparse import WeightsCache, compute_view_weights, frozen_weights, shared_weights
-from protosaga_core.stages import read_consistent_mask
+from protosaga_core.render import sparse
+from protosaga_core.render.sparse import WeightsCache, compute_view_weights, frozen_weights, geometry_key
+from protosaga_core.stages import frozen_feature_map, read_consistent_mask
 
 
 def _random_scene(seed: int, count: int = 60, width: int = 30, height: int = 21) -> tuple[Gaussians, Cameras]:
@@ -34,9 +36,8 @@ def _random_scene(seed: int, count: int = 60, width: int = 30, height: int = 21)
 
 
 def _rasterized_transpose(gaussians: Gaussians, cameras: Cameras, targets: torch.Tensor) -> torch.Tensor:
-    """`transpose_render` on the rasterizer (a budget of 0 turns the sparse path off)."""
-    with shared_weights(0):
-        return transpose_render(gaussians, cameras, targets)
+    """`transpose_render` on the rasterizer (a cache of budget 0 turns the sparse path off)."""
+    return transpose_render(gaussians, cameras, targets, WeightsCache(0))
 
 
 @pytest.mark.parametrize("seed, width, height", [(0, 30, 21), (1, 32, 24), (2, 41, 9)])
@@ -91,28 +92,76 @@ def test_the_gradient_of_a_weights_render_is_the_rasterizers():
 def test_transpose_render_of_many_channels_takes_the_weights_and_agrees():
     gaussians, cameras = _random_scene(4)
     targets = torch.rand(2, cameras.height, cameras.width, CHANNEL_CHUNK + 6, generator=torch.Generator().manual_seed(1))
-    assert frozen_weights(gaussians, cameras) is None  # outside a shared block: rasterize ...
-    assert len(frozen_weights(gaussians, cameras, "always")) == 2  # ... unless the channels need several passes
+    assert frozen_weights(gaussians, cameras, None) is None  # without a cache: rasterize ...
+    assert len(frozen_weights(gaussians, cameras, None, "always")) == 2  # ... unless the channels need several passes
     torch.testing.assert_close(transpose_render(gaussians, cameras, targets), _rasterized_transpose(gaussians, cameras, targets), rtol=1e-4, atol=1e-4)
 
 
 def test_the_cache_shares_views_evicts_past_its_budget_and_falls_back():
     gaussians, cameras = _random_scene(5)
     one_view = compute_view_weights(gaussians, cameras[0]).nbytes
-    with shared_weights() as cache:
-        with shared_weights(0) as inner:  # a nested block uses the outer cache
-            assert inner is cache
-        first = frozen_weights(gaussians, cameras)
-        moved = Gaussians(**{**gaussians.tensors(), "means": gaussians.means + 0.01})
-        assert frozen_weights(gaussians.map(torch.clone), cameras, "never")[0] is first[0]  # same geometry, new tensors
-        assert frozen_weights(moved, cameras, "never") is None
-        assert frozen_weights(moved, cameras)[0] is not first[0]
-        assert (cache.hits, cache.misses, len(cache)) == (2, 5, 4)
+    cache = WeightsCache()
+    assert frozen_weights(gaussians, cameras[1], cache, "never") is None  # nothing computed ...
+    first = frozen_weights(gaussians, cameras, cache)  # ... until asked to
+    assert frozen_weights(gaussians.map(torch.clone), cameras, cache, "never")[0] is first[0]  # same geometry, new tensors
+    assert (cache.hits, cache.misses, len(cache)) == (2, 3, 2)
     small = WeightsCache(int(1.5 * one_view))
     assert small.views(gaussians, cameras[0]) is not None and small.views(gaussians, cameras[1]) is not None
     assert len(small) == 1 and small.used_bytes <= small.budget_bytes  # the least recently used went
     assert WeightsCache(one_view // 2).views(gaussians, cameras[0]) is None  # not even one view fits
     assert compute_view_weights(gaussians, cameras[0], max_bytes=100) is None
+
+
+def test_the_default_budget_is_a_share_of_the_memory_free_when_the_cache_is_made(monkeypatch):
+    for free, budget in [(8 << 30, 2 << 30), (100 << 20, sparse.BUDGET_FLOOR), (1 << 40, sparse.BUDGET_CAP), (None, 512 << 20)]:
+        monkeypatch.setattr(sparse, "available_memory", lambda: free)
+        assert WeightsCache().budget_bytes == budget, free
+    assert WeightsCache(12345).budget_bytes == 12345  # a budget given is kept as it is
+
+
+def test_a_cache_of_budget_zero_keeps_nothing_and_the_rasterizer_agrees_with_the_cached_path():
+    gaussians, cameras = _random_scene(8)
+    targets = torch.rand(2, cameras.height, cameras.width, CHANNEL_CHUNK + 6, generator=torch.Generator().manual_seed(2))
+    off = WeightsCache(0)
+    assert frozen_weights(gaussians, cameras, off, "always") is None  # not even the channels that pay for weights
+    rasterized = transpose_render(gaussians, cameras, targets, off)
+    rendered = frozen_feature_map(gaussians, cameras[1], gaussians.features, off)
+    assert (len(off), off.used_bytes, off.hits, off.misses) == (0, 0, 0, 0)
+    cache = WeightsCache()
+    torch.testing.assert_close(transpose_render(gaussians, cameras, targets, cache), rasterized, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(frozen_feature_map(gaussians, cameras[1], gaussians.features, cache), rendered, rtol=1e-5, atol=1e-5)
+    assert (len(cache), cache.misses, cache.hits) == (2, 2, 1)
+
+
+def test_a_cache_hashes_each_gaussians_once_and_refuses_another_geometry(monkeypatch):
+    gaussians, cameras = _random_scene(9)
+    hashed = []
+    monkeypatch.setattr(sparse, "geometry_key", lambda g: hashed.append(1) or geometry_key(g))
+    cache = WeightsCache()
+    first = cache.views(gaussians, cameras)
+    assert cache.views(gaussians, cameras)[0] is first[0] and cache.views(gaussians.to("cpu"), cameras)[0] is first[0]
+    assert len(hashed) == 1  # the same tensors, unchanged: no hashing after the first
+    copy = gaussians.map(torch.clone)  # the same geometry read again (each stage reads gaussians.ply itself)
+    assert cache.views(copy, cameras, compute=False)[0] is first[0] and cache.views(copy, cameras, compute=False)[0] is first[0]
+    assert len(hashed) == 2  # hashed once more, for the new tensors
+    moved = Gaussians(**{**gaussians.tensors(), "means": gaussians.means + 0.01})
+    with pytest.raises(ValueError, match="other Gaussians"):
+        cache.views(moved, cameras)
+    copy.opacities.add_(1.0)  # changed in place: the tensors' versions tell
+    with pytest.raises(ValueError, match="other Gaussians"):
+        cache.views(copy, cameras, compute=False)
+    assert cache.views(gaussians, cameras)[0] is first[0] and len(cache) == 2  # what it holds stays usable
+
+
+def test_protosaga_run_computes_each_training_views_weights_once(trained_scene):
+    """Association computes the training views' weights; the prototypes stage renders its features and
+    lifts its labels from them."""
+    scene_dir = SceneDir(trained_scene)
+    scene_dir.forget_from("associate")
+    views = scene_dir.load_dataset().split("train")
+    cache = associate_and_prototypes(scene_dir, RunConfig(), progress=False)
+    assert scene_dir.read_meta().stages[-2:] == ["associate", "prototypes"]
+    assert (cache.misses, len(cache), cache.hits) == (len(views), len(views), 2 * len(views))
 
 
 def test_stages_on_the_trained_scene_give_the_rasterizers_results(trained_scene_readonly):
@@ -129,17 +178,16 @@ def test_stages_on_the_trained_scene_give_the_rasterizers_results(trained_scene_
     one_hot = torch.nn.functional.one_hot(mask, int(mask.max()) + 1).float()
     torch.testing.assert_close(weights.transpose(one_hot), _rasterized_transpose(gaussians, camera, one_hot[None]), rtol=1e-4, atol=1e-4)
 
-    def stages():
-        membership = mask_membership(gaussians, ((view.cameras, view.load_mask()[None]) for view in views))
-        per_view = collect_view_prototypes(scene_dir, gaussians, scene, progress=False)
+    def stages(weights: WeightsCache):
+        membership = mask_membership(gaussians, ((view.cameras, view.load_mask()[None]) for view in views), weights=weights)
+        per_view = collect_view_prototypes(scene_dir, gaussians, scene, progress=False, weights=weights)
         ids = ensemble_prototypes([p[0] for p in per_view], [p[1] for p in per_view]).ids
-        return membership, per_view, lifted_gaussian_labels(scene_dir, gaussians, scene, ids, progress=False)
+        return membership, per_view, lifted_gaussian_labels(scene_dir, gaussians, scene, ids, progress=False, weights=weights)
 
-    with shared_weights(0):
-        old_membership, old_views, old_labels = stages()
-    with shared_weights() as cache:
-        membership, per_view, labels = stages()
-        assert len(cache) == len(views) and cache.hits == 2 * len(views)  # association filled it
+    old_membership, old_views, old_labels = stages(WeightsCache(0))
+    cache = WeightsCache()
+    membership, per_view, labels = stages(cache)
+    assert len(cache) == len(views) and cache.hits == 2 * len(views)  # association filled it
     assert np.array_equal(cluster_masks(membership)[0], cluster_masks(old_membership)[0])
     assert abs(membership.members - old_membership.members).max() < 1e-4 * abs(old_membership.members).max()
     for (ids, vectors, counts), (old_ids, old_vectors, old_counts) in zip(per_view, old_views):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from protosaga_core.io.scene_dir import SceneDir, SceneDirError
-from protosaga_core.render.sparse import frozen_weights, shared_weights
+from protosaga_core.render.sparse import WeightsCache, frozen_weights
 from protosaga_core.stages import read_consistent_mask, render_features, view_batches
 
 
@@ -22,11 +22,11 @@ def test_rendered_features_are_the_same_from_cached_weights_as_from_the_rasteriz
     scene, gaussians = scene_dir.load_dataset(), scene_dir.read_gaussians()
     views = scene.split("train")[:3]
     plain = list(render_features(gaussians, scene, views, chunk_views=2, progress=False))
-    with shared_weights() as cache:
-        frozen_weights(gaussians, scene.cameras(views[:2]))  # as association leaves its views cached
-        hits = cache.hits
-        mixed = list(render_features(gaussians, scene, views, chunk_views=2, progress=False))
-        assert cache.hits == hits + 2  # the first batch came from the cache, the last view was rasterized
+    cache = WeightsCache()
+    frozen_weights(gaussians, scene.cameras(views[:2]), cache)  # as association leaves its views cached
+    mixed = list(render_features(gaussians, scene, views, chunk_views=2, progress=False, weights=cache))
+    # the first batch came from the cache, the last view was rasterized (and its weights not computed)
+    assert (cache.hits, cache.misses, len(cache)) == (2, 3, 2)
     assert [view.name for view, _ in plain] == [view.name for view, _ in mixed] == [view.name for view in views]
     for (view, expected), (_, features) in zip(plain, mixed):
         assert features.shape == (view.height, view.width, gaussians.feature_dim) and features.device.type == "cpu"

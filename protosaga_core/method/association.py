@@ -56,6 +56,7 @@ from ..io.atomic import atomic_write_bytes, replace_dir, staging_dir
 from ..io.labelmaps import MAX_LABEL, save_label_map
 from ..io.scene_dir import Classifiers, SceneDir, SceneDirError, read_versioned_json
 from ..io.scene_lock import writes_scene
+from ..render.sparse import WeightsCache
 from .classifier import cosine_logits
 from .consensus import ConsensusSettings, check_consensus_fits, cluster_masks, mask_membership
 
@@ -456,7 +457,7 @@ def associate_views(means: Tensor, features: Tensor, views: Iterable[Association
 
 
 def associate_by_consensus(
-    gaussians: Gaussians, views: list[View], settings: ConsensusSettings, progress: bool = True
+    gaussians: Gaussians, views: list[View], settings: ConsensusSettings, progress: bool = True, weights: WeightsCache | None = None
 ) -> tuple[list[ViewAssociation], int]:
     """Consistent ids by view consensus (consensus.py) for views in name order, and the number of ids.
 
@@ -469,7 +470,7 @@ def associate_by_consensus(
     folder = str(views[0].mask_path.parent) if views and views[0].mask_path is not None else ""
     check_consensus_fits(sum(len(torch.unique(mask[mask > 0])) for mask in raw_masks), len(views), folder)
     batches = ((view.cameras, mask[None]) for view, mask in zip(tqdm(views, desc="lift masks", unit="view", disable=not progress), raw_masks))
-    membership = mask_membership(gaussians, batches)
+    membership = mask_membership(gaussians, batches, weights=weights)
     cluster, joined_at = cluster_masks(membership, settings)
     sizes = np.asarray(membership.members.sum(1)).ravel()
     gaussian_counts = np.diff(membership.members.indptr)
@@ -555,13 +556,17 @@ def association_view(view: View, classifiers: Classifiers) -> AssociationView:
 
 
 @writes_scene("associate")
-def associate(scene_dir: SceneDir, config: AssociateConfig, progress: bool = True) -> AssociationRecord:
+def associate(scene_dir: SceneDir, config: AssociateConfig, progress: bool = True, weights: WeightsCache | None = None) -> AssociationRecord:
     """The associate stage: consistent masks for every training view of a trained scene.
 
     Writes `association/<view>.png` (uint16) per training view and `association/association.json`, then
     marks the stage done. Each label map is written as soon as its view is done, so memory holds one; they
     go to a staging folder that replaces `association/` only when all are written, so an interrupted run
     leaves the previous association (and the scene's state) as they were.
+
+    `weights`: view consensus lifts each training view's masks with the views' blending weights read
+    from and computed into it, for later stages of the same geometry (the prototypes stage in
+    `protosaga run`); None: rasterized. The memory bank renders nothing and leaves it as it is.
     """
     scene_dir.sweep()
     staging = staging_dir(scene_dir.association_dir)
@@ -572,7 +577,7 @@ def associate(scene_dir: SceneDir, config: AssociateConfig, progress: bool = Tru
     classifiers = scene_dir.read_classifiers() if config.grouping == "bank" or not scene_dir.is_imported() else None
     views = training_views(scene_dir, classifiers)
     if config.grouping == "consensus":
-        results, num_instances = associate_by_consensus(gaussians, views, config.consensus_settings, progress)
+        results, num_instances = associate_by_consensus(gaussians, views, config.consensus_settings, progress, weights)
     else:
         associator = Associator(gaussians.means, gaussians.features, config)
         results = (associator.add_view(association_view(view, classifiers)) for view in views)

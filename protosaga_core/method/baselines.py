@@ -34,7 +34,7 @@ from ..datasets.scene import Scene
 from ..gaussians import Gaussians
 from ..io.atomic import atomic_open
 from ..io.scene_dir import SceneDir
-from ..render.sparse import shared_weights
+from ..render.sparse import WeightsCache
 from ..stages import frozen_feature_map, read_consistent_mask
 from .prototypes import CLASSIFY_CHUNK, Prototypes
 
@@ -181,7 +181,8 @@ def train_or_load_cls(
     scene_dir: SceneDir, gaussians: Gaussians, scene: Scene, settings: ClsSettings, progress: bool = True
 ) -> ClsModel:
     """The saved model when it was trained with this config after the Gaussians and masks last changed,
-    else a newly trained (and saved) one."""
+    else a newly trained (and saved) one, its training views' blending weights kept in a cache of its own
+    (`WeightsCache()`, freed on return)."""
     path = cls_model_path(scene_dir)
     key = _cls_key(settings, len(gaussians))
     inputs = (scene_dir.gaussians_path, scene_dir.association_dir)
@@ -192,7 +193,7 @@ def train_or_load_cls(
                 return ClsModel(saved["class_ids"], saved["weight"], saved["bias"], saved["features"])
         except Exception:  # noqa: BLE001 - a stale or damaged cache is simply retrained and overwritten
             pass
-    model = train_cls(scene_dir, gaussians, scene, settings, progress)
+    model = train_cls(scene_dir, gaussians, scene, settings, progress, WeightsCache())
     payload = {"key": key, **{name: getattr(model, name).cpu() for name in ("class_ids", "weight", "bias", "features")}}
     with atomic_open(path) as handle:
         torch.save(payload, handle)
@@ -200,9 +201,18 @@ def train_or_load_cls(
 
 
 def train_cls(
-    scene_dir: SceneDir, gaussians: Gaussians, scene: Scene, settings: ClsSettings, progress: bool = True
+    scene_dir: SceneDir,
+    gaussians: Gaussians,
+    scene: Scene,
+    settings: ClsSettings,
+    progress: bool = True,
+    weights: WeightsCache | None = None,
 ) -> ClsModel:
-    """Train Gaga's classifier jointly with the features on the consistent masks (see the module docstring)."""
+    """Train Gaga's classifier jointly with the features on the consistent masks (see the module docstring).
+
+    Every view is rendered about iterations / views times with the geometry frozen: on the CPU its
+    blending weights are computed into `weights` once and each render (and its backward) is a sparse
+    product. None: every iteration rasterizes."""
     device = gaussians.device
     views = scene.split("train")
     masks = [read_consistent_mask(scene_dir, view).to(device) for view in views]
@@ -222,23 +232,20 @@ def train_cls(
     classifier_optimizer = torch.optim.Adam([weight, bias], lr=settings.lr_classifier)
     neighbours = _neighbours(frozen.means, REG3D_NEIGHBOURS) if settings.reg3d_lambda > 0 else None
     order: list[int] = []
-    # Every view is rendered about iterations / views times with the geometry frozen: its blending
-    # weights are computed once and each render (and its backward) is a sparse product.
-    with shared_weights():
-        for iteration in tqdm(range(1, settings.iterations + 1), desc="train cls", disable=not progress):
-            if not order:  # Gaga's viewpoint stack: every view once per epoch, in random order
-                order = torch.randperm(len(views), generator=generator).tolist()
-            index = order.pop()
-            rendered = frozen_feature_map(frozen, views[index].cameras.to(device), features)
-            logits = rendered.reshape(-1, dim) @ weight.T + bias
-            loss = F.cross_entropy(logits, targets[index]) / math.log(num_classes)
-            if neighbours is not None and iteration % REG3D_INTERVAL == 0:
-                loss = loss + settings.reg3d_lambda * _neighbourhood_kl(features, weight, bias, neighbours, generator)
-            feature_optimizer.zero_grad(set_to_none=True)
-            classifier_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            feature_optimizer.step()
-            classifier_optimizer.step()
+    for iteration in tqdm(range(1, settings.iterations + 1), desc="train cls", disable=not progress):
+        if not order:  # Gaga's viewpoint stack: every view once per epoch, in random order
+            order = torch.randperm(len(views), generator=generator).tolist()
+        index = order.pop()
+        rendered = frozen_feature_map(frozen, views[index].cameras.to(device), features, weights)
+        logits = rendered.reshape(-1, dim) @ weight.T + bias
+        loss = F.cross_entropy(logits, targets[index]) / math.log(num_classes)
+        if neighbours is not None and iteration % REG3D_INTERVAL == 0:
+            loss = loss + settings.reg3d_lambda * _neighbourhood_kl(features, weight, bias, neighbours, generator)
+        feature_optimizer.zero_grad(set_to_none=True)
+        classifier_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        feature_optimizer.step()
+        classifier_optimizer.step()
     return ClsModel(class_ids, weight.detach(), bias.detach(), features.detach())
 
 

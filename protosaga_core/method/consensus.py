@@ -30,11 +30,18 @@ MaskClustering (Yan et al., CVPR 2024) does with depth-backprojected points, her
 
 A pair that SAM merges in most views still merges (the views agree); a pair merged in a few views does
 not, and a mask split in one view rejoins its object because every other view contains both halves.
+
+Memory grows with what is seen, not with Gaussians x views or masks x masks: `placement` holds a Gaussian
+only in the views that reach it, the unseen part of a view is derived from its total there (`node_overlaps`),
+the clusters' overlaps stay sparse, and rates are computed only for the pairs of clusters that some mask
+contains together (no other pair can have a rate above 0), a block of clusters at a time. Each sum adds
+the same terms in the same order as dense [C, S] and [C, C] products would, so that rates and their ties,
+which pick the partners, do not depend on how the arrays are stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,28 +54,44 @@ from torch import Tensor
 from ..cameras import Cameras
 from ..gaussians import Gaussians
 from ..memory import amount, available_memory
+from ..render.sparse import WeightsCache
 from .lifting import compact_labels, transpose_render
 
 SEEN_WEIGHT = 1e-3
 """A Gaussian whose total blending weight in a view is below this is not seen there."""
 UNKNOWN = -1
 SPLIT = -2
-BYTES_PER_MASK_PAIR = 64
-"""Peak bytes of `cluster_masks` per pair of masks for its dense [C, C] float64 rates and their temporaries,
-besides 16 per (mask, slot) for its [A, S] overlaps (measured: 74.5 x A² in all for S ≈ A)."""
+BYTES_PER_MASK_VIEW = 160
+"""Peak bytes of `cluster_masks` per (mask, view): the [C, K] verdicts and shares of `containment` with
+their temporaries (measured: 127), and the node overlaps, whose unseen slots fill every view (24)."""
+BYTES_PER_PAIR = 128
+"""Peak bytes per candidate pair of one block of `consensus_rates` (the co-containment product, its
+coordinates, the rates) and of one chunk of `pair_evidence` (the gathered shares)."""
+PAIR_BLOCK = 1 << 21
+"""At most this many candidate pairs are formed at once, by an upper bound (a pair counted once per mask
+containing both); a cluster whose bound alone is larger is a block by itself."""
+PAIR_CHUNK = 1 << 20
+"""Candidate pairs whose evidence `pair_evidence` sums at once."""
 
 
 class ConsensusTooLarge(ValueError):
     """More masks than view-consensus association can cluster in this machine's memory."""
 
 
-def consensus_bytes(num_masks: int, num_slots: int) -> int:
-    """About the most memory `cluster_masks` takes for `num_masks` masks and `num_slots` (view, slot) columns."""
-    return 16 * num_masks * num_slots + BYTES_PER_MASK_PAIR * num_masks**2
+def consensus_bytes(num_masks: int, num_views: int) -> int:
+    """About the most memory `cluster_masks` takes for `num_masks` masks over `num_views` views, besides the
+    membership itself: arrays of clusters x views, and one block of candidate pairs (at most one per pair of
+    masks)."""
+    return BYTES_PER_MASK_VIEW * num_masks * num_views + BYTES_PER_PAIR * min(PAIR_BLOCK, num_masks**2)
 
 
 def check_consensus_fits(num_masks: int, num_views: int, where: str = "", available: int | None = None) -> None:
-    """Refuse, before any work, a number of masks whose [C, C] arrays (`cluster_masks`) would not fit in memory.
+    """Refuse, before any work, a number of masks whose arrays (`cluster_masks`) would not fit in memory.
+
+    It estimates what the masks and views alone fix (`consensus_bytes`): the [C, K] arrays of each round and
+    one block of candidate pairs. What lifting adds is known only after it: the membership's entries (each
+    Gaussian in each view that reaches it) and the number of candidate pairs, which sets the time, not the
+    memory, as the pairs are taken a block at a time.
 
     Args:
         where: what to name first in the message (the masks folder), "" for nothing.
@@ -77,13 +100,13 @@ def check_consensus_fits(num_masks: int, num_views: int, where: str = "", availa
     Raises:
         ConsensusTooLarge: saying how many masks, how much memory they need and what to do instead.
     """
-    needed = consensus_bytes(num_masks, num_masks + 2 * num_views)
+    needed = consensus_bytes(num_masks, num_views)
     available = available_memory() if available is None else available
     if available is None or needed <= available:
         return
     raise ConsensusTooLarge(
         f"{where}{': ' if where else ''}view-consensus association of {num_masks:,} masks over {num_views:,} views "
-        f"needs about {amount(needed)} (arrays of masks x masks), more than the {amount(available)} "
+        f"needs about {amount(needed)} (arrays of masks x views), more than the {amount(available)} "
         "free here; use fewer training views or masks, or the memory bank (`--grouping bank`; "
         "`--associate.grouping bank` in run)"
     )
@@ -130,13 +153,19 @@ class ConsensusSettings:
 class MaskMembership:
     """The raw masks of all views as weighted Gaussian sets, and where each Gaussian lies in each view.
 
+    Each view has slots: 0 unseen, 1 unlabelled, 2 + t its mask t. A Gaussian's shares of its peak weight
+    (its largest total weight in any view) in a view's slots sum to 1: what it does not show there is unseen.
+    Only the seen shares are stored; the unseen ones follow from the Gaussian's total there.
+
     Attributes:
         view_labels: per view, the raw labels present (> 0), sorted. each [L_k] int64
         node_view: the view of each mask node (nodes are the views' masks in view order). [A] int64
         node_raw: its raw label. [A] int64
-        members: mask nodes x Gaussians, the weight each Gaussian renders into the mask. sparse [A, N]
-        placement: Gaussians x (view, slot), the share of each Gaussian's peak weight there; slot 0 unseen,
-            1 unlabelled, 2 + t mask t; each view's slots of a Gaussian sum to 1. sparse [N, S]
+        members: mask nodes x Gaussians, the weight each Gaussian renders into the mask. sparse CSR [A, N]
+        placement: Gaussians x (view, slot), only where a view reaches the Gaussian: in the unlabelled and
+            mask slots where it has at least SEEN_WEIGHT, its weight there over its peak; in slot 0 (not its
+            unseen share) its total weight in the view over its peak, lesser votes included, from which
+            `node_overlaps` derives the unseen share of a mask's members. float32 sparse CSC [N, S]
         slot_view: the view of each slot column. [S] int64
         slot_node: the mask node of each slot column, -1 for unseen and unlabelled slots. [S] int64
     """
@@ -145,7 +174,7 @@ class MaskMembership:
     node_view: np.ndarray
     node_raw: np.ndarray
     members: sparse.csr_matrix
-    placement: sparse.csr_matrix
+    placement: sparse.csc_matrix
     slot_view: np.ndarray
     slot_node: np.ndarray
 
@@ -158,7 +187,7 @@ class MaskMembership:
         return len(self.view_labels)
 
 
-def mask_membership(gaussians: Gaussians, views: Iterable[tuple[Cameras, Tensor]]) -> MaskMembership:
+def mask_membership(gaussians: Gaussians, views: Iterable[tuple[Cameras, Tensor]], weights: WeightsCache | None = None) -> MaskMembership:
     """Lift every view's raw mask: each Gaussian's weight per raw label in every view.
 
     A Gaussian belongs to the mask it renders into most in a view (with that weight). Where it lies in a
@@ -169,78 +198,144 @@ def mask_membership(gaussians: Gaussians, views: Iterable[tuple[Cameras, Tensor]
     Args:
         gaussians: on the device to render on.
         views: one camera each with its raw mask (0 = no mask). [1, H, W] int64
+        weights: the views' blending weights, read and filled (`lifting.transpose_render`); None: rasterize.
     """
     num_gaussians = len(gaussians)
     gaussian_index = np.arange(num_gaussians)
     view_labels: list[Tensor] = []
     node_view, node_raw, slot_view, slot_node = [], [], [], []
-    member_rows, member_cols, member_weights = [], [], []
-    place_rows, place_cols, place_weights, view_totals = [], [], [], []
-    nodes = slots = 0
+    member_blocks, place_blocks = [], []
+    peak = np.zeros(num_gaussians, dtype=np.float32)
+    nodes = 0
     for view, (cameras, raw_mask) in enumerate(views):
         labels = torch.unique(raw_mask)
         labels = labels[labels > 0].cpu()
         columns = compact_labels(raw_mask.to(gaussians.device), labels.to(gaussians.device))
-        votes = transpose_render(gaussians, cameras.to(gaussians.device), F.one_hot(columns, len(labels) + 1).float()).cpu()
+        votes = transpose_render(gaussians, cameras.to(gaussians.device), F.one_hot(columns, len(labels) + 1).float(), weights).cpu()
         best_weight, best = votes.max(1)  # column 0: unlabelled pixels
         in_mask = ((best > 0) & (best_weight >= SEEN_WEIGHT)).numpy()
-        member_rows.append(nodes + best.numpy()[in_mask] - 1)
-        member_cols.append(gaussian_index[in_mask])
-        member_weights.append(best_weight.numpy()[in_mask])
-        rows, cols = torch.nonzero(votes >= SEEN_WEIGHT, as_tuple=True)
-        place_rows.append(rows.numpy())
-        place_cols.append(slots + 1 + cols.numpy())  # slot 1 unlabelled, 2 + t mask t
-        place_weights.append(votes[rows, cols].numpy())
-        view_totals.append(votes.sum(1).numpy())
+        member_blocks.append(
+            sparse.csr_matrix(
+                (best_weight.numpy()[in_mask], (best.numpy()[in_mask] - 1, gaussian_index[in_mask])), shape=(len(labels), num_gaussians)
+            )
+        )
+        totals = votes.sum(1).numpy()
+        peak = np.maximum(peak, totals)
+        place_blocks.append(view_placement(votes, totals))
         view_labels.append(labels)
         node_view += [view] * len(labels)
         node_raw += labels.tolist()
         slot_view += [view] * (len(labels) + 2)
         slot_node += [-1, -1] + list(range(nodes, nodes + len(labels)))
         nodes += len(labels)
-        slots += len(labels) + 2
-    members = sparse.csr_matrix(
-        (np.concatenate(member_weights), (np.concatenate(member_rows), np.concatenate(member_cols))), shape=(nodes, num_gaussians)
-    )
-    totals = np.stack(view_totals, axis=1)  # [N, K]
-    peak = np.maximum(totals.max(1), SEEN_WEIGHT)
-    unseen_slots = np.asarray([i for i, node in enumerate(slot_node) if node == -1][0::2])  # each view's slot 0
-    unseen = np.clip(1.0 - totals / peak[:, None], 0.0, 1.0)
-    rows = np.concatenate(place_rows + [np.repeat(gaussian_index, len(unseen_slots))])
-    cols = np.concatenate(place_cols + [np.tile(unseen_slots, num_gaussians)])
-    weights = np.concatenate([w / peak[r] for w, r in zip(place_weights, place_rows)] + [unseen.reshape(-1)])
-    placement = sparse.csr_matrix((weights, (rows, cols)), shape=(num_gaussians, slots))
+    peak = np.maximum(peak, SEEN_WEIGHT)
+    for block in place_blocks:  # shares of the peak, known once every view is lifted
+        np.divide(block.data, peak[block.indices], out=block.data)
+    members = stack_blocks(member_blocks, (nodes, num_gaussians))
+    placement = stack_blocks(place_blocks, (num_gaussians, len(slot_view)))
     return MaskMembership(view_labels, np.asarray(node_view), np.asarray(node_raw), members, placement, np.asarray(slot_view), np.asarray(slot_node))
 
 
-def containment(overlap: np.ndarray, membership: MaskMembership, settings: ConsensusSettings) -> tuple[np.ndarray, np.ndarray]:
+def view_placement(votes: Tensor, totals: np.ndarray) -> sparse.csc_matrix:
+    """One view's columns of `placement`, before the division by the peaks: each Gaussian's total weight in
+    slot 0 where it has any, its votes of at least SEEN_WEIGHT in slots 1 (unlabelled) and 2 + t (mask t).
+
+    Args:
+        votes: each Gaussian's weight per column, 0 unlabelled, 1 + t mask t. [N, L + 1] float32
+        totals: their sums. [N] float32
+
+    Returns:
+        rows in Gaussian order within each column. float32 sparse CSC [N, L + 2]
+    """
+    rows, cols = torch.nonzero(votes >= SEEN_WEIGHT, as_tuple=True)
+    reached = np.flatnonzero(totals > 0)
+    return sparse.csc_matrix(
+        (
+            np.concatenate([totals[reached], votes[rows, cols].numpy()]),
+            (np.concatenate([reached, rows.numpy()]), np.concatenate([np.zeros(len(reached), dtype=np.int64), 1 + cols.numpy()])),
+        ),
+        shape=(len(totals), votes.shape[1] + 1),
+    )
+
+
+def stack_blocks(blocks: list[sparse.csr_matrix] | list[sparse.csc_matrix], shape: tuple[int, int]) -> sparse.csr_matrix | sparse.csc_matrix:
+    """Blocks of consecutive rows (CSR) or columns (CSC) as one matrix of `shape`, as `sparse.vstack` or
+    `hstack` would, but taking each block out of `blocks` once copied: the views' blocks and the whole are
+    never all held at once."""
+    kind = type(blocks[0])
+    nnz = sum(block.nnz for block in blocks)
+    index_dtype = np.int32 if max(nnz, *shape) < np.iinfo(np.int32).max else np.int64
+    data, indices = np.empty(nnz, dtype=blocks[0].dtype), np.empty(nnz, dtype=index_dtype)
+    counts, start = [], 0
+    while blocks:
+        block = blocks.pop(0)
+        data[start : start + block.nnz], indices[start : start + block.nnz] = block.data, block.indices
+        counts.append(np.diff(block.indptr))
+        start += block.nnz
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(index_dtype)
+    return kind((data, indices, indptr), shape=shape)
+
+
+def node_overlaps(membership: MaskMembership) -> sparse.csr_matrix:
+    """Each mask node's weight in each (view, slot) column, its unseen slots included.
+
+    The unlabelled and mask slots are `members @ placement`, summed in float32 over the Gaussians in index
+    order. A node's unseen weight in view k, Σ_g m(g) (1 - total(g, k) / peak(g)), is its member weight less
+    its slot-0 product Σ_g m(g) total(g, k) / peak(g) (total ≤ peak), both summed the same way: where view k
+    reaches none of its Gaussians it is exactly the weight, and where they all peak in view k exactly 0, as
+    summing the unseen shares gives; elsewhere the two agree to float32 rounding of the weight.
+
+    Returns:
+        float64 sparse CSR [A, S]
+    """
+    members, unseen_slot = membership.members, np.flatnonzero(membership.slot_node == -1)[0::2]
+    num_nodes, num_slots = members.shape[0], len(membership.slot_node)
+    # Transposed, [S, A]: the CSC placement's transpose is CSR as it is, and only the smaller members are
+    # converted; each entry still sums its Gaussians in index order.
+    product = sparse.csr_matrix(membership.placement.T) @ sparse.csr_matrix(members.T)
+    weight = members @ np.ones(members.shape[1], dtype=members.dtype)  # [A]
+    alive = np.flatnonzero(weight)  # a node no Gaussian renders into has no weight to leave unseen
+    unseen = weight[alive].astype(np.float64) - product[unseen_slot][:, alive].toarray()  # [K, A']
+    views, nodes = np.nonzero(unseen)
+    seen = product.tocoo()
+    is_seen = np.ones(num_slots, dtype=bool)
+    is_seen[unseen_slot] = False
+    keep = is_seen[seen.row]
+    return sparse.csr_matrix(
+        (
+            np.concatenate([seen.data[keep].astype(np.float64), unseen[views, nodes]]),
+            (np.concatenate([seen.col[keep], alive[nodes]]), np.concatenate([seen.row[keep], unseen_slot[views]])),
+        ),
+        shape=(num_nodes, num_slots),
+    )
+
+
+def containment(overlap: sparse.csr_matrix, membership: MaskMembership, settings: ConsensusSettings) -> tuple[np.ndarray, np.ndarray]:
     """Where each cluster lies in each view, and how much of it the view sees.
 
     Args:
-        overlap: each cluster's weight in each (view, slot) column. [C, S]
+        overlap: each cluster's weight in each (view, slot) column (`node_overlaps` summed). sparse [C, S]
 
     Returns:
         a containing mask node, UNKNOWN or SPLIT [C, K] int64; the seen share of its weight [C, K] float64
     """
     num_clusters, num_views = overlap.shape[0], membership.num_views
     slot_view, slot_node = membership.slot_view, membership.slot_node
+    overlap = overlap.sorted_indices()
     view_of_slot = sparse.csr_matrix((np.ones(len(slot_view)), (np.arange(len(slot_view)), slot_view)), shape=(len(slot_view), num_views))
-    per_view_total = np.asarray(view_of_slot.T @ overlap.T).T  # [C, K]
-    unseen = overlap[:, slot_node == -1][:, 0::2]  # the first of each view's two non-mask slots
-    unlabelled = overlap[:, slot_node == -1][:, 1::2]
+    # Summed slot by slot in column order (unseen, unlabelled, masks), the order a dense [C, S] product takes.
+    per_view_total = (overlap @ view_of_slot).toarray()  # [C, K]
+    entries = overlap.tocoo()
+    rows, cols, values = entries.row, entries.col, entries.data
+    non_mask = np.flatnonzero(slot_node == -1)
+    unseen, unlabelled = np.zeros((num_clusters, num_views)), np.zeros((num_clusters, num_views))
+    for share, slots in ((unseen, non_mask[0::2]), (unlabelled, non_mask[1::2])):
+        pick = np.isin(cols, slots)
+        share[rows[pick], slot_view[cols[pick]]] = values[pick]
+    masked = slot_node[cols] >= 0
+    best_slot, best_share = best_masks(rows[masked], slot_view[cols[masked]], cols[masked], values[masked], (num_clusters, num_views))
+    best_node = np.where(best_slot >= 0, slot_node[best_slot], UNKNOWN)
     seen = per_view_total - unseen
-    masked = np.where(slot_node >= 0)[0]
-    best_share = np.zeros((num_clusters, num_views))
-    best_node = np.full((num_clusters, num_views), UNKNOWN, dtype=np.int64)
-    # A view's masks are consecutive columns: a running maximum per view, vectorised over clusters.
-    for view in range(num_views):
-        cols = masked[slot_view[masked] == view]
-        if len(cols) == 0:
-            continue
-        block = overlap[:, cols]
-        arg = block.argmax(1)
-        best_share[:, view] = block[np.arange(num_clusters), arg]
-        best_node[:, view] = slot_node[cols][arg]
     with np.errstate(invalid="ignore", divide="ignore"):
         observed = (seen >= settings.visible_ratio * per_view_total) | (seen >= settings.visible_weight)
         observed &= seen > 0
@@ -255,26 +350,136 @@ def containment(overlap: np.ndarray, membership: MaskMembership, settings: Conse
     return result, visibility
 
 
-def consensus_rates(where: np.ndarray, visibility: np.ndarray, num_nodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairwise evidence, each view weighted by how much of both clusters it sees.
+def best_masks(rows: np.ndarray, views: np.ndarray, slots: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each cluster's largest mask entry in each view: the first slot among equal ones, as `argmax` takes.
+
+    Args:
+        rows, views, slots, values: the clusters' nonzero mask-slot entries in the order of a sorted CSR
+            (a view's slots are consecutive columns, so each cluster's entries in a view are a run). each [E]
+        shape: clusters and views (C, K).
+
+    Returns:
+        the slot, -1 where the cluster has no mask entry in the view [C, K] int64; its value [C, K] float64
+    """
+    starts = np.flatnonzero((np.diff(rows, prepend=-1) != 0) | (np.diff(views, prepend=-1) != 0))
+    share, slot = run_maxima(starts, values, slots)
+    best_slot, best_share = np.full(shape, -1, dtype=np.int64), np.zeros(shape)
+    best_slot[rows[starts], views[starts]] = slot
+    best_share[rows[starts], views[starts]] = share
+    return best_slot, best_share
+
+
+def run_maxima(starts: np.ndarray, values: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The largest value of each run of entries, and the smallest key among the entries holding it (`argmax`
+    over a dense row picks the first of equal maxima).
+
+    Args:
+        starts: where each run begins, ascending, the first at 0. [G]
+        values, keys: the entries. each [E]
+
+    Returns:
+        the maxima [G], their keys [G]
+    """
+    run = np.repeat(np.arange(len(starts)), np.diff(starts, append=len(values)))  # [E]
+    maxima = np.maximum.reduceat(values, starts)
+    key = np.where(values == maxima[run], keys, np.iinfo(keys.dtype).max)
+    return maxima, np.minimum.reduceat(key, starts)
+
+
+def consensus_rates(where: np.ndarray, visibility: np.ndarray, num_nodes: int, min_views: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The consensus rate of each pair of clusters that a mask contains together, a block of clusters at a time.
+
+    The rate of a and b is Σ_j v_a(j) v_b(j) over the views containing both in one mask, over the same sum
+    over the views observing both, if at least `min_views` views observe both. A pair that no mask contains
+    together has rate 0, so only the pairs of the sparse co-containment product are evaluated.
 
     Args:
         where: `containment`'s verdicts. [C, K]
         visibility: the seen share of each cluster per view. [C, K]
 
-    Returns:
-        Σ_j v_a(j) v_b(j) over the views containing a and b in one mask [C, C], the same sum over the
-        views observing both [C, C], and the number of views observing both [C, C].
+    Yields:
+        for every pair of a block's clusters a and any other cluster b with a rate above 0: a (ascending),
+        b and the rate, each [P]. Each cluster is in one block, with all its pairs.
     """
     num_clusters = where.shape[0]
     rows, views = np.nonzero(where >= 0)
     contained = sparse.csr_matrix((visibility[rows, views], (rows, where[rows, views])), shape=(num_clusters, num_nodes))
-    together = (contained @ contained.T).toarray()
-    observed = where != UNKNOWN
-    weighted = sparse.csr_matrix(np.where(observed, visibility, 0.0))
-    both = (weighted @ weighted.T).toarray()
-    counted = sparse.csr_matrix(observed.astype(np.float64))
-    return together, both, (counted @ counted.T).toarray()
+    holders = contained.T.tocsr()  # [A, C]: the clusters each mask contains
+    weighted = np.ascontiguousarray(np.where(where != UNKNOWN, visibility, 0.0).T)  # [K, C]
+    # A cluster's pairs are at most the clusters of the masks containing it, counted once per mask.
+    bound = np.bincount(rows, weights=np.diff(holders.indptr)[where[rows, views]], minlength=num_clusters)
+    for start, stop in row_blocks(bound, PAIR_BLOCK):
+        together = (contained[start:stop] @ holders).tocoo()
+        a, b, together = together.row.astype(np.int64) + start, together.col.astype(np.int64), together.data
+        pairs = a != b
+        a, b, together = a[pairs], b[pairs], together[pairs]
+        rate = np.zeros(len(a))
+        for chunk in range(0, len(a), PAIR_CHUNK):
+            part = slice(chunk, chunk + PAIR_CHUNK)
+            both, views_both = pair_evidence(weighted, a[part], b[part])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rate[part] = np.where((views_both >= min_views) & (both > 0), together[part] / np.where(both > 0, both, 1.0), 0.0)
+        positive = rate > 0
+        yield a[positive], b[positive], rate[positive]
+
+
+def pair_evidence(weighted: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Σ_j v_a(j) v_b(j) over the views observing both clusters of each pair, and the number of those views.
+
+    Summed view by view in view order, as the product of the [C, K] shares with their transpose sums them:
+    equal rates, which decide between partners, stay equal.
+
+    Args:
+        weighted: each cluster's seen share in the views observing it, 0 elsewhere. [K, C]
+        a, b: the pairs. [P] int64
+
+    Returns:
+        the sums [P] float64, the view counts [P] int64
+    """
+    both, views_both = np.zeros(len(a)), np.zeros(len(a), dtype=np.int64)
+    for shares in weighted:
+        product = shares[a] * shares[b]
+        both += product
+        views_both += product > 0  # an observed cluster's seen share is above 0
+    return both, views_both
+
+
+def row_blocks(cost: np.ndarray, budget: float) -> list[tuple[int, int]]:
+    """Consecutive rows in blocks whose costs sum to at most `budget`; a row costing more is a block alone.
+
+    Args:
+        cost: each row's cost. [R]
+
+    Returns:
+        (start, stop) of each block, covering 0..R.
+    """
+    ends = np.cumsum(cost)
+    blocks, start = [], 0
+    while start < len(cost):
+        before = ends[start - 1] if start else 0.0
+        stop = max(int(np.searchsorted(ends, before + budget, side="right")), start + 1)
+        blocks.append((start, stop))
+        start = stop
+    return blocks
+
+
+def best_partners(rates: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each cluster's highest-rate partner, as `argmax` over a dense row of rates would take it.
+
+    Args:
+        rates: blocks of (a, b, rate > 0) in the order of a (`consensus_rates`), each holding all the pairs
+            of its clusters.
+        count: the number of clusters C.
+
+    Returns:
+        the partner, the lowest b among equal best rates and 0 where no rate is above 0 [C] int64; its
+        rate, 0 there [C] float64
+    """
+    partner, best = np.zeros(count, dtype=np.int64), np.zeros(count)
+    for a, b, rate in rates:
+        starts = np.flatnonzero(np.diff(a, prepend=-1))
+        best[a[starts]], partner[a[starts]] = run_maxima(starts, rate, b)
+    return partner, best
 
 
 def cluster_masks(membership: MaskMembership, settings: ConsensusSettings = ConsensusSettings()) -> tuple[np.ndarray, np.ndarray]:
@@ -286,7 +491,7 @@ def cluster_masks(membership: MaskMembership, settings: ConsensusSettings = Cons
     """
     num_nodes = membership.num_nodes
     check_consensus_fits(num_nodes, membership.num_views)
-    node_overlap = (membership.members @ membership.placement).toarray()  # [A, S]
+    node_overlap = node_overlaps(membership)  # [A, S]
     cluster = np.arange(num_nodes)
     joined_at = np.ones(num_nodes)
     # A capture of a few views cannot show a pair in many: ask for at most half of them.
@@ -296,14 +501,10 @@ def cluster_masks(membership: MaskMembership, settings: ConsensusSettings = Cons
             count = int(cluster.max()) + 1 if num_nodes else 0
             assign = sparse.csr_matrix((np.ones(num_nodes), (cluster, np.arange(num_nodes))), shape=(count, num_nodes))
             where, visibility = containment(assign @ node_overlap, membership, settings)
-            together, both, views_both = consensus_rates(where, visibility, num_nodes)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                rate = np.where((views_both >= min_views) & (both > 0), together / np.where(both > 0, both, 1.0), 0.0)
-            np.fill_diagonal(rate, 0.0)
             # Only mutual best partners merge in a round: a mask that SAM merged from two objects agrees
             # with both, and joining everything connected would chain the two objects through it.
-            partner = rate.argmax(1)
-            mutual = (partner[partner] == np.arange(count)) & (rate[np.arange(count), partner] >= threshold)
+            partner, best = best_partners(consensus_rates(where, visibility, num_nodes, min_views), count)
+            mutual = (partner[partner] == np.arange(count)) & (best >= threshold)
             if not mutual.any():
                 break
             pairs = np.flatnonzero(mutual)

@@ -39,7 +39,7 @@ from ..io.atomic import atomic_write_bytes
 from ..io.ply import read_ply
 from ..io.scene_dir import Classifiers, SceneDir, SceneDirError
 from ..io.scene_lock import writes_scene
-from ..render.sparse import geometry_key, shared_weights
+from ..render.sparse import WeightsCache, geometry_key
 from ..stages import frozen_feature_map
 from ..threads import rebalance as rebalance_threads
 from .train import (
@@ -135,6 +135,7 @@ def fit_features(
     fingerprint: str = "",
     checkpoint_every: int = 0,
     progress: bool = True,
+    weights: WeightsCache | None = None,
 ) -> list[float]:
     """Run iterations `state.iteration .. iterations` of L_CE on the frozen `geometry`: each draws a view,
     renders `state.features` with it and steps both optimizers.
@@ -143,6 +144,9 @@ def fit_features(
         geometry: the frozen Gaussians (their own features are ignored), on the training device.
         views: only `cameras` (on that device) and `target` (classifier rows, IGNORE where unlabeled) are read.
         checkpoint: where to save the state every `checkpoint_every` iterations and on Ctrl-C (None: never).
+        weights: every view is rendered many times with the same geometry: on the CPU its blending
+            weights are computed into this cache on first use and each later render is a sparse product
+            (`stages.frozen_feature_map`). None: every iteration rasterizes.
 
     Returns:
         each iteration's loss.
@@ -153,12 +157,11 @@ def fit_features(
     geometry = geometry.detach()
     losses: list[float] = []
     bar = tqdm(total=iterations, initial=state.iteration, desc="features", unit="it", dynamic_ncols=True, disable=not progress)
-    # Every view is rendered many times with the same geometry: on the CPU its weights are computed once.
-    with shared_weights(), DeferredInterrupt() as interrupt:
+    with DeferredInterrupt() as interrupt:
         while state.iteration < iterations:
             index = draw_view(state.generator, len(views))
             sample = views[index]
-            rendered = frozen_feature_map(geometry, sample.cameras, state.features)
+            rendered = frozen_feature_map(geometry, sample.cameras, state.features, weights)
             loss = classification_loss(rendered, state.classifiers[index], sample.target, temperature)
             loss.backward()
             for optimizer in (state.feature_optimizer, state.classifier_optimizer):
@@ -315,7 +318,12 @@ def _why_fresh(scene_dir: SceneDir, geometry: Gaussians, views: list[TrainingVie
 
 @writes_scene(STAGE)
 def train_features(
-    scene_dir: SceneDir, config: FeatureConfig, resume: bool = False, device: torch.device | None = None, progress: bool = True
+    scene_dir: SceneDir,
+    config: FeatureConfig,
+    resume: bool = False,
+    device: torch.device | None = None,
+    progress: bool = True,
+    weights: WeightsCache | None = None,
 ) -> FeatureResult:
     """Learn the features and per-view classifiers of `scene_dir` on its frozen Gaussians (see the module
     docstring), and write them into the scene.
@@ -323,6 +331,8 @@ def train_features(
     Args:
         resume: continue from SCENE/checkpoints/features.pt (written for the same Gaussians, views and masks).
         device: where to train; default `default_device()`.
+        weights: the training views' blending weights, read and filled (`fit_features`); None: a cache of
+            its own, sized for this machine and freed on return (`WeightsCache(0)` rasterizes every iteration).
 
     Raises:
         FileNotFoundError, SceneDirError: no scene there, or no gaussians.ply.
@@ -360,6 +370,7 @@ def train_features(
         fingerprint,
         config.checkpoint_every,
         progress,
+        WeightsCache() if weights is None else weights,
     )
     # The writes go together: a Ctrl-C or SIGTERM among them waits until scene.json records them. Until then
     # scene.json no longer claims the stages made from the old features.

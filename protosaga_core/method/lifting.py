@@ -12,9 +12,9 @@ their Gaussians to the real objects.
 The votes are the transpose of rendering: rendering channels c gives Ĉ(p) = Σ_i w_i(p) c_i, so the
 gradient of Σ_p <g(p), Ĉ(p)> with respect to c_i is Σ_p w_i(p) g(p). One backward pass of the renderer
 with g = the one-hot consistent mask yields every Gaussian's votes for every label exactly, on either
-backend, without materialising the weights. On the CPU, where stages share a view's weights
-(`render.sparse.shared_weights`) or the channels need several passes, the weights are computed once as
-a sparse matrix instead and the votes are one sparse product Wᵀ g.
+backend, without materialising the weights. On the CPU, where the caller passes a cache of the views'
+weights (`render.sparse.WeightsCache`, shared by the stages of one run) or the channels need several
+passes, the weights are computed once as a sparse matrix instead and the votes are one sparse product Wᵀ g.
 
 2D then follows 3D: rendering the one-hot per-Gaussian labels and taking the argmax per pixel gives
 label maps that agree with what isolate, delete and export act on (`render(labels=...)` computes that
@@ -34,7 +34,7 @@ from ..cameras import Cameras
 from ..gaussians import Gaussians
 from ..render import render
 from ..render.labels import LabelWeights
-from ..render.sparse import frozen_weights
+from ..render.sparse import WeightsCache, frozen_weights
 
 CHANNEL_CHUNK = 64
 """Channels transposed at once by the rasterizer: bounds the per-intersection channel memory of scenes
@@ -72,19 +72,21 @@ def compact_labels(label_maps: Tensor, ids: Tensor) -> Tensor:
     return torch.where((label_maps > 0) & (ids[position] == label_maps), position + 1, torch.zeros_like(position))
 
 
-def transpose_render(gaussians: Gaussians, cameras: Cameras, targets: Tensor) -> Tensor:
+def transpose_render(gaussians: Gaussians, cameras: Cameras, targets: Tensor, weights: WeightsCache | None = None) -> Tensor:
     """Σ over pixels of each Gaussian's blending weight times the target channels: the adjoint of rendering.
 
     Args:
         gaussians: geometry to splat (gradients are not taken through it).
         cameras: C cameras.
         targets: per-pixel channels g(p). [C, H, W, K]
+        weights: the views' blending weights, read and filled on the CPU (`frozen_weights`). None: the
+            rasterizer, unless more than CHANNEL_CHUNK channels make weights for this call alone pay.
 
     Returns:
         Σ_p w_i(p) g(p) for every Gaussian i, summed over the cameras. [N, K]
     """
     # More channels than one pass takes would repeat the rasterizer per block: the weights pay at once.
-    views = frozen_weights(gaussians, cameras, "always" if targets.shape[-1] > CHANNEL_CHUNK else "shared")
+    views = frozen_weights(gaussians, cameras, weights, "always" if targets.shape[-1] > CHANNEL_CHUNK else "cache")
     if views is not None:
         return sum(view.transpose(target.cpu()) for view, target in zip(views, targets)).to(gaussians.device)
     frozen = gaussians.detach()
@@ -98,23 +100,26 @@ def transpose_render(gaussians: Gaussians, cameras: Cameras, targets: Tensor) ->
     return torch.cat(result, dim=-1)
 
 
-def lift_votes(gaussians: Gaussians, batches: Iterable[tuple[Cameras, Tensor]], ids: Tensor) -> LabelVotes:
+def lift_votes(
+    gaussians: Gaussians, batches: Iterable[tuple[Cameras, Tensor]], ids: Tensor, weights: WeightsCache | None = None
+) -> LabelVotes:
     """Accumulate the consistent masks' votes over views.
 
     Args:
         gaussians: on the device to render on.
         batches: cameras of one image size with their consistent masks (global ids, 0 = none). [C, H, W]
         ids: the instance ids to vote for, sorted. [T] int64
+        weights: the views' blending weights, read and filled (`transpose_render`); None: rasterize.
 
     Returns:
         The votes of every Gaussian.
     """
     ids = ids.to(torch.int64).cpu()
-    weights = torch.zeros(len(gaussians), len(ids) + 1, device=gaussians.device)
+    votes = torch.zeros(len(gaussians), len(ids) + 1, device=gaussians.device)
     for cameras, masks in batches:
         columns = compact_labels(masks.to(gaussians.device), ids.to(gaussians.device))
-        weights += transpose_render(gaussians, cameras.to(gaussians.device), F.one_hot(columns, len(ids) + 1).float())
-    return LabelVotes(ids, weights.cpu())
+        votes += transpose_render(gaussians, cameras.to(gaussians.device), F.one_hot(columns, len(ids) + 1).float(), weights)
+    return LabelVotes(ids, votes.cpu())
 
 
 def labels_from_votes(votes: LabelVotes, min_evidence: float) -> Tensor:

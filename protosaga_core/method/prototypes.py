@@ -30,6 +30,7 @@ from ..io.bounded import BoundedReadError, load_npz
 from ..io.scene_dir import InstanceInfo, SceneDir, SceneDirError
 from ..io.scene_lock import writes_scene
 from ..palette import instance_color
+from ..render.sparse import WeightsCache
 from ..stages import DEFAULT_CHUNK_VIEWS, read_consistent_mask, render_features, view_batches
 from .classifier import cosine_logits
 from .label_edits import ViewSums
@@ -218,15 +219,17 @@ def collect_view_prototypes(
     scene: Scene,
     chunk_views: int = DEFAULT_CHUNK_VIEWS,
     progress: bool = True,
+    weights: WeightsCache | None = None,
 ) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """Eq. 17 for every training view: (ids [T_k], v_k [T_k, D], pixel counts [T_k]) per view, in view order."""
+    """Eq. 17 for every training view: (ids [T_k], v_k [T_k, D], pixel counts [T_k]) per view, in view order.
+    Views whose blending weights `weights` holds are rendered from them (`render_features`)."""
     views = scene.split("train")
     if not views:
         raise SceneDirError(f"{scene.root}: the dataset has no training views")
     masks = {view.name: read_consistent_mask(scene_dir, view) for view in views}  # fail before rendering
     return [
         view_prototypes(features, masks[view.name])
-        for view, features in render_features(gaussians, scene, views, chunk_views, progress, "prototypes")
+        for view, features in render_features(gaussians, scene, views, chunk_views, progress, "prototypes", weights)
     ]
 
 
@@ -253,23 +256,30 @@ def lifted_gaussian_labels(
     ids: Tensor,
     config: PrototypesConfig = PrototypesConfig(),
     progress: bool = True,
+    weights: WeightsCache | None = None,
 ) -> Tensor:
-    """Per-Gaussian labels lifted from the consistent masks of the training views (lifting.py). [N] int64"""
+    """Per-Gaussian labels lifted from the consistent masks of the training views (lifting.py), with the
+    views' blending weights read from and computed into `weights` (None: rasterized). [N] int64"""
     views = scene.split("train")
     batches = (
         (scene.cameras(batch), torch.stack([read_consistent_mask(scene_dir, view) for view in batch]))
         for batch in tqdm(list(view_batches(views, config.chunk_views)), desc="lifting labels", unit="batch", disable=not progress)
     )
-    votes = lift_votes(gaussians, batches, ids)
+    votes = lift_votes(gaussians, batches, ids, weights)
     labels = labels_from_votes(votes, config.min_evidence)
     return fill_from_neighbours(gaussians.means.detach().cpu(), labels, config.fill_neighbours)
 
 
 @writes_scene("prototypes")
-def compute_prototypes(scene_dir: SceneDir, config: PrototypesConfig = PrototypesConfig(), progress: bool = True) -> Prototypes:
+def compute_prototypes(
+    scene_dir: SceneDir, config: PrototypesConfig = PrototypesConfig(), progress: bool = True, weights: WeightsCache | None = None
+) -> Prototypes:
     """The prototypes stage: render every training view's features, Eq. 17-18, per-Gaussian labels.
 
     Writes `prototypes.npz`, `labels.npy`, the instance table of scene.json, and marks the stage done.
+    `weights`: the training views' blending weights of the scene's geometry (association leaves them
+    there in `protosaga run`): the features are rendered from the views it holds, and the lifted labels
+    read and fill it. None: every view is rasterized.
     """
     if config.gaussian_labels not in ("lifted", "features"):
         raise ValueError(f"unknown gaussian_labels rule {config.gaussian_labels!r}; expected 'lifted' or 'features'")
@@ -280,10 +290,10 @@ def compute_prototypes(scene_dir: SceneDir, config: PrototypesConfig = Prototype
     # Without features (an imported scene) the prototypes are empty vectors [T, 0]: their ids and view counts
     # (the instance table) still come from the consistent masks, and the lifted labels need no features.
     scene = scene_dir.load_dataset()
-    per_view = collect_view_prototypes(scene_dir, gaussians, scene, config.chunk_views, progress)
+    per_view = collect_view_prototypes(scene_dir, gaussians, scene, config.chunk_views, progress, weights)
     prototypes = ensemble_prototypes([p[0] for p in per_view], [p[1] for p in per_view])
     if config.gaussian_labels == "lifted":
-        labels = lifted_gaussian_labels(scene_dir, gaussians, scene, prototypes.ids, config, progress)
+        labels = lifted_gaussian_labels(scene_dir, gaussians, scene, prototypes.ids, config, progress, weights)
     else:
         labels = gaussian_labels(gaussians.features.detach(), prototypes, config.temperature).cpu()
     # everything computed before the first write: an interrupt leaves the old outputs and state

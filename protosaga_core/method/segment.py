@@ -84,7 +84,10 @@ def output_dir(scene_dir: SceneDir, config: SegmentConfig) -> Path:
 
 @writes_scene("segment", only_if=lambda scene_dir, config, **_: is_inside(output_dir(scene_dir, config), scene_dir.root))
 def segment(scene_dir: SceneDir, config: SegmentConfig = SegmentConfig(), progress: bool = True) -> Path:
-    """Write one uint16 `<stem>.png` label map per view of `config.split`; returns the folder."""
+    """Write one uint16 `<stem>.png` label map per view of `config.split`; returns the folder.
+
+    Every view is rasterized (each is rendered once: blending weights would not pay); the Cls baseline's
+    training keeps its training views' weights in a cache of its own (`train_or_load_cls`)."""
     if config.method not in METHODS:
         raise ValueError(f"unknown method {config.method!r}; expected one of {METHODS}")
     scene = scene_dir.load_dataset()

@@ -11,17 +11,19 @@ render or transpose is one sparse product.
 
 Only for the portable torch backend on the CPU: gsplat renders on CUDA faster than any sparse product,
 and torch's sparse kernels on MPS are incomplete. Memory is ~8 bytes per (pixel, contributing Gaussian)
-pair: `WeightsCache` bounds it, and a view that alone exceeds the budget is not computed to the end
-(callers then rasterize as before).
+pair: a `WeightsCache` bounds it (by default a share of the memory free when it is made), and a view
+that alone exceeds the budget is not computed to the end (callers then rasterize as before). The cache
+is an explicit object: whoever runs several frozen-geometry stages makes one and hands it to each (in
+`protosaga run`, association computes the training views' weights and the prototypes stage reuses them);
+a function given none rasterizes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import warnings
+import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,16 +34,12 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..gaussians import Gaussians
+from ..memory import available_memory
 from .composite import BLOCK_ELEMENTS, blend_weights, pixel_basis, tile_blocks
 from .projection import project
 from .settings import RasterSettings
 from .tiles import TileBins, bin_gaussians
 from .torch_backend import exponent_coefficients, slot_isects, with_padding
-
-DEFAULT_BUDGET_BYTES = 512 << 20
-"""Weights kept at most by a cache. The demo's 36 training views (128x96, ~50 contributing Gaussians per
-pixel) take 176 MB; one 1080p view of a large scene (2M pixels x ~50) would take ~800 MB, and rasterizes."""
-
 
 @dataclass(frozen=True)
 class ViewWeights:
@@ -220,12 +218,17 @@ def _no_entries(dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     return empty, empty, torch.zeros(0, dtype=dtype)
 
 
+GEOMETRY = ("means", "scales", "quats", "opacities")
+"""The Gaussians' tensors that decide the weights."""
+
+
 def geometry_key(gaussians: Gaussians) -> str:
-    """A digest of what decides the weights (means, scales, quats, opacities): stages that read the
-    same gaussians.ply into new tensors share a cache entry."""
+    """A digest of what decides the weights (means, scales, quats, opacities): Gaussians read from the
+    same gaussians.ply into new tensors have the same key. It reads every value (~0.1 s per million
+    Gaussians on a 2-core CPU): `WeightsCache` computes it once per Gaussians object, not per call."""
     digest = hashlib.blake2b(digest_size=16)
-    for tensor in (gaussians.means, gaussians.scales, gaussians.quats, gaussians.opacities):
-        digest.update(tensor.detach().cpu().contiguous().numpy())
+    for name in GEOMETRY:
+        digest.update(getattr(gaussians, name).detach().cpu().contiguous().numpy())
     return digest.hexdigest()
 
 
@@ -234,12 +237,84 @@ def camera_key(camera: Cameras) -> tuple:
     return (camera.viewmats.cpu().numpy().tobytes(), camera.Ks.cpu().numpy().tobytes(), camera.width, camera.height)
 
 
-class WeightsCache:
-    """Views' weights keyed by (geometry, camera, settings), least recently used evicted past `budget_bytes`."""
+@dataclass(frozen=True)
+class BoundGeometry:
+    """The geometry a cache holds weights for: its `geometry_key`, and the tensors last seen with that key
+    with their version counters.
 
-    def __init__(self, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
-        self.budget_bytes = budget_bytes
+    Attributes:
+        key: `geometry_key` of the Gaussians the first weights were computed from.
+        tensors: weak references to the GEOMETRY tensors last hashed to `key` (the cache keeps no
+            Gaussians alive).
+        versions: their `_version` counters then.
+    """
+
+    key: str
+    tensors: tuple[weakref.ref, ...]
+    versions: tuple[int, ...]
+
+    @classmethod
+    def of(cls, gaussians: Gaussians, key: str) -> BoundGeometry:
+        tensors = [getattr(gaussians, name) for name in GEOMETRY]
+        return cls(key, tuple(weakref.ref(t) for t in tensors), tuple(t._version for t in tensors))
+
+    def unchanged(self, gaussians: Gaussians) -> bool:
+        """Whether `gaussians` hold the very tensors last seen, not modified in place since (no hashing).
+
+        Safe because PyTorch bumps a tensor's version counter on every in-place operation on it or on an
+        alias sharing the counter (views, `.detach()`), and a tensor object never changes its storage
+        otherwise. Writes that bypass the counter (through `.data`, or a numpy array or DLPack capsule
+        sharing the memory) go unseen: the stages never modify the Gaussians they render, and code that
+        did so would need a cache per state of its Gaussians.
+        """
+        tensors = [getattr(gaussians, name) for name in GEOMETRY]
+        return all(ref() is t and t._version == version for ref, t, version in zip(self.tensors, tensors, self.versions))
+
+
+FALLBACK_BUDGET_BYTES = 512 << 20
+"""A cache's budget where the free memory cannot be read. The demo's 36 training views (128x96, ~50
+contributing Gaussians per pixel) take 176 MB; one 1080p view of a large scene (2M pixels x ~50) ~800 MB."""
+BUDGET_SHARE = 4
+"""A cache takes at most 1 / BUDGET_SHARE of the memory free when it is made (`default_budget`)."""
+BUDGET_FLOOR = 256 << 20
+BUDGET_CAP = 64 << 30
+
+
+def default_budget(available: int | None) -> int:
+    """The bytes of weights a cache keeps by default, given the bytes this process may still take
+    (`memory.available_memory()`): a quarter of them, within [BUDGET_FLOOR, BUDGET_CAP];
+    FALLBACK_BUDGET_BYTES where unknown (None).
+
+    A quarter, because while the cache holds up to its budget, the next view is assembled beside it at
+    up to three times its final size (`compute_view_weights`), and one view may be as large as the whole
+    budget: at worst held + assembling = 4 x budget, which then still fits in what was free. The floor
+    keeps small scenes cached where the figure reads near zero although memory is there (a cgroup's
+    usage counts the page cache, which the kernel reclaims); the cap bounds what one figure, read once
+    when the cache is made, lets a cache take from the stages and processes that start after it (64 GiB
+    hold ~80 1080p views of a million Gaussians).
+    """
+    if available is None:
+        return FALLBACK_BUDGET_BYTES
+    return min(max(available // BUDGET_SHARE, BUDGET_FLOOR), BUDGET_CAP)
+
+
+class WeightsCache:
+    """The blending weights of one frozen geometry's views, which the stages that render or lift the same
+    views (association, prototypes, feature training) pass each other explicitly.
+
+    Keyed by (camera, settings), least recently used evicted past `budget_bytes`. The cache is bound to
+    the geometry of the first Gaussians it is used with (`BoundGeometry`): Gaussians with other means,
+    scales, rotations or opacities are refused, while the same geometry read again into new tensors (each
+    stage reads gaussians.ply itself) shares the entries. Checking costs nothing for the tensors last
+    seen and one `geometry_key` for each new Gaussians object.
+    """
+
+    def __init__(self, budget_bytes: int | None = None) -> None:
+        """`budget_bytes`: weights kept at most; 0 keeps none (every stage rasterizes); None:
+        `default_budget` of the memory free now."""
+        self.budget_bytes = default_budget(available_memory()) if budget_bytes is None else budget_bytes
         self._entries: OrderedDict[tuple, ViewWeights] = OrderedDict()
+        self._geometry: BoundGeometry | None = None
         self.used_bytes = 0
         self.hits = self.misses = 0
 
@@ -255,12 +330,33 @@ class WeightsCache:
         self, gaussians: Gaussians, cameras: Cameras, settings: RasterSettings = RasterSettings(), compute: bool = True
     ) -> list[ViewWeights] | None:
         """Every camera's weights, missing ones computed and kept when `compute`; None when a view is
-        missing and not to be computed, or the missing views together exceed the budget."""
-        geometry = geometry_key(gaussians)
+        missing and not to be computed, or the missing views together exceed the budget (always for a
+        budget of 0).
+
+        Raises:
+            ValueError: `gaussians` have another geometry than the one the cache holds weights for.
+        """
+        if self.budget_bytes <= 0:
+            return None
+        self._bind(gaussians)
+        return self._views(gaussians, cameras, settings, compute)
+
+    def _bind(self, gaussians: Gaussians) -> None:
+        if self._geometry is not None and self._geometry.unchanged(gaussians):
+            return
+        key = geometry_key(gaussians)
+        if self._geometry is not None and key != self._geometry.key:
+            raise ValueError(
+                "this WeightsCache holds the blending weights of other Gaussians (their means, scales, rotations or "
+                "opacities differ, or were changed in place); give each geometry its own cache"
+            )
+        self._geometry = BoundGeometry.of(gaussians, key)
+
+    def _views(self, gaussians: Gaussians, cameras: Cameras, settings: RasterSettings, compute: bool) -> list[ViewWeights] | None:
         result, fresh = [], 0
         for index in range(cameras.num_cameras):
             camera = cameras[index]
-            key = (geometry, camera_key(camera), settings)
+            key = (camera_key(camera), settings)
             view = self._entries.get(key)
             if view is not None:
                 self._entries.move_to_end(key)
@@ -284,42 +380,27 @@ class WeightsCache:
             self.used_bytes -= evicted.nbytes
 
 
-_shared: WeightsCache | None = None
+Compute = Literal["never", "cache", "always"]
 
 
-@contextmanager
-def shared_weights(budget_bytes: int = DEFAULT_BUDGET_BYTES) -> Iterator[WeightsCache]:
-    """Within the block, frozen-geometry stages read and fill one cache: in `protosaga run`, the training
-    views' weights that association computes serve the prototypes stage. A block inside another one uses
-    the outer cache; the cache is freed when the outermost block ends. A budget of 0 turns the sparse
-    path off within the block (the benchmarks' old path)."""
-    global _shared
-    if _shared is not None:
-        yield _shared
-        return
-    _shared = WeightsCache(budget_bytes)
-    try:
-        yield _shared
-    finally:
-        _shared = None
+def frozen_weights(
+    gaussians: Gaussians, cameras: Cameras, weights: WeightsCache | None, compute: Compute = "cache"
+) -> list[ViewWeights] | None:
+    """Each camera's blending weights (default raster settings) for the sparse path, or None: rasterize.
 
-
-Compute = Literal["never", "shared", "always"]
-
-
-def frozen_weights(gaussians: Gaussians, cameras: Cameras, compute: Compute = "shared") -> list[ViewWeights] | None:
-    """Each camera's blending weights (default raster settings), cached ones first; views not cached are
-    computed per `compute`: "never"; "shared": within `shared_weights` (kept for later stages); "always":
-    also outside, for this call alone.
+    With a cache, the views it holds, and missing ones computed and kept in it unless `compute` is
+    "never". Without one, none, unless `compute` is "always": then computed for this call alone, within
+    `default_budget`. A cache of budget 0 gives none whatever `compute` says (the rasterizer only).
 
     Computing a view's weights costs a little more than one transpose on the rasterizer (a forward and
     a backward pass; ~1.1-1.3x on the demo) or two forward renders, and applying them a few milliseconds:
     they pay where a view is rendered or transposed again, or with more channels than one rasterizer
-    pass takes. None where the sparse path does not apply (not on the CPU, over the memory budget, not
-    computed): rasterize.
+    pass takes. None also where the sparse path does not apply (not on the CPU, over the memory budget).
     """
     if gaussians.device.type != "cpu":
         return None
-    if _shared is not None:
-        return _shared.views(gaussians, cameras.to("cpu"), compute=compute != "never")
-    return WeightsCache().views(gaussians, cameras.to("cpu")) if compute == "always" else None
+    cameras = cameras.to("cpu")
+    if weights is not None:
+        return weights.views(gaussians, cameras, compute=compute != "never")
+    # A cache of this call's own needs no geometry check: nothing else reads it.
+    return WeightsCache()._views(gaussians, cameras, RasterSettings(), True) if compute == "always" else None

@@ -34,9 +34,11 @@ not, and a mask split in one view rejoins its object because every other view co
 Memory grows with what is seen, not with Gaussians x views or masks x masks: `placement` holds a Gaussian
 only in the views that reach it, the unseen part of a view is derived from its total there (`node_overlaps`),
 the clusters' overlaps stay sparse, and rates are computed only for the pairs of clusters that some mask
-contains together (no other pair can have a rate above 0), a block of clusters at a time. Each sum adds
-the same terms in the same order as dense [C, S] and [C, C] products would, so that rates and their ties,
-which pick the partners, do not depend on how the arrays are stored.
+contains together (no other pair can have a rate above 0), a block of clusters at a time. Time grows with
+those pairs too: a round recomputes the containment and the rates of the clusters it merged only, and keeps
+every other pair's rate (`PairRates`); a few hundred rounds, each merging mutual partners, are usual. Each
+sum adds the same terms in the same order as dense [C, S] and [C, C] products recomputed every round would,
+so that rates and their ties, which pick the partners, do not depend on how the arrays are stored.
 """
 
 from __future__ import annotations
@@ -88,10 +90,10 @@ def consensus_bytes(num_masks: int, num_views: int) -> int:
 def check_consensus_fits(num_masks: int, num_views: int, where: str = "", available: int | None = None) -> None:
     """Refuse, before any work, a number of masks whose arrays (`cluster_masks`) would not fit in memory.
 
-    It estimates what the masks and views alone fix (`consensus_bytes`): the [C, K] arrays of each round and
-    one block of candidate pairs. What lifting adds is known only after it: the membership's entries (each
-    Gaussian in each view that reaches it) and the number of candidate pairs, which sets the time, not the
-    memory, as the pairs are taken a block at a time.
+    It estimates what the masks and views alone fix (`consensus_bytes`): the [C, K] arrays and one block of
+    candidate pairs. What lifting adds is known only after it: the membership's entries (each Gaussian in
+    each view that reaches it) and the pairs with a rate above 0 (`PairRates`, ~50 bytes each: a
+    few hundred per mask: the masks of other views over the same surface, both ways).
 
     Args:
         where: what to name first in the message (the masks folder), "" for nothing.
@@ -386,31 +388,37 @@ def run_maxima(starts: np.ndarray, values: np.ndarray, keys: np.ndarray) -> tupl
     return maxima, np.minimum.reduceat(key, starts)
 
 
-def consensus_rates(where: np.ndarray, visibility: np.ndarray, num_nodes: int, min_views: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def consensus_rates(
+    where: np.ndarray, visibility: np.ndarray, num_nodes: int, min_views: int, rows: np.ndarray | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The consensus rate of each pair of clusters that a mask contains together, a block of clusters at a time.
 
     The rate of a and b is Σ_j v_a(j) v_b(j) over the views containing both in one mask, over the same sum
     over the views observing both, if at least `min_views` views observe both. A pair that no mask contains
-    together has rate 0, so only the pairs of the sparse co-containment product are evaluated.
+    together has rate 0, so only the pairs of the sparse co-containment product are evaluated. Each rate
+    sums its terms in the same order whichever clusters are evaluated with it, and in the same order for
+    (a, b) as for (b, a): a rate is the same number in every round that leaves both clusters as they were.
 
     Args:
-        where: `containment`'s verdicts. [C, K]
+        where: `containment`'s verdicts (UNKNOWN in the rows of no cluster). [C, K]
         visibility: the seen share of each cluster per view. [C, K]
+        rows: the clusters a whose pairs are wanted, ascending; None: all. [R] int64
 
     Yields:
         for every pair of a block's clusters a and any other cluster b with a rate above 0: a (ascending),
         b and the rate, each [P]. Each cluster is in one block, with all its pairs.
     """
     num_clusters = where.shape[0]
-    rows, views = np.nonzero(where >= 0)
-    contained = sparse.csr_matrix((visibility[rows, views], (rows, where[rows, views])), shape=(num_clusters, num_nodes))
+    rows = np.arange(num_clusters) if rows is None else rows
+    holder, views = np.nonzero(where >= 0)
+    contained = sparse.csr_matrix((visibility[holder, views], (holder, where[holder, views])), shape=(num_clusters, num_nodes))
     holders = contained.T.tocsr()  # [A, C]: the clusters each mask contains
     weighted = np.ascontiguousarray(np.where(where != UNKNOWN, visibility, 0.0).T)  # [K, C]
     # A cluster's pairs are at most the clusters of the masks containing it, counted once per mask.
-    bound = np.bincount(rows, weights=np.diff(holders.indptr)[where[rows, views]], minlength=num_clusters)
+    bound = np.bincount(holder, weights=np.diff(holders.indptr)[where[holder, views]], minlength=num_clusters)[rows]
     for start, stop in row_blocks(bound, PAIR_BLOCK):
-        together = (contained[start:stop] @ holders).tocoo()
-        a, b, together = together.row.astype(np.int64) + start, together.col.astype(np.int64), together.data
+        together = (contained[rows[start:stop]] @ holders).tocoo()
+        a, b, together = rows[start + together.row], together.col.astype(np.int64), together.data
         pairs = a != b
         a, b, together = a[pairs], b[pairs], together[pairs]
         rate = np.zeros(len(a))
@@ -463,27 +471,63 @@ def row_blocks(cost: np.ndarray, budget: float) -> list[tuple[int, int]]:
     return blocks
 
 
-def best_partners(rates: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each cluster's highest-rate partner, as `argmax` over a dense row of rates would take it.
+class PairRates:
+    """Every pair of clusters with a consensus rate above 0, both ways, and each cluster's best partner.
 
-    Args:
-        rates: blocks of (a, b, rate > 0) in the order of a (`consensus_rates`), each holding all the pairs
-            of its clusters.
-        count: the number of clusters C.
+    A round of merges changes the rates of the merged clusters' pairs only: the others are kept, and only
+    the rows that lost or gained a pair look for their best partner again, so a round costs what its merges
+    touch (and a pass over the pairs), not the square of the clusters.
 
-    Returns:
-        the partner, the lowest b among equal best rates and 0 where no rate is above 0 [C] int64; its
-        rate, 0 there [C] float64
+    Attributes:
+        a, b, rate: the pairs, each once as (a, b) and once as (b, a). each [P]
+        partner: each cluster's highest-rate partner, the lowest b among equal best rates (as `argmax` over a
+            dense row takes it), itself where no rate is above 0. [C] int64
+        best: its rate, 0 there. [C] float64
     """
-    partner, best = np.zeros(count, dtype=np.int64), np.zeros(count)
-    for a, b, rate in rates:
-        starts = np.flatnonzero(np.diff(a, prepend=-1))
-        best[a[starts]], partner[a[starts]] = run_maxima(starts, rate, b)
-    return partner, best
+
+    def __init__(self, count: int) -> None:
+        self.a, self.b = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        self.rate = np.zeros(0)
+        self.partner, self.best = np.arange(count), np.zeros(count)
+
+    def replace(self, touched: np.ndarray, rates: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """Drop every pair of the `touched` clusters and add the fresh pairs of those still there.
+
+        Args:
+            touched: the clusters merged or gone. [T] int64
+            rates: blocks of (a, b, rate > 0) of every pair of each touched cluster still there
+                (`consensus_rates` over those rows).
+        """
+        is_touched = np.zeros(len(self.partner), dtype=bool)
+        is_touched[touched] = True
+        dropped = is_touched[self.a] | is_touched[self.b]
+        rows = [touched, self.a[dropped]]
+        parts = [(self.a[~dropped], self.b[~dropped], self.rate[~dropped])]
+        for a, b, rate in rates:
+            # A pair of two touched clusters is in both of their fresh rows already.
+            mirrored = ~is_touched[b]
+            parts += [(a, b, rate), (b[mirrored], a[mirrored], rate[mirrored])]
+            rows.append(b)
+        self.a, self.b, self.rate = (np.concatenate(column) for column in zip(*parts))
+        self._find_partners(np.unique(np.concatenate(rows)))
+
+    def _find_partners(self, rows: np.ndarray) -> None:
+        is_row = np.zeros(len(self.partner), dtype=bool)
+        is_row[rows] = True
+        self.partner[rows], self.best[rows] = rows, 0.0
+        pick = np.flatnonzero(is_row[self.a])
+        pick = pick[np.argsort(self.a[pick], kind="stable")]
+        a = self.a[pick]
+        if len(a):
+            starts = np.flatnonzero(np.diff(a, prepend=-1))
+            self.best[a[starts]], self.partner[a[starts]] = run_maxima(starts, self.rate[pick], self.b[pick])
 
 
 def cluster_masks(membership: MaskMembership, settings: ConsensusSettings = ConsensusSettings()) -> tuple[np.ndarray, np.ndarray]:
     """Cluster the mask nodes by view consensus.
+
+    A cluster is named by its lowest node while merging: merges then never reorder the clusters, so the
+    lowest partner among equal rates is the one that renumbering the clusters every round would pick.
 
     Returns:
         cluster of each node, 0..C-1 in order of the first view holding one of its nodes. [A] int64
@@ -492,27 +536,39 @@ def cluster_masks(membership: MaskMembership, settings: ConsensusSettings = Cons
     num_nodes = membership.num_nodes
     check_consensus_fits(num_nodes, membership.num_views)
     node_overlap = node_overlaps(membership)  # [A, S]
-    cluster = np.arange(num_nodes)
+    ids = np.arange(num_nodes)
+    cluster = ids.copy()
     joined_at = np.ones(num_nodes)
     # A capture of a few views cannot show a pair in many: ask for at most half of them.
     min_views = max(1, min(settings.min_views, membership.num_views // 2))
+
+    def contained(clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`containment` of the clusters (ascending ids) from their nodes' overlaps, summed in node order."""
+        nodes = np.flatnonzero(np.isin(cluster, clusters))
+        assign = sparse.csr_matrix((np.ones(len(nodes)), (np.searchsorted(clusters, cluster[nodes]), nodes)), shape=(len(clusters), num_nodes))
+        return containment(assign @ node_overlap, membership, settings)
+
+    where, visibility = contained(ids)  # [C, K], a row per id; UNKNOWN in the rows of ids merged away
+    pairs = PairRates(num_nodes)
+    pairs.replace(ids, consensus_rates(where, visibility, num_nodes, min_views))
     for threshold in settings.thresholds:
         while True:
-            count = int(cluster.max()) + 1 if num_nodes else 0
-            assign = sparse.csr_matrix((np.ones(num_nodes), (cluster, np.arange(num_nodes))), shape=(count, num_nodes))
-            where, visibility = containment(assign @ node_overlap, membership, settings)
             # Only mutual best partners merge in a round: a mask that SAM merged from two objects agrees
             # with both, and joining everything connected would chain the two objects through it.
-            partner, best = best_partners(consensus_rates(where, visibility, num_nodes, min_views), count)
-            mutual = (partner[partner] == np.arange(count)) & (best >= threshold)
-            if not mutual.any():
+            partner = pairs.partner
+            merged = np.flatnonzero((partner[partner] == ids) & (partner > ids) & (pairs.best >= threshold))
+            if not len(merged):
                 break
-            pairs = np.flatnonzero(mutual)
-            edges = sparse.csr_matrix((np.ones(len(pairs)), (pairs, partner[pairs])), shape=(count, count))
-            _, component = connected_components(edges, directed=False)
-            grew = np.bincount(component, minlength=count)[component[cluster]] > 1
-            joined_at[grew] = threshold
-            cluster = component[cluster]
+            gone = partner[merged]
+            touched = np.concatenate([merged, gone])
+            joined_at[np.isin(cluster, touched)] = threshold
+            rename = ids.copy()
+            rename[gone] = merged
+            cluster = rename[cluster]
+            where[gone], visibility[gone] = UNKNOWN, 0.0
+            where[merged], visibility[merged] = contained(merged)
+            pairs.replace(touched, consensus_rates(where, visibility, num_nodes, min_views, rows=merged))
+    _, cluster = np.unique(cluster, return_inverse=True)
     first_view = np.full(int(cluster.max()) + 1 if num_nodes else 0, np.iinfo(np.int64).max)
     np.minimum.at(first_view, cluster, membership.node_view)
     order = np.lexsort((np.arange(len(first_view)), first_view))

@@ -29,6 +29,8 @@ from protosaga_core.method.lifting import covered_labels
 from protosaga_core.method.prototypes import Prototypes, classify
 from protosaga_core.palette import instance_color
 from protosaga_core.render import render
+from protosaga_core.render.projection import may_reach_image
+from protosaga_core.render.settings import RasterSettings
 
 from .browser_camera import BrowserPose, camera_from_pose
 from .document import SceneDocument
@@ -115,6 +117,36 @@ def color_table(ids: np.ndarray | list[int]) -> np.ndarray:
     return table
 
 
+@dataclass(frozen=True)
+class FrameSubset:
+    """The Gaussians one frame renders: those that may reach it, with what a degree-0 frame reads.
+
+    Attributes:
+        index: their indices in the Gaussians given. [M] int64
+        gaussians: them, without higher SH bands, their features only when asked for.
+    """
+
+    index: Tensor
+    gaussians: Gaussians
+
+
+def frame_subset(gaussians: Gaussians, camera: Cameras, with_features: bool) -> FrameSubset:
+    """Gaussians whose projection may touch the frame (`may_reach_image`): the others have no pixel, so the
+    frame is the same without them, and a frame of a big scene then projects, colours and bins only the
+    part in front of the camera (a room seen from inside: about half). One camera."""
+    settings = RasterSettings()  # the settings `render` uses below
+    reach = may_reach_image(
+        gaussians.means, gaussians.activated_scales.amax(-1), camera.viewmats[0], camera.Ks[0], camera.width, camera.height, settings
+    )
+    index = torch.nonzero(reach)[:, 0]
+    features = gaussians.features[index] if with_features else gaussians.features[:, :0][index]
+    subset = Gaussians(
+        gaussians.means[index], gaussians.scales[index], gaussians.quats[index], gaussians.opacities[index],
+        gaussians.sh0[index], gaussians.shN[:, :0][index], features,
+    )
+    return FrameSubset(index, subset.detach())
+
+
 def render_frame(
     gaussians: Gaussians,
     camera: Cameras,
@@ -155,9 +187,10 @@ def render_frame(
         # Lifted labels need no features (the renderer returns each pixel's best label itself), and the
         # PCA colours' label map (what clicks there read) is the same one, so clicks never reach a hidden
         # instance through a prototype.
-        extras = gaussians.features.detach() if mode == "pca" or not lifted else None
-        labels = labels.to(gaussians.device) if lifted else None
-        out = render(gaussians, camera, sh_degree=0, extras=extras, depth="ED", labels=labels)
+        reaching = frame_subset(gaussians, camera, with_features=mode == "pca" or not lifted)
+        extras = reaching.gaussians.features if mode == "pca" or not lifted else None
+        labels = labels.to(gaussians.device)[reaching.index] if lifted else None
+        out = render(reaching.gaussians, camera, sh_degree=0, extras=extras, depth="ED", labels=labels)
         rgb = out.colors[0].clamp(0.0, 1.0)
         covered = out.alphas[0, ..., 0] > COVERED_ALPHA
         predicted = covered_labels(out.labels)[0] if lifted else classify(out.extras[0], prototypes)

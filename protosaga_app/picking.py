@@ -15,7 +15,7 @@ from torch import Tensor
 
 from protosaga_core.cameras import Cameras, project_to_pixels
 from protosaga_core.gaussians import Gaussians
-from protosaga_core.render.projection import project
+from protosaga_core.render.projection import may_reach_image, project
 from protosaga_core.render.settings import ALPHA_THRESHOLD, TRANSMITTANCE_MIN, RasterSettings
 from protosaga_core.render.tiles import tile_rectangles
 
@@ -110,11 +110,23 @@ def contribution_weights(
     if not (0 <= column < camera.width and 0 <= row < camera.height) or len(gaussians) == 0:
         return weights
     with torch.no_grad():
+        # A Gaussian reaches the pixel only if the rasterizer bins it into the pixel's tile (in the tiles
+        # of the viewer's frames, rendered without gradients). Only those that may reach the tile are
+        # projected: the others weigh 0 and leave every transmittance as it is.
+        tile_size = settings.tile_size_for("torch", gradients=False)
+        tile_x, tile_y = column // tile_size * tile_size, row // tile_size * tile_size
+        scales = gaussians.activated_scales.detach()
+        near = torch.nonzero(
+            may_reach_image(
+                gaussians.means.detach(), scales.amax(-1), camera.viewmats[0], camera.Ks[0], camera.width, camera.height,
+                settings, window=(tile_x, tile_y, tile_x + tile_size, tile_y + tile_size),
+            )
+        )[:, 0]
         proj = project(
-            gaussians.means.detach(),
-            gaussians.activated_quats.detach(),
-            gaussians.activated_scales.detach(),
-            gaussians.activated_opacities.detach(),
+            gaussians.means.detach()[near],
+            gaussians.activated_quats.detach()[near],
+            scales[near],
+            gaussians.activated_opacities.detach()[near],
             camera.viewmats,
             camera.Ks,
             camera.width,
@@ -123,9 +135,6 @@ def contribution_weights(
         )
         means2d, conics, depths, radii = proj.means2d[0], proj.conics[0], proj.depths[0], proj.radii[0]
         opacities = proj.opacities[0]  # scaled by the compensation in antialiased mode
-        # A Gaussian reaches the pixel only if the rasterizer bins it into the pixel's tile (in the tiles
-        # of the viewer's frames, rendered without gradients).
-        tile_size = settings.tile_size_for("torch", gradients=False)
         tile = torch.tensor([column // tile_size, row // tile_size], device=means2d.device)
         lo, hi = tile_rectangles(means2d, radii, tile_size)
         reaches = (radii > 0).all(dim=-1) & ((lo <= tile) & (tile < hi)).all(dim=-1)
@@ -143,7 +152,7 @@ def contribution_weights(
         after = torch.cumprod(1.0 - sorted_alpha, dim=0)
         before = torch.cat([after.new_ones(1), after[:-1]])
         sorted_weights = torch.where(after > TRANSMITTANCE_MIN, before * sorted_alpha, torch.zeros_like(after))
-        weights[order] = sorted_weights.to(weights.dtype)
+        weights[near[order]] = sorted_weights.to(weights.dtype)
     return weights
 
 

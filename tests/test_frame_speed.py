@@ -1,5 +1,5 @@
 """The viewer's fast frame paths give what the slow ones gave: the forward-only compositing against the
-autograd one, label maps without a channel per label against the argmax of one-hot channels, and the
+autograd one, a frame of the Gaussians that may reach it against a frame of all of them, label maps without a channel per label against the argmax of one-hot channels, and the
 background message with a reused depth against viser's own."""
 
 import io
@@ -11,13 +11,17 @@ import torch.nn.functional as F
 import viser
 from PIL import Image
 
+from protosaga_app.live import COVERED_ALPHA, FeaturePca, frame_subset, render_frame
 from protosaga_app.live_view import encode_depth, send_background
 from protosaga_core.cameras import Cameras, intrinsics, look_at
 from protosaga_core.gaussians import Gaussians
 from protosaga_core.method.lifting import covered_labels, labels_from_weights, render_label_maps
 from protosaga_core.render import api, composite, render
+from protosaga_core.method.prototypes import Prototypes, classify
 from protosaga_core.render.composite import tile_blocks
 from protosaga_core.render.labels import LabelWeights, tile_label_weights, tile_local_labels
+from protosaga_core.render.projection import may_reach_image, project
+from protosaga_core.render.settings import RasterSettings
 from protosaga_core.render.torch_backend import rasterize_torch
 
 NUM_LABELS = 12
@@ -186,3 +190,45 @@ def decode_png(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as image:
         assert image.mode == "RGBA"
         return np.asarray(image)
+
+
+def spread_scene(count: int, seed: int) -> tuple[Gaussians, Cameras, torch.Tensor]:
+    """Gaussians of every size all around two cameras (behind, beside, far off, at the image's edges)."""
+    gaussians, cameras, labels = random_scene(count, seed)
+    generator = torch.Generator().manual_seed(seed + 100)
+    means = 4.0 * torch.randn(count, 3, generator=generator)
+    scales = torch.empty(count, 3).uniform_(-6.0, 0.5, generator=generator)
+    return Gaussians(means, scales, gaussians.quats, gaussians.opacities, gaussians.sh0, gaussians.shN, gaussians.features), cameras, labels
+
+
+@pytest.mark.parametrize("mode", ["classic", "antialiased"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_frame_pre_cull_keeps_every_gaussian_the_projection_keeps(seed, mode):
+    gaussians, cameras, _ = spread_scene(20_000, seed)
+    settings = RasterSettings(rasterize_mode=mode)
+    projected = project(
+        gaussians.means, gaussians.activated_quats, gaussians.activated_scales, gaussians.activated_opacities,
+        cameras.viewmats, cameras.Ks, cameras.width, cameras.height, settings,
+    )
+    for camera in range(cameras.num_cameras):
+        kept = (projected.radii[camera] > 0).any(-1)
+        reach = may_reach_image(
+            gaussians.means, gaussians.activated_scales.amax(-1), cameras.viewmats[camera], cameras.Ks[camera],
+            cameras.width, cameras.height, settings,
+        )
+        assert kept.sum() > 100 and not (kept & ~reach).any()
+        assert reach.sum() < 0.5 * len(gaussians)  # it does cull: most of the scene is out of view
+
+
+@pytest.mark.parametrize("lifted", [True, False])
+def test_a_frame_of_the_pre_culled_gaussians_is_the_frame_of_all_of_them(lifted):
+    gaussians, cameras, labels = spread_scene(20_000, 3)
+    camera = cameras[0]
+    prototypes = Prototypes(torch.arange(1, NUM_LABELS + 1), torch.randn(NUM_LABELS, gaussians.feature_dim), torch.ones(NUM_LABELS, dtype=torch.int64))
+    frame = render_frame(gaussians, camera, "segmentation", prototypes, FeaturePca.fit(gaussians.features), labels=labels if lifted else None)
+    full = render(gaussians, camera, sh_degree=0, extras=None if lifted else gaussians.features, depth="ED", labels=labels if lifted else None)
+    assert len(frame_subset(gaussians, camera, with_features=False).index) < 0.5 * len(gaussians)
+    assert np.array_equal(frame.rgb, full.colors[0].clamp(0.0, 1.0).numpy())
+    covered = full.alphas[0, ..., 0] > COVERED_ALPHA
+    expected = covered_labels(full.labels)[0] if lifted else classify(full.extras[0], prototypes)
+    assert np.array_equal(frame.labels, torch.where(covered, expected, 0).numpy())

@@ -92,6 +92,51 @@ def project(
     return Projection(means2d=means2d, conics=conics, depths=depths, radii=radii, opacities=opacities)
 
 
+@torch.no_grad()
+def may_reach_image(
+    means: Tensor,
+    max_scales: Tensor,
+    viewmat: Tensor,
+    K: Tensor,
+    width: int,
+    height: int,
+    settings: RasterSettings,
+    window: tuple[int, int, int, int] | None = None,
+) -> Tensor:
+    """Which Gaussians `project` may keep for one camera: a superset of those with radii > 0, from the
+    centres and largest scales alone, so that a frame of a big scene projects only what can reach it.
+    With a `window`, a superset of those whose box of `_radii` overlaps it (a pick's tile).
+
+    Each row of J W R S (`_jacobian_rows`) has a norm of at most f / z (1 + |slope|) max_scale, since the
+    rows of W R S are at most max_scale long; the radius of `_radii` is then at most RADIUS_SIGMAS times
+    the root of its square plus eps2d, plus two pixels (its ceiling, float rounding), and its box test is
+    applied with that.
+
+    Args:
+        means: [N, 3]; max_scales: the largest activated scale of each. [N]
+        viewmat: [4, 4]; K: [3, 3].
+        window: pixels x0, y0, x1, y1 (x0 <= x < x1, y0 <= y < y1); None: the whole image.
+    Returns:
+        [N] bool
+    """
+    means_c = means @ viewmat[:3, :3].T + viewmat[:3, 3]
+    depths = means_c[:, 2]
+    in_range = (depths > settings.near_plane) & (depths < settings.far_plane)
+    safe_depths = torch.where(in_range, depths, torch.ones_like(depths))
+    pixels = (means_c @ K[:2, :3].T) / safe_depths[:, None]  # [N, 2], as `project`'s means2d
+    keep = in_range
+    x0, y0, x1, y1 = (0, 0, width, height) if window is None else window
+    for axis, size, low, high in ((0, width, x0, x1), (1, height, y0, y1)):
+        focal, centre = K[axis, axis], K[axis, 2]
+        margin = 0.3 * 0.5 * size / focal
+        slope = means_c[:, axis] / safe_depths
+        clamped = slope.clamp(min=-(centre / focal + margin), max=(size - centre) / focal + margin)
+        spread = focal / safe_depths * (1.0 + clamped.abs()) * max_scales
+        radius = RADIUS_SIGMAS * torch.sqrt(spread * spread + settings.eps2d) + 2.0
+        keep = keep & (pixels[:, axis] + radius > low) & (pixels[:, axis] - radius < high)
+    return keep
+
+
 def _compensation(det_orig: Tensor, det_blur: Tensor, projected: Tensor) -> Tensor:
     """gsplat's antialiasing factor sqrt(max(0, det_orig / det_blur)) of the 2D covariance before and
     after the low-pass filter, 0 where not `projected`. [C, N] each -> [C, N]"""

@@ -142,9 +142,9 @@ class ViewerApp:
         selection_only = replace(state, selected=frozenset(), names=()) == replace(previous, selected=frozenset(), names=())
         look = self._look(state)
         sent = self.nodes.sync(self.document.labels(state), look) if state.label_edits != previous.label_edits else set()
+        sent |= self._update_visibility(look)
         if sent or (previous.selected and not state.selected):
             self._feedback.clear()
-        self._update_visibility(look)
         # A first selection dims every other node and the last one undims them; otherwise only the nodes
         # whose selection changed are sent again.
         changed = self.nodes.ids if bool(state.selected) != bool(previous.selected) else state.selected ^ previous.selected
@@ -161,9 +161,10 @@ class ViewerApp:
         self._update_visibility(self._look(self.document.model.state))
         self._request_frames()
 
-    def _update_visibility(self, look: NodeLook) -> None:
+    def _update_visibility(self, look: NodeLook) -> set[int]:
+        """Returns the ids of the splat nodes sent again (a level of detail follows what is visible)."""
         with self.server.atomic():
-            self.nodes.update_visibility(look)
+            return self.nodes.update_visibility(look)
 
     # --- tabs ----------------------------------------------------------------------------------------
     def _on_connect(self, client: viser.ClientHandle) -> None:

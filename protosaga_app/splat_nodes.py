@@ -3,7 +3,11 @@
 `SplatNodes` owns the nodes; the app tells it what to draw (`NodeLook`: colouring, selection, visibility)
 and it sends only what changed: a node whose Gaussians changed (a merge or split made, undone or discarded)
 is sent again, a node whose colours changed gets new colours, a node whose instance is gone is removed.
-Which Gaussians go to the browser at all (`splats.browser_subset`, `splats.drawable`) is decided once.
+
+The browser gets every drawable Gaussian (`splats.drawable`) when they fit the splat budget. A bigger scene
+is a level of detail: the budget goes to the most opaque Gaussians of what can be seen (`splats.browser_subset`
+over the visible instances), chosen again when the visibility changes, so an isolated object arrives whole
+and hidden ones cost nothing; the server's frames, picks and exports always use every Gaussian.
 """
 
 from __future__ import annotations
@@ -77,9 +81,20 @@ class SplatNodes:
                 "%d Gaussians have NaN/inf values or covariances beyond float16: the browser does not draw them",
                 int((~self.drawable).sum()),
             )
+        self.max_splats = max_splats
+        self.budgeted = max_splats is not None and int(self.drawable.sum()) > max_splats
+        """Whether the drawable Gaussians exceed the budget, so that what is sent follows what is visible."""
         self.shown = browser_subset(self.splats.opacities, max_splats, self.drawable)
         """Indices of the Gaussians sent to the browser. [M]"""
         self._nodes: dict[int, SplatNode] = {}
+        self._labels: np.ndarray | None = None
+        self._chosen_for: tuple | None = None
+        if self.budgeted:
+            logger.info(
+                "%d Gaussians: the browser gets the %d most opaque of what is visible (--max-splats); "
+                "isolate an object to get all of it. Frames, picks and exports use every Gaussian.",
+                len(self.drawable), max_splats,
+            )
 
     @property
     def ids(self) -> set[int]:
@@ -89,6 +104,8 @@ class SplatNodes:
     def sync(self, labels: np.ndarray, look: NodeLook) -> set[int]:
         """One node per instance of `labels` ([N], after the edits) and one for unassigned Gaussians.
         Returns the ids whose node was sent."""
+        self._labels = labels
+        self._choose(labels, look)
         groups = instance_groups(labels, self.shown)
         for instance_id in set(self._nodes) - set(groups):
             self._nodes.pop(instance_id).handle.remove()
@@ -113,6 +130,26 @@ class SplatNodes:
             node = self._nodes[instance_id]
             node.handle.rgbs = look.colors(instance_id, self.splats.rgbs[node.index])
 
-    def update_visibility(self, look: NodeLook) -> None:
+    def update_visibility(self, look: NodeLook) -> set[int]:
+        """Show and hide the nodes; over the budget, first send what became visible (`_choose`).
+        Returns the ids whose node was sent."""
+        sent = set()
+        if self.budgeted and self._labels is not None and self._visibility_key(look) != self._chosen_for:
+            sent = self.sync(self._labels, look)
         for instance_id, node in self._nodes.items():
             node.handle.visible = look.is_visible(instance_id)
+        return sent
+
+    def _choose(self, labels: np.ndarray, look: NodeLook) -> None:
+        """Over the budget: the most opaque drawable Gaussians of the visible instances (and of the
+        unassigned ones when shown), whatever the render mode, so that switching modes sends nothing."""
+        if not self.budgeted:
+            return
+        visible_ids = np.fromiter(look.visible, dtype=np.int64, count=len(look.visible))
+        seen = np.isin(labels, visible_ids) | ((labels == 0) & look.show_unassigned)
+        self.shown = browser_subset(self.splats.opacities, self.max_splats, self.drawable & seen)
+        self._chosen_for = self._visibility_key(look)
+
+    @staticmethod
+    def _visibility_key(look: NodeLook) -> tuple:
+        return look.visible, look.show_unassigned

@@ -133,7 +133,7 @@ def test_association_refuses_them_before_lifting_any_view_naming_the_masks_folde
     before = snapshot(root)
     monkeypatch.setattr(consensus, "available_memory", lambda: 1_000)  # 1 kB free
     lifted = []
-    monkeypatch.setattr(consensus, "transpose_render", lambda *args, **kwargs: lifted.append(1))
+    monkeypatch.setattr(consensus, "transpose_labels", lambda *args, **kwargs: lifted.append(1))
     views = load_scene(root).split("train")
     with pytest.raises(ValueError, match=re.escape(f"{root / 'masks'}: view-consensus association of 15 masks over 3 views")):
         consensus_of(views)

@@ -8,7 +8,7 @@ from protosaga_core.cameras import Cameras, intrinsics, look_at
 from protosaga_core.gaussians import Gaussians
 from protosaga_core.io.scene_dir import SceneDir
 from protosaga_core.method.consensus import cluster_masks, mask_membership
-from protosaga_core.method.lifting import CHANNEL_CHUNK, transpose_render
+from protosaga_core.method.lifting import CHANNEL_CHUNK, transpose_labels, transpose_render
 from protosaga_core.method.prototypes import collect_view_prototypes, ensemble_prototypes, lifted_gaussian_labels
 from protosaga_core.pipeline import RunConfig, associate_and_prototypes
 from protosaga_core.render import RasterSettings, render
@@ -194,3 +194,15 @@ def test_stages_on_the_trained_scene_give_the_rasterizers_results(trained_scene_
         assert torch.equal(ids, old_ids) and torch.equal(counts, old_counts)
         torch.testing.assert_close(vectors, old_vectors, rtol=1e-4, atol=1e-5)
     assert torch.equal(labels, old_labels)
+
+
+@pytest.mark.parametrize("num_columns", [5, CHANNEL_CHUNK + 9])
+def test_label_votes_are_the_transpose_of_the_one_hot_images_bit_for_bit(num_columns, monkeypatch):
+    gaussians, cameras = _random_scene(3, count=400, width=41, height=29)
+    columns = torch.randint(0, num_columns, (2, 29, 41), generator=torch.Generator().manual_seed(3))
+    one_hot = torch.nn.functional.one_hot(columns, num_columns).float()
+    monkeypatch.setattr(sparse, "TRANSPOSE_ENTRIES", 97)  # many blocks of rows, cut mid-pixel never
+    for cache in (WeightsCache(), WeightsCache(0)):  # sparse weights, then the rasterizer
+        votes = transpose_labels(gaussians, cameras, columns, num_columns, cache)
+        assert votes.shape == (400, num_columns) and votes.sum() > 10
+        assert torch.equal(votes, transpose_render(gaussians, cameras, one_hot, cache))

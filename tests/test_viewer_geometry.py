@@ -379,3 +379,39 @@ def test_the_panel_says_how_to_get_the_hotkeys_back(app):
     )
     client.wait_for(lambda m: m["type"] == "RegisterCommandMessage" and m["props"]["hotkey"] == "escape")
     client.close()
+
+
+def sent_splats(server: viser.ViserServer) -> dict[str, int]:
+    """Splats per splat node the browser holds now (nodes removed since are dropped)."""
+    counts: dict[str, int] = {}
+    for message in scene_messages(server):
+        if message["type"] == "GaussianSplatsMessage":
+            counts[message["name"]] = len(message["props"]["buffer"].reshape(-1, 8))
+        elif message["type"] == "RemoveSceneNodeMessage":
+            counts.pop(message["name"], None)
+    return counts
+
+
+def test_over_the_splat_budget_the_browser_gets_what_is_visible(trained_scene):
+    scene = ViewerScene.load(trained_scene)
+    budget = len(scene.gaussians) // 4
+    server = start_viser_server("127.0.0.1", free_port(), (), label="test")
+    app = None
+    try:
+        document = SceneDocument(scene, torch.device("cpu"))
+        app = ViewerApp(server, document, ViewerOptions(max_splats=budget))
+        assert app.nodes.budgeted and sum(sent_splats(server).values()) == budget
+        labels = document.labels(document.model.state)
+        largest = int(np.bincount(labels[labels > 0]).argmax())
+        document.model.click(largest)
+        document.model.isolate_selected()  # an isolated object arrives whole
+        whole = int((drawable(app.nodes.splats) & (labels == largest)).sum())
+        assert sent_splats(server) == {f"/splats/instance_{largest}": min(whole, budget)}
+        document.model.show_all()
+        counts = sent_splats(server)
+        assert len(counts) > 2 and sum(counts.values()) == budget
+    finally:
+        if app is not None:
+            app.stop()
+        else:
+            server.stop()

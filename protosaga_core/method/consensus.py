@@ -8,7 +8,7 @@ under one id). Consensus association decides every merge by a vote of all views 
 MaskClustering (Yan et al., CVPR 2024) does with depth-backprojected points, here with Gaussians:
 
 1. Each Gaussian's raw masks in each view are the masks it renders into: lifting each view's raw mask
-   (`lifting.transpose_render`) gives every Gaussian its blending weight per raw label, so occluded
+   (`lifting.transpose_labels`) gives every Gaussian its blending weight per raw label, so occluded
    Gaussians have none and partly covered ones count as much as they show. A mask's members are the
    Gaussians that render into it most in its view.
 2. A raw mask a (view k, label t) is the set of Gaussians that belong to t in view k, each weighted by its
@@ -49,15 +49,13 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sparse
 import torch
-import torch.nn.functional as F
-from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
 from ..cameras import Cameras
 from ..gaussians import Gaussians
 from ..memory import amount, available_memory
 from ..render.sparse import WeightsCache
-from .lifting import compact_labels, transpose_render
+from .lifting import compact_labels, transpose_labels
 
 SEEN_WEIGHT = 1e-3
 """A Gaussian whose total blending weight in a view is below this is not seen there."""
@@ -200,7 +198,7 @@ def mask_membership(gaussians: Gaussians, views: Iterable[tuple[Cameras, Tensor]
     Args:
         gaussians: on the device to render on.
         views: one camera each with its raw mask (0 = no mask). [1, H, W] int64
-        weights: the views' blending weights, read and filled (`lifting.transpose_render`); None: rasterize.
+        weights: the views' blending weights, read and filled (`lifting.transpose_labels`); None: rasterize.
     """
     num_gaussians = len(gaussians)
     gaussian_index = np.arange(num_gaussians)
@@ -213,7 +211,7 @@ def mask_membership(gaussians: Gaussians, views: Iterable[tuple[Cameras, Tensor]
         labels = torch.unique(raw_mask)
         labels = labels[labels > 0].cpu()
         columns = compact_labels(raw_mask.to(gaussians.device), labels.to(gaussians.device))
-        votes = transpose_render(gaussians, cameras.to(gaussians.device), F.one_hot(columns, len(labels) + 1).float(), weights).cpu()
+        votes = transpose_labels(gaussians, cameras.to(gaussians.device), columns, len(labels) + 1, weights).cpu()
         best_weight, best = votes.max(1)  # column 0: unlabelled pixels
         in_mask = ((best > 0) & (best_weight >= SEEN_WEIGHT)).numpy()
         member_blocks.append(

@@ -27,14 +27,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..cameras import Cameras
 from ..gaussians import Gaussians
 from ..render import render
 from ..render.labels import LabelWeights
-from ..render.sparse import WeightsCache, frozen_weights
+from ..render.sparse import ViewWeights, WeightsCache, frozen_weights
 
 CHANNEL_CHUNK = 64
 """Channels transposed at once by the rasterizer: bounds the per-intersection channel memory of scenes
@@ -85,19 +84,44 @@ def transpose_render(gaussians: Gaussians, cameras: Cameras, targets: Tensor, we
     Returns:
         Σ_p w_i(p) g(p) for every Gaussian i, summed over the cameras. [N, K]
     """
-    # More channels than one pass takes would repeat the rasterizer per block: the weights pay at once.
-    views = frozen_weights(gaussians, cameras, weights, "always" if targets.shape[-1] > CHANNEL_CHUNK else "cache")
+    views = _weights_for(gaussians, cameras, targets.shape[-1], weights)
     if views is not None:
         return sum(view.transpose(target.cpu()) for view, target in zip(views, targets)).to(gaussians.device)
-    frozen = gaussians.detach()
-    result = []
-    for block in targets.split(CHANNEL_CHUNK, dim=-1):
-        channels = torch.zeros(len(frozen), block.shape[-1], device=frozen.device, requires_grad=True)
-        with torch.enable_grad():
-            rendered = render(frozen, cameras, rgb=False, extras=channels).extras
-            (grad,) = torch.autograd.grad((rendered * block.to(rendered)).sum(), channels)
-        result.append(grad)
-    return torch.cat(result, dim=-1)
+    return torch.cat([_rasterized_transpose(gaussians, cameras, block) for block in targets.split(CHANNEL_CHUNK, dim=-1)], dim=-1)
+
+
+def transpose_labels(gaussians: Gaussians, cameras: Cameras, columns: Tensor, num_columns: int, weights: WeightsCache | None = None) -> Tensor:
+    """`transpose_render` of the one-hot label columns, without making the one-hot images: each Gaussian's
+    blending weight summed per label over the cameras (the same floats as transposing the one-hot images).
+
+    Args:
+        columns: per-pixel label columns (`compact_labels`). [C, H, W] int64 in 0..num_columns-1
+
+    Returns:
+        [N, num_columns]
+    """
+    views = _weights_for(gaussians, cameras, num_columns, weights)
+    if views is not None:
+        return sum(view.transpose_labels(column.cpu(), num_columns) for view, column in zip(views, columns)).to(gaussians.device)
+    blocks = []
+    for start in range(0, num_columns, CHANNEL_CHUNK):
+        block = torch.arange(start, min(start + CHANNEL_CHUNK, num_columns), device=columns.device)
+        blocks.append(_rasterized_transpose(gaussians, cameras, (columns[..., None] == block).float()))
+    return torch.cat(blocks, dim=-1)
+
+
+def _weights_for(gaussians: Gaussians, cameras: Cameras, num_channels: int, weights: WeightsCache | None) -> list[ViewWeights] | None:
+    # More channels than one pass takes would repeat the rasterizer per block: the weights pay at once.
+    return frozen_weights(gaussians, cameras, weights, "always" if num_channels > CHANNEL_CHUNK else "cache")
+
+
+def _rasterized_transpose(gaussians: Gaussians, cameras: Cameras, block: Tensor) -> Tensor:
+    """`transpose_render` of at most CHANNEL_CHUNK channels by one backward pass of the renderer. [C, H, W, K] -> [N, K]"""
+    channels = torch.zeros(len(gaussians), block.shape[-1], device=gaussians.device, requires_grad=True)
+    with torch.enable_grad():
+        rendered = render(gaussians.detach(), cameras, rgb=False, extras=channels).extras
+        (grad,) = torch.autograd.grad((rendered * block.to(rendered)).sum(), channels)
+    return grad
 
 
 def lift_votes(
@@ -118,7 +142,7 @@ def lift_votes(
     votes = torch.zeros(len(gaussians), len(ids) + 1, device=gaussians.device)
     for cameras, masks in batches:
         columns = compact_labels(masks.to(gaussians.device), ids.to(gaussians.device))
-        votes += transpose_render(gaussians, cameras.to(gaussians.device), F.one_hot(columns, len(ids) + 1).float(), weights)
+        votes += transpose_labels(gaussians, cameras.to(gaussians.device), columns, len(ids) + 1, weights)
     return LabelVotes(ids, votes.cpu())
 
 

@@ -41,6 +41,10 @@ from .settings import RasterSettings
 from .tiles import TileBins, bin_gaussians
 from .torch_backend import exponent_coefficients, slot_isects, with_padding
 
+TRANSPOSE_ENTRIES = 1 << 22
+"""Weights `ViewWeights.transpose_labels` keys at once."""
+
+
 @dataclass(frozen=True)
 class ViewWeights:
     """One camera's blending weights w_i(p), the matrix W [H*W, N] stored by its nonempty rows: row r is
@@ -90,6 +94,26 @@ class ViewWeights:
         # scipy's transposed CSR product scatters row by row; torch converts to CSC on every call
         # (~10x slower on the demo views).
         return torch.from_numpy(np.ascontiguousarray(self._scipy().T @ rows.numpy()))
+
+    def transpose_labels(self, columns: Tensor, num_columns: int) -> Tensor:
+        """Wᵀ @ one_hot(columns) without the one-hot image ([H, W, L] floats: gigabytes at 1080p with hundreds
+        of labels): each Gaussian's summed weight per label column. Each sum adds the same weights in the
+        same order as `transpose` of the one-hot image (row by row, front to back), so the votes are the
+        same floats. [H, W] int64 in 0..L-1 -> [N, L]
+        """
+        votes = self.weights.new_zeros(self.num_gaussians * num_columns)
+        offsets = self.row_offsets.long()
+        row_columns = columns.reshape(-1).index_select(0, self.pixels)  # [R]
+        num_rows = len(self.pixels)
+        # The entries' keys are built a block of rows at a time (~TRANSPOSE_ENTRIES entries, 16 bytes each).
+        rows_per_block = max(1, num_rows * TRANSPOSE_ENTRIES // max(self.nnz, 1))
+        for start in range(0, num_rows, rows_per_block):
+            stop = min(start + rows_per_block, num_rows)
+            first, last = int(offsets[start]), int(offsets[stop])
+            entry_columns = torch.repeat_interleave(row_columns[start:stop], offsets[start + 1 : stop + 1] - offsets[start:stop])
+            # index_add_ on a 1-D tensor adds in index order on the CPU, as scipy's transposed product does.
+            votes.index_add_(0, self.gaussians[first:last].long() * num_columns + entry_columns, self.weights[first:last])
+        return votes.view(self.num_gaussians, num_columns)
 
     def _product(self, channels: Tensor) -> Tensor:
         shape = (len(self.pixels), self.num_gaussians)

@@ -12,7 +12,7 @@ render or transpose is one sparse product.
 Only for the portable torch backend on the CPU: gsplat renders on CUDA faster than any sparse product,
 and torch's sparse kernels on MPS are incomplete. Memory is ~8 bytes per (pixel, contributing Gaussian)
 pair: a `WeightsCache` bounds it (by default a share of the memory free when it is made), and a view
-that alone exceeds the budget is not computed to the end (callers then rasterize as before). The cache
+that does not fit in what is left of the budget is not computed to the end (callers then rasterize). The cache
 is an explicit object: whoever runs several frozen-geometry stages makes one and hands it to each (in
 `protosaga run`, association computes the training views' weights and the prototypes stage reuses them);
 a function given none rasterizes.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import warnings
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
@@ -298,7 +297,7 @@ class BoundGeometry:
 FALLBACK_BUDGET_BYTES = 512 << 20
 """A cache's budget where the free memory cannot be read. The demo's 36 training views (128x96, ~50
 contributing Gaussians per pixel) take 176 MB; one 1080p view of a large scene (2M pixels x ~50) ~800 MB."""
-BUDGET_SHARE = 4
+BUDGET_SHARE = 8
 """A cache takes at most 1 / BUDGET_SHARE of the memory free when it is made (`default_budget`)."""
 BUDGET_FLOOR = 256 << 20
 BUDGET_CAP = 64 << 30
@@ -306,12 +305,14 @@ BUDGET_CAP = 64 << 30
 
 def default_budget(available: int | None) -> int:
     """The bytes of weights a cache keeps by default, given the bytes this process may still take
-    (`memory.available_memory()`): a quarter of them, within [BUDGET_FLOOR, BUDGET_CAP];
+    (`memory.available_memory()`): an eighth of them, within [BUDGET_FLOOR, BUDGET_CAP];
     FALLBACK_BUDGET_BYTES where unknown (None).
 
-    A quarter, because while the cache holds up to its budget, the next view is assembled beside it at
-    up to three times its final size (`compute_view_weights`), and one view may be as large as the whole
-    budget: at worst held + assembling = 4 x budget, which then still fits in what was free. The floor
+    An eighth: the cache is an accelerator that the stages beside it must leave room for. While it holds
+    up to its budget, the next view is assembled at up to three times its final size
+    (`compute_view_weights`), so at worst the weights take half of what was free, and the association's
+    membership and the stages' own arrays (a gigabyte or two for a million Gaussians over 200 views)
+    the rest. The floor
     keeps small scenes cached where the figure reads near zero although memory is there (a cgroup's
     usage counts the page cache, which the kernel reclaims); the cap bounds what one figure, read once
     when the cache is made, lets a cache take from the stages and processes that start after it (64 GiB
@@ -326,7 +327,10 @@ class WeightsCache:
     """The blending weights of one frozen geometry's views, which the stages that render or lift the same
     views (association, prototypes, feature training) pass each other explicitly.
 
-    Keyed by (camera, settings), least recently used evicted past `budget_bytes`. The cache is bound to
+    Keyed by (camera, settings). Views are kept while they fit in `budget_bytes` and never evicted: the
+    stages go through the views in the same order, and evicting the least recently used would drop every
+    view of a pass over more views than fit before its next use; kept, the first ones hit in every pass
+    and the others are rasterized (a batch with one view that does not fit is rasterized whole). The cache is bound to
     the geometry of the first Gaussians it is used with (`BoundGeometry`): Gaussians with other means,
     scales, rotations or opacities are refused, while the same geometry read again into new tensors (each
     stage reads gaussians.ply itself) shares the entries. Checking costs nothing for the tensors last
@@ -337,7 +341,7 @@ class WeightsCache:
         """`budget_bytes`: weights kept at most; 0 keeps none (every stage rasterizes); None:
         `default_budget` of the memory free now."""
         self.budget_bytes = default_budget(available_memory()) if budget_bytes is None else budget_bytes
-        self._entries: OrderedDict[tuple, ViewWeights] = OrderedDict()
+        self._entries: dict[tuple, ViewWeights] = {}
         self._geometry: BoundGeometry | None = None
         self.used_bytes = 0
         self.hits = self.misses = 0
@@ -354,7 +358,7 @@ class WeightsCache:
         self, gaussians: Gaussians, cameras: Cameras, settings: RasterSettings = RasterSettings(), compute: bool = True
     ) -> list[ViewWeights] | None:
         """Every camera's weights, missing ones computed and kept when `compute`; None when a view is
-        missing and not to be computed, or the missing views together exceed the budget (always for a
+        missing and not to be computed, or does not fit in what is left of the budget (always for a
         budget of 0).
 
         Raises:
@@ -377,31 +381,23 @@ class WeightsCache:
         self._geometry = BoundGeometry.of(gaussians, key)
 
     def _views(self, gaussians: Gaussians, cameras: Cameras, settings: RasterSettings, compute: bool) -> list[ViewWeights] | None:
-        result, fresh = [], 0
+        result = []
         for index in range(cameras.num_cameras):
             camera = cameras[index]
             key = (camera_key(camera), settings)
             view = self._entries.get(key)
             if view is not None:
-                self._entries.move_to_end(key)
                 self.hits += 1
             else:
                 self.misses += 1
-                remaining = self.budget_bytes - fresh
+                remaining = self.budget_bytes - self.used_bytes
                 view = compute_view_weights(gaussians, camera, settings, remaining) if compute and remaining > 0 else None
                 if view is None:
                     return None
-                fresh += view.nbytes
-                self._insert(key, view)
+                self._entries[key] = view
+                self.used_bytes += view.nbytes
             result.append(view)
         return result
-
-    def _insert(self, key: tuple, view: ViewWeights) -> None:
-        self._entries[key] = view
-        self.used_bytes += view.nbytes
-        while self.used_bytes > self.budget_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self.used_bytes -= evicted.nbytes
 
 
 Compute = Literal["never", "cache", "always"]

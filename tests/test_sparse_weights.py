@@ -208,3 +208,13 @@ def test_label_votes_are_the_transpose_of_the_one_hot_images_bit_for_bit(num_col
         votes = transpose_labels(gaussians, cameras, columns, num_columns, cache)
         assert votes.shape == (400, num_columns) and votes.sum() > 10
         assert torch.equal(votes, transpose_render(gaussians, cameras, one_hot, cache))
+
+
+def test_a_call_that_needs_weights_computes_them_for_itself_when_the_cache_keeps_no_more():
+    gaussians, cameras = _random_scene(6)
+    full = WeightsCache(int(1.5 * compute_view_weights(gaussians, cameras[0]).nbytes))
+    assert frozen_weights(gaussians, cameras[0], full) is not None  # kept: the cache is now full
+    assert frozen_weights(gaussians, cameras[1], full) is None  # few channels: the rasterizer does
+    needed = frozen_weights(gaussians, cameras[1], full, "always")  # many channels: weights all the same
+    assert needed is not None and len(full) == 1
+    torch.testing.assert_close(needed[0].alpha, compute_view_weights(gaussians, cameras[1]).alpha)

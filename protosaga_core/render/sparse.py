@@ -408,9 +408,10 @@ def frozen_weights(
 ) -> list[ViewWeights] | None:
     """Each camera's blending weights (default raster settings) for the sparse path, or None: rasterize.
 
-    With a cache, the views it holds, and missing ones computed and kept in it unless `compute` is
-    "never". Without one, none, unless `compute` is "always": then computed for this call alone, within
-    `default_budget`. A cache of budget 0 gives none whatever `compute` says (the rasterizer only).
+    With a cache, the views it holds, and missing ones computed and kept in it while they fit unless
+    `compute` is "never". Without one, or where the cache keeps no more, none, unless `compute` is
+    "always": then computed for this call alone, within `default_budget`. A cache of budget 0 gives none
+    whatever `compute` says (the rasterizer only).
 
     Computing a view's weights costs a little more than one transpose on the rasterizer (a forward and
     a backward pass; ~1.1-1.3x on the demo) or two forward renders, and applying them a few milliseconds:
@@ -421,6 +422,11 @@ def frozen_weights(
         return None
     cameras = cameras.to("cpu")
     if weights is not None:
-        return weights.views(gaussians, cameras, compute=compute != "never")
-    # A cache of this call's own needs no geometry check: nothing else reads it.
-    return WeightsCache()._views(gaussians, cameras, RasterSettings(), True) if compute == "always" else None
+        views = weights.views(gaussians, cameras, compute=compute != "never")
+        if views is not None or compute != "always" or weights.budget_bytes <= 0:
+            return views
+    elif compute != "always":
+        return None
+    # Needed whether kept or not (a cache full of other views keeps no more): computed for this call alone,
+    # in a cache of its own, which needs no geometry check as nothing else reads it.
+    return WeightsCache()._views(gaussians, cameras, RasterSettings(), True)

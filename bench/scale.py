@@ -10,6 +10,8 @@ them at 1M and 3M) and its 1080p point, on a quiet machine:
 `python bench/scale.py --gaussians 1000000 --views 20 --masks 100 --width 1920 --height 1080 --threads 2
 --timeout 7200 --workdir DIR --json bench/scale_1080p.json`
 Smoke run (~1 min): `python bench/scale.py --gaussians 20000 --views 20 --masks 30 --width 160 --height 90`.
+Sizes run by separate invocations (each writing its --json) make one table, JSON and plot with
+`python bench/scale.py --merge A.json B.json ... [--json OUT] [--plot OUT]`.
 Beside any other busy process, use --threads 1: torch's threads then spin against it (a 0.5-s stage takes 14 s
 at 2 threads on 2 shared cores; bench/RESULTS.md, frozen features).
 
@@ -826,9 +828,35 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def size_result(payload: dict) -> SizeResult:
+    """A SizeResult as `--json` wrote it."""
+    scene = payload["scene"]
+    return SizeResult(Size(**payload["size"]), None if scene is None else SceneInfo(**scene), [StepRecord(**r) for r in payload["records"]])
+
+
+def merge_main(argv: list[str]) -> int:
+    """`--merge A.json B.json ... [--json OUT] [--plot OUT]`: one table, JSON and plot of sizes run by
+    separate invocations (e.g. one size a run, the largest first, so that each finished size is kept)."""
+    parser = argparse.ArgumentParser(prog="bench/scale.py --merge")
+    parser.add_argument("inputs", type=Path, nargs="+")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path)
+    args = parser.parse_args(argv)
+    runs = [json.loads(path.read_text()) for path in args.inputs]
+    results = sorted((size_result(size) for run in runs for size in run["sizes"]), key=lambda r: (r.size.views, r.size.gaussians))
+    print(table(results))
+    print(plot(results, args.plot) if args.plot else "no plot asked (--plot PATH)")
+    if args.json:
+        args.json.write_text(json.dumps({"merged": [str(path) for path in args.inputs], "runs": runs}, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         return child_main(Path(sys.argv[2]))
+    if len(sys.argv) > 1 and sys.argv[1] == "--merge":
+        return merge_main(sys.argv[2:])
     args = parse_args()
     # A SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so that the running stage's process is killed too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))

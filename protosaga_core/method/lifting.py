@@ -102,7 +102,11 @@ def transpose_labels(gaussians: Gaussians, cameras: Cameras, columns: Tensor, nu
     """
     views = _weights_for(gaussians, cameras, num_columns, weights)
     if views is not None:
-        return sum(view.transpose_labels(column.cpu(), num_columns) for view, column in zip(views, columns)).to(gaussians.device)
+        # Summed in place, view by view ([N, L] may be a gigabyte): the floats `sum` over the views gives.
+        total = views[0].transpose_labels(columns[0].cpu(), num_columns)
+        for view, column in zip(views[1:], columns[1:]):
+            total += view.transpose_labels(column.cpu(), num_columns)
+        return total.to(gaussians.device)
     blocks = []
     for start in range(0, num_columns, CHANNEL_CHUNK):
         block = torch.arange(start, min(start + CHANNEL_CHUNK, num_columns), device=columns.device)

@@ -84,8 +84,8 @@ class SplatNodes:
         self.max_splats = max_splats
         self.budgeted = max_splats is not None and int(self.drawable.sum()) > max_splats
         """Whether the drawable Gaussians exceed the budget, so that what is sent follows what is visible."""
-        self.shown = browser_subset(self.splats.opacities, max_splats, self.drawable)
-        """Indices of the Gaussians sent to the browser. [M]"""
+        self.shown = np.flatnonzero(self.drawable)
+        """Indices of the Gaussians sent to the browser (over the budget, chosen by `sync`). [M]"""
         self._nodes: dict[int, SplatNode] = {}
         self._labels: np.ndarray | None = None
         self._chosen_for: tuple | None = None

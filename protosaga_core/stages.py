@@ -18,6 +18,7 @@ from .datasets.scene import Scene, View
 from .gaussians import Gaussians
 from .io.labelmaps import load_label_map
 from .io.scene_dir import SceneDir, SceneDirError
+from .memory import release_freed_memory
 from .render import render
 from .render.sparse import WeightsCache, frozen_weights
 
@@ -66,6 +67,7 @@ def render_features(
                 else:
                     features = render(gaussians, cameras, rgb=False, extras=gaussians.features).extras
             bar.update(len(batch))
+            release_freed_memory()  # the rasterizer's temporaries, before the next batch adds its own
             yield from zip(batch, features.cpu())
 
 

@@ -205,9 +205,16 @@ def test_label_votes_are_the_transpose_of_the_one_hot_images_bit_for_bit(num_col
     one_hot = torch.nn.functional.one_hot(columns, num_columns).float()
     monkeypatch.setattr(sparse, "TRANSPOSE_ENTRIES", 97)  # many blocks of rows, cut mid-pixel never
     for cache in (WeightsCache(), WeightsCache(0)):  # sparse weights, then the rasterizer
-        votes = transpose_labels(gaussians, cameras, columns, num_columns, cache)
-        assert votes.shape == (400, num_columns) and votes.sum() > 10
-        assert torch.equal(votes, transpose_render(gaussians, cameras, one_hot, cache))
+        for view in range(2):
+            votes = transpose_labels(gaussians, cameras[view], columns[view : view + 1], num_columns, cache)
+            assert votes.shape == (400, num_columns) and votes.sum() > 10
+            assert torch.equal(votes, transpose_render(gaussians, cameras[view], one_hot[view : view + 1], cache))
+        # Both views at once add the second's weights into the first's votes: the same sums, rounded in
+        # another order; and `out` takes more votes in place.
+        both = transpose_labels(gaussians, cameras, columns, num_columns, cache)
+        torch.testing.assert_close(both, transpose_render(gaussians, cameras, one_hot, cache))
+        again = transpose_labels(gaussians, cameras, columns, num_columns, cache, out=both.clone())
+        torch.testing.assert_close(again, 2 * both)
 
 
 def test_a_call_that_needs_weights_computes_them_for_itself_when_the_cache_keeps_no_more():

@@ -55,6 +55,7 @@ from ..gaussians import Gaussians
 from ..io.atomic import atomic_write_bytes, replace_dir, staging_dir
 from ..io.labelmaps import MAX_LABEL, save_label_map
 from ..io.scene_dir import Classifiers, SceneDir, SceneDirError, read_versioned_json
+from ..memory import release_freed_memory
 from ..io.scene_lock import writes_scene
 from ..render.sparse import WeightsCache
 from .classifier import cosine_logits
@@ -472,6 +473,7 @@ def associate_by_consensus(
     batches = ((view.cameras, mask[None]) for view, mask in zip(tqdm(views, desc="lift masks", unit="view", disable=not progress), raw_masks))
     membership = mask_membership(gaussians, batches, weights=weights)
     cluster, joined_at = cluster_masks(membership, settings)
+    release_freed_memory()  # the clustering's temporaries, before the stages that follow in this process
     sizes = np.asarray(membership.members.sum(1)).ravel()
     gaussian_counts = np.diff(membership.members.indptr)
     alive = sizes > 0

@@ -33,7 +33,8 @@ not, and a mask split in one view rejoins its object because every other view co
 
 Memory grows with what is seen, not with Gaussians x views or masks x masks: `placement` holds a Gaussian
 only in the views that reach it, the unseen part of a view is derived from its total there (`node_overlaps`),
-the clusters' overlaps stay sparse, and rates are computed only for the pairs of clusters that some mask
+placement is dropped once the masks' overlaps are known (at 1M Gaussians x 200 views it is the largest
+array of the stage), what the lifted views freed is handed back before clustering, the clusters' overlaps stay sparse, and rates are computed only for the pairs of clusters that some mask
 contains together (no other pair can have a rate above 0), a block of clusters at a time. Time grows with
 those pairs too: a round recomputes the containment and the rates of the clusters it merged only, and keeps
 every other pair's rate (`PairRates`); a few hundred rounds, each merging mutual partners, are usual. Each
@@ -53,7 +54,7 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..gaussians import Gaussians
-from ..memory import amount, available_memory
+from ..memory import amount, available_memory, release_freed_memory
 from ..render.sparse import WeightsCache
 from .lifting import compact_labels, transpose_labels
 
@@ -151,21 +152,19 @@ class ConsensusSettings:
 
 @dataclass(frozen=True)
 class MaskMembership:
-    """The raw masks of all views as weighted Gaussian sets, and where each Gaussian lies in each view.
+    """The raw masks of all views as weighted Gaussian sets, and how much of each lies in each view.
 
     Each view has slots: 0 unseen, 1 unlabelled, 2 + t its mask t. A Gaussian's shares of its peak weight
     (its largest total weight in any view) in a view's slots sum to 1: what it does not show there is unseen.
-    Only the seen shares are stored; the unseen ones follow from the Gaussian's total there.
+    A mask's overlap with a slot sums its members' weights times their shares there (`node_overlaps`).
 
     Attributes:
         view_labels: per view, the raw labels present (> 0), sorted. each [L_k] int64
         node_view: the view of each mask node (nodes are the views' masks in view order). [A] int64
         node_raw: its raw label. [A] int64
         members: mask nodes x Gaussians, the weight each Gaussian renders into the mask. sparse CSR [A, N]
-        placement: Gaussians x (view, slot), only where a view reaches the Gaussian: in the unlabelled and
-            mask slots where it has at least SEEN_WEIGHT, its weight there over its peak; in slot 0 (not its
-            unseen share) its total weight in the view over its peak, lesser votes included, from which
-            `node_overlaps` derives the unseen share of a mask's members. float32 sparse CSC [N, S]
+        overlaps: mask nodes x (view, slot), each node's weight in each slot, its unseen slots included
+            (`node_overlaps`). float64 sparse CSR [A, S]
         slot_view: the view of each slot column. [S] int64
         slot_node: the mask node of each slot column, -1 for unseen and unlabelled slots. [S] int64
     """
@@ -174,7 +173,7 @@ class MaskMembership:
     node_view: np.ndarray
     node_raw: np.ndarray
     members: sparse.csr_matrix
-    placement: sparse.csc_matrix
+    overlaps: sparse.csr_matrix
     slot_view: np.ndarray
     slot_node: np.ndarray
 
@@ -222,6 +221,8 @@ def mask_membership(gaussians: Gaussians, views: Iterable[tuple[Cameras, Tensor]
         totals = votes.sum(1).numpy()
         peak = np.maximum(peak, totals)
         place_blocks.append(view_placement(votes, totals))
+        del votes, best_weight, best, totals
+        release_freed_memory()  # a view's temporaries (~0.4 GB at 1M Gaussians) would stay resident, scattered
         view_labels.append(labels)
         node_view += [view] * len(labels)
         node_raw += labels.tolist()
@@ -233,12 +234,20 @@ def mask_membership(gaussians: Gaussians, views: Iterable[tuple[Cameras, Tensor]
         np.divide(block.data, peak[block.indices], out=block.data)
     members = stack_blocks(member_blocks, (nodes, num_gaussians))
     placement = stack_blocks(place_blocks, (num_gaussians, len(slot_view)))
-    return MaskMembership(view_labels, np.asarray(node_view), np.asarray(node_raw), members, placement, np.asarray(slot_view), np.asarray(slot_node))
+    slot_node = np.asarray(slot_node)
+    overlaps = node_overlaps(members, placement, slot_node)
+    del placement
+    release_freed_memory()
+    return MaskMembership(view_labels, np.asarray(node_view), np.asarray(node_raw), members, overlaps, np.asarray(slot_view), slot_node)
 
 
 def view_placement(votes: Tensor, totals: np.ndarray) -> sparse.csc_matrix:
-    """One view's columns of `placement`, before the division by the peaks: each Gaussian's total weight in
+    """One view's columns of placement, before the division by the peaks: each Gaussian's total weight in
     slot 0 where it has any, its votes of at least SEEN_WEIGHT in slots 1 (unlabelled) and 2 + t (mask t).
+
+    Placement is Gaussians x (view, slot), only where a view reaches the Gaussian: in the unlabelled and mask
+    slots its weight there over its peak; in slot 0 (not its unseen share) its total weight in the view over
+    its peak, lesser votes included, from which `node_overlaps` derives the unseen share of a mask's members.
 
     Args:
         votes: each Gaussian's weight per column, 0 unlabelled, 1 + t mask t. [N, L + 1] float32
@@ -276,7 +285,7 @@ def stack_blocks(blocks: list[sparse.csr_matrix] | list[sparse.csc_matrix], shap
     return kind((data, indices, indptr), shape=shape)
 
 
-def node_overlaps(membership: MaskMembership) -> sparse.csr_matrix:
+def node_overlaps(members: sparse.csr_matrix, placement: sparse.csc_matrix, slot_node: np.ndarray) -> sparse.csr_matrix:
     """Each mask node's weight in each (view, slot) column, its unseen slots included.
 
     The unlabelled and mask slots are `members @ placement`, summed in float32 over the Gaussians in index
@@ -285,14 +294,19 @@ def node_overlaps(membership: MaskMembership) -> sparse.csr_matrix:
     reaches none of its Gaussians it is exactly the weight, and where they all peak in view k exactly 0, as
     summing the unseen shares gives; elsewhere the two agree to float32 rounding of the weight.
 
+    Args:
+        members: `MaskMembership.members`. [A, N]
+        placement: the views' `view_placement` columns side by side, divided by the peaks. float32 CSC [N, S]
+        slot_node: `MaskMembership.slot_node`. [S]
+
     Returns:
         float64 sparse CSR [A, S]
     """
-    members, unseen_slot = membership.members, np.flatnonzero(membership.slot_node == -1)[0::2]
-    num_nodes, num_slots = members.shape[0], len(membership.slot_node)
+    unseen_slot = np.flatnonzero(slot_node == -1)[0::2]
+    num_nodes, num_slots = members.shape[0], len(slot_node)
     # Transposed, [S, A]: the CSC placement's transpose is CSR as it is, and only the smaller members are
     # converted; each entry still sums its Gaussians in index order.
-    product = sparse.csr_matrix(membership.placement.T) @ sparse.csr_matrix(members.T)
+    product = sparse.csr_matrix(placement.T) @ sparse.csr_matrix(members.T)
     weight = members @ np.ones(members.shape[1], dtype=members.dtype)  # [A]
     alive = np.flatnonzero(weight)  # a node no Gaussian renders into has no weight to leave unseen
     unseen = weight[alive].astype(np.float64) - product[unseen_slot][:, alive].toarray()  # [K, A']
@@ -533,7 +547,7 @@ def cluster_masks(membership: MaskMembership, settings: ConsensusSettings = Cons
     """
     num_nodes = membership.num_nodes
     check_consensus_fits(num_nodes, membership.num_views)
-    node_overlap = node_overlaps(membership)  # [A, S]
+    node_overlap = membership.overlaps  # [A, S]
     ids = np.arange(num_nodes)
     cluster = ids.copy()
     joined_at = np.ones(num_nodes)

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..gaussians import Gaussians
+from ..memory import release_freed_memory
 from ..render import render
 from ..render.labels import LabelWeights
 from ..render.sparse import ViewWeights, WeightsCache, frozen_weights
@@ -90,28 +91,33 @@ def transpose_render(gaussians: Gaussians, cameras: Cameras, targets: Tensor, we
     return torch.cat([_rasterized_transpose(gaussians, cameras, block) for block in targets.split(CHANNEL_CHUNK, dim=-1)], dim=-1)
 
 
-def transpose_labels(gaussians: Gaussians, cameras: Cameras, columns: Tensor, num_columns: int, weights: WeightsCache | None = None) -> Tensor:
+def transpose_labels(
+    gaussians: Gaussians, cameras: Cameras, columns: Tensor, num_columns: int, weights: WeightsCache | None = None, out: Tensor | None = None
+) -> Tensor:
     """`transpose_render` of the one-hot label columns, without making the one-hot images: each Gaussian's
-    blending weight summed per label over the cameras (the same floats as transposing the one-hot images).
+    blending weight summed per label over the cameras (for one camera, into zeros, the same floats as
+    transposing its one-hot image).
 
     Args:
         columns: per-pixel label columns (`compact_labels`). [C, H, W] int64 in 0..num_columns-1
+        out: votes to add to in place, on the Gaussians' device; None: new zeros. Every view's weights are
+            added into it directly: [N, L] may be gigabytes (1M Gaussians x 265 labels is 1 GB), and a sum
+            per view or per batch beside it would double or triple that. [N, num_columns] float32
 
     Returns:
-        [N, num_columns]
+        `out`, or the new votes. [N, num_columns]
     """
+    out = torch.zeros(len(gaussians), num_columns, device=gaussians.device) if out is None else out
     views = _weights_for(gaussians, cameras, num_columns, weights)
     if views is not None:
-        # Summed in place, view by view ([N, L] may be a gigabyte): the floats `sum` over the views gives.
-        total = views[0].transpose_labels(columns[0].cpu(), num_columns)
-        for view, column in zip(views[1:], columns[1:]):
-            total += view.transpose_labels(column.cpu(), num_columns)
-        return total.to(gaussians.device)
-    blocks = []
+        total = out if out.device.type == "cpu" else out.cpu()
+        for view, column in zip(views, columns):
+            view.transpose_labels(column.cpu(), num_columns, out=total)
+        return out if total is out else out.copy_(total)
     for start in range(0, num_columns, CHANNEL_CHUNK):
         block = torch.arange(start, min(start + CHANNEL_CHUNK, num_columns), device=columns.device)
-        blocks.append(_rasterized_transpose(gaussians, cameras, (columns[..., None] == block).float()))
-    return torch.cat(blocks, dim=-1)
+        out[:, start : start + len(block)] += _rasterized_transpose(gaussians, cameras, (columns[..., None] == block).float())
+    return out
 
 
 def _weights_for(gaussians: Gaussians, cameras: Cameras, num_channels: int, weights: WeightsCache | None) -> list[ViewWeights] | None:
@@ -146,7 +152,8 @@ def lift_votes(
     votes = torch.zeros(len(gaussians), len(ids) + 1, device=gaussians.device)
     for cameras, masks in batches:
         columns = compact_labels(masks.to(gaussians.device), ids.to(gaussians.device))
-        votes += transpose_labels(gaussians, cameras.to(gaussians.device), columns, len(ids) + 1, weights)
+        transpose_labels(gaussians, cameras.to(gaussians.device), columns, len(ids) + 1, weights, out=votes)
+        release_freed_memory()  # the batch's temporaries (weights computed for it alone, the rasterizer's)
     return LabelVotes(ids, votes.cpu())
 
 

@@ -94,13 +94,21 @@ class ViewWeights:
         # (~10x slower on the demo views).
         return torch.from_numpy(np.ascontiguousarray(self._scipy().T @ rows.numpy()))
 
-    def transpose_labels(self, columns: Tensor, num_columns: int) -> Tensor:
+    def transpose_labels(self, columns: Tensor, num_columns: int, out: Tensor | None = None) -> Tensor:
         """Wᵀ @ one_hot(columns) without the one-hot image ([H, W, L] floats: gigabytes at 1080p with hundreds
         of labels): each Gaussian's summed weight per label column. Each sum adds the same weights in the
-        same order as `transpose` of the one-hot image (row by row, front to back), so the votes are the
-        same floats. [H, W] int64 in 0..L-1 -> [N, L]
+        same order as `transpose` of the one-hot image (row by row, front to back), so into zeros the votes
+        are the same floats. [H, W] int64 in 0..L-1 -> [N, L]
+
+        Args:
+            out: votes to add this view's to, in place (the weights one by one, in the same order), so that a
+                caller summing many views holds one [N, L] array, not two. [N, L] float32, contiguous
         """
-        votes = self.weights.new_zeros(self.num_gaussians * num_columns)
+        if out is None:
+            out = self.weights.new_zeros(self.num_gaussians, num_columns)
+        if out.shape != (self.num_gaussians, num_columns) or not out.is_contiguous() or out.dtype != self.weights.dtype:
+            raise ValueError(f"votes to add to must be a contiguous {self.weights.dtype} [{self.num_gaussians}, {num_columns}], got {out.dtype} {list(out.shape)}")
+        votes = out.view(-1)
         offsets = self.row_offsets.long()
         row_columns = columns.reshape(-1).index_select(0, self.pixels)  # [R]
         num_rows = len(self.pixels)
@@ -112,7 +120,7 @@ class ViewWeights:
             entry_columns = torch.repeat_interleave(row_columns[start:stop], offsets[start + 1 : stop + 1] - offsets[start:stop])
             # index_add_ on a 1-D tensor adds in index order on the CPU, as scipy's transposed product does.
             votes.index_add_(0, self.gaussians[first:last].long() * num_columns + entry_columns, self.weights[first:last])
-        return votes.view(self.num_gaussians, num_columns)
+        return out
 
     def _product(self, channels: Tensor) -> Tensor:
         shape = (len(self.pixels), self.num_gaussians)

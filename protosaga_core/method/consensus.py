@@ -306,6 +306,8 @@ def node_overlaps(members: sparse.csr_matrix, placement: sparse.csc_matrix, slot
     """
     unseen_slot = np.flatnonzero(slot_node == -1)[0::2]
     num_nodes, num_slots = members.shape[0], len(slot_node)
+    if num_slots == 0:
+        return sparse.csr_matrix((num_nodes, 0))
     is_unseen = np.zeros(num_slots, dtype=bool)
     is_unseen[unseen_slot] = True
     weight = members @ np.ones(members.shape[1], dtype=members.dtype)  # [A]
@@ -321,11 +323,15 @@ def node_overlaps(members: sparse.csr_matrix, placement: sparse.csc_matrix, slot
         block_unseen = np.flatnonzero(is_unseen[start : start + SLOT_BLOCK])
         unseen = alive_weight - product[block_unseen][:, alive].toarray()  # [k, A']
         views, nodes = np.nonzero(unseen)
-        unseen_parts.append((unseen[views, nodes], alive[nodes], start + block_unseen[views]))
+        unseen_parts.append((unseen[views, nodes], alive[nodes].astype(np.int32), (start + block_unseen[views]).astype(np.int32)))
         product = product.tocoo()
         keep = ~is_unseen[start + product.row]
-        seen_parts.append((product.data[keep].astype(np.float64), product.col[keep], start + product.row[keep]))
-    values, rows, cols = (np.concatenate(parts) for parts in zip(*seen_parts, *unseen_parts)) if seen_parts else (np.zeros(0), np.zeros(0, int), np.zeros(0, int))
+        seen_parts.append((product.data[keep].astype(np.float64), product.col[keep].astype(np.int32), (start + product.row[keep]).astype(np.int32)))
+    # The members' transposed copy goes before the parts are joined, the other peak of this function.
+    del by_slot, by_gaussian
+    release_freed_memory()
+    values, rows, cols = (np.concatenate(parts) for parts in zip(*seen_parts, *unseen_parts))
+    del seen_parts, unseen_parts
     return sparse.csr_matrix((values, (rows, cols)), shape=(num_nodes, num_slots))
 
 

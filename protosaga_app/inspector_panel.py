@@ -66,6 +66,9 @@ class InspectorPanel:
     show: viser.GuiButtonHandle
     merge: viser.GuiButtonHandle
     _ranked: list[Suspect] = field(default_factory=list)
+    _all_ranked: tuple[tuple, list[Suspect]] | None = None
+    """Every suspect, by the merges and splits they were ranked for: a click changes only the selection,
+    and re-ranking took most of a click at 1M Gaussians x 200 views (~0.1 s, bench/RESULTS.md)."""
     _entries: dict[str, Suspect] = field(default_factory=dict)
     """The suspect dropdown's entries on the current page."""
     _panels: tuple[tuple[str, tuple], ViewPanels] | None = None
@@ -111,9 +114,11 @@ class InspectorPanel:
             return
         document = self.document
         live = document.model.live_instances(state)
-        # The instance table's counts (per-Gaussian labels after merges), so both say the same number.
-        ranked = find_suspects(record, document.prototypes(state), document.instance_counts(state))
-        self._ranked = [s for s in ranked if set(s.instances) <= live]
+        if self._all_ranked is None or self._all_ranked[0] != state.label_edits:
+            # The instance table's counts (per-Gaussian labels after merges), so both say the same number.
+            ranked = find_suspects(record, document.prototypes(state), document.instance_counts(state))
+            self._all_ranked = (state.label_edits, ranked)
+        self._ranked = [s for s in self._all_ranked[1] if set(s.instances) <= live]
         self._relist()
         self._redraw(state)
 

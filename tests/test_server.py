@@ -213,3 +213,18 @@ def test_inspector_shows_a_view_and_merging_from_it_is_undoable(app):
     until(lambda: app.document.model.state.label_edits == ())
     assert absorb in app.document.prototypes().ids.tolist()
     client.close()
+
+
+def test_a_click_does_not_rank_the_suspects_again_a_merge_does(app, monkeypatch):
+    from protosaga_app import inspector_panel
+
+    ranked = []
+    find_suspects = inspector_panel.find_suspects
+    monkeypatch.setattr(inspector_panel, "find_suspects", lambda *args, **kwargs: ranked.append(1) or find_suspects(*args, **kwargs))
+    counts = np.bincount(app.document.scene.labels)
+    keep, absorb = (int(i) for i in np.argsort(-counts)[:2])
+    app.document.model.click(keep)
+    app.document.model.click(absorb, additive=True)
+    assert app.document.model.state.selected == frozenset({keep, absorb}) and ranked == []
+    app.document.model.merge(keep, absorb)
+    assert app.document.model.state.label_edits == (Merge(keep, absorb),) and ranked == [1]

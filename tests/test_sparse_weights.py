@@ -115,7 +115,7 @@ def test_the_cache_shares_views_keeps_those_that_fit_and_falls_back():
 
 
 def test_the_default_budget_is_a_share_of_the_memory_free_when_the_cache_is_made(monkeypatch):
-    for free, budget in [(8 << 30, 1 << 30), (100 << 20, sparse.BUDGET_FLOOR), (1 << 40, sparse.BUDGET_CAP), (None, 512 << 20)]:
+    for free, budget in [(16 << 30, 1 << 30), (100 << 20, sparse.BUDGET_FLOOR), (1 << 41, sparse.BUDGET_CAP), (None, 512 << 20)]:
         monkeypatch.setattr(sparse, "available_memory", lambda: free)
         assert WeightsCache().budget_bytes == budget, free
     assert WeightsCache(12345).budget_bytes == 12345  # a budget given is kept as it is

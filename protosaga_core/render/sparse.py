@@ -305,7 +305,7 @@ class BoundGeometry:
 FALLBACK_BUDGET_BYTES = 512 << 20
 """A cache's budget where the free memory cannot be read. The demo's 36 training views (128x96, ~50
 contributing Gaussians per pixel) take 176 MB; one 1080p view of a large scene (2M pixels x ~50) ~800 MB."""
-BUDGET_SHARE = 8
+BUDGET_SHARE = 16
 """A cache takes at most 1 / BUDGET_SHARE of the memory free when it is made (`default_budget`)."""
 BUDGET_FLOOR = 256 << 20
 BUDGET_CAP = 64 << 30
@@ -313,14 +313,15 @@ BUDGET_CAP = 64 << 30
 
 def default_budget(available: int | None) -> int:
     """The bytes of weights a cache keeps by default, given the bytes this process may still take
-    (`memory.available_memory()`): an eighth of them, within [BUDGET_FLOOR, BUDGET_CAP];
+    (`memory.available_memory()`): a sixteenth of them, within [BUDGET_FLOOR, BUDGET_CAP];
     FALLBACK_BUDGET_BYTES where unknown (None).
 
-    An eighth: the cache is an accelerator that the stages beside it must leave room for. While it holds
+    A sixteenth: the cache is an accelerator that the stages beside it must leave room for. While it holds
     up to its budget, the next view is assembled at up to three times its final size
-    (`compute_view_weights`), so at worst the weights take half of what was free, and the association's
-    membership and the stages' own arrays (a gigabyte or two for a million Gaussians over 200 views)
-    the rest. The floor
+    (`compute_view_weights`), and the association's membership and the stages' own arrays take a
+    gigabyte or two for a million Gaussians over 200 views. Measured there (bench/RESULTS.md, 24 GB
+    machine): an eighth (2.8 GB) peaked at 6.5 GiB for association + prototypes + labels in 12.0 min, a
+    sixteenth (1.4 GB) at 5.0 GiB in 12.5 min. The floor
     keeps small scenes cached where the figure reads near zero although memory is there (a cgroup's
     usage counts the page cache, which the kernel reclaims); the cap bounds what one figure, read once
     when the cache is made, lets a cache take from the stages and processes that start after it (64 GiB

@@ -55,8 +55,8 @@ from ..gaussians import Gaussians
 from ..io.atomic import atomic_write_bytes, replace_dir, staging_dir
 from ..io.labelmaps import MAX_LABEL, save_label_map
 from ..io.scene_dir import Classifiers, SceneDir, SceneDirError, read_versioned_json
-from ..memory import release_freed_memory
 from ..io.scene_lock import writes_scene
+from ..memory import release_freed_memory
 from ..render.sparse import WeightsCache
 from .classifier import cosine_logits
 from .consensus import ConsensusSettings, check_consensus_fits, cluster_masks, mask_membership

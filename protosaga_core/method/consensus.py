@@ -34,9 +34,9 @@ not, and a mask split in one view rejoins its object because every other view co
 Memory grows with what is seen, not with Gaussians x views or masks x masks: `placement` holds a Gaussian
 only in the views that reach it, the unseen part of a view is derived from its total there (`node_overlaps`),
 placement is dropped once the masks' overlaps are known (at 1M Gaussians x 200 views it is the largest
-array of the stage), what the lifted views freed is handed back before clustering, the clusters' overlaps stay sparse, and rates are computed only for the pairs of clusters that some mask
-contains together (no other pair can have a rate above 0), a block of clusters at a time. Time grows with
-those pairs too: a round recomputes the containment and the rates of the clusters it merged only, and keeps
+array of the stage), what the lifted views freed is handed back before clustering, the clusters' overlaps
+stay sparse, and rates are computed only for the pairs of clusters that some mask contains together (no
+other pair can have a rate above 0), a block of clusters at a time. Time grows with those pairs too: a round recomputes the containment and the rates of the clusters it merged only, and keeps
 every other pair's rate (`PairRates`); a few hundred rounds, each merging mutual partners, are usual. Each
 sum adds the same terms in the same order as dense [C, S] and [C, C] products recomputed every round would,
 so that rates and their ties, which pick the partners, do not depend on how the arrays are stored.

@@ -22,6 +22,7 @@ from protosaga_core.render.composite import tile_blocks
 from protosaga_core.render.labels import LabelWeights, tile_label_weights, tile_local_labels
 from protosaga_core.render.projection import may_reach_image, project
 from protosaga_core.render.settings import RasterSettings
+from protosaga_core.render import torch_backend
 from protosaga_core.render.torch_backend import rasterize_torch
 
 NUM_LABELS = 12
@@ -232,3 +233,51 @@ def test_a_frame_of_the_pre_culled_gaussians_is_the_frame_of_all_of_them(lifted)
     covered = full.alphas[0, ..., 0] > COVERED_ALPHA
     expected = covered_labels(full.labels)[0] if lifted else classify(full.extras[0], prototypes)
     assert np.array_equal(frame.labels, torch.where(covered, expected, 0).numpy())
+
+
+@pytest.mark.parametrize("tile_size", [4, 8])
+def test_reaches_tile_keeps_every_intersection_that_reaches_a_pixel(tile_size):
+    """Against every pixel centre of the tile: no intersection with an alpha at or above the threshold is
+    dropped, and most of those whose alphas all fall short are (the test is exact up to its margin)."""
+    generator = torch.Generator().manual_seed(tile_size)
+    count = 20_000
+    # Conics of covariances from thin and diagonal to round, centres up to three tiles away.
+    angle = torch.rand(count, generator=generator) * torch.pi
+    sigmas = torch.exp(torch.rand(count, 2, generator=generator) * 4.0 - 0.5)
+    rot = torch.stack([angle.cos(), -angle.sin(), angle.sin(), angle.cos()], -1).view(count, 2, 2)
+    cov = rot @ torch.diag_embed(sigmas**2) @ rot.transpose(1, 2) + 0.3 * torch.eye(2)
+    inverse = torch.linalg.inv(cov)
+    a, b, c = inverse[:, 0, 0], inverse[:, 0, 1], inverse[:, 1, 1]
+    u, v = ((torch.rand(count, 2, generator=generator) - 0.5) * 6 * tile_size).unbind(-1)
+    log_opacity = torch.log(torch.rand(count, generator=generator) * 0.999 + 1.0 / 255.0)
+    coeffs = torch_backend._quadratic(u, v, a, b, c, log_opacity).T
+    alphas = composite.slot_alphas(coeffs, composite.pixel_basis(tile_size, torch.float32, torch.device("cpu")))
+    reaching = (alphas >= composite.ALPHA_THRESHOLD).any(-1)
+    kept = composite.reaches_tile(coeffs, tile_size)
+    assert reaching.sum() > count // 10 and (~reaching).sum() > count // 10
+    assert not (reaching & ~kept).any()
+    assert (kept & ~reaching).sum() < 0.01 * (~reaching).sum()
+
+
+def test_forward_frames_equal_without_the_intersections_that_reach_no_pixel(monkeypatch):
+    """The forward-only path drops the intersections `reaches_tile` rules out: its images and label maps
+    are those of compositing every intersection binned, up to float rounding."""
+    gaussians, cameras, labels = random_scene(3000, seed=5)
+    dropped = []
+
+    def counted(coeffs, tile_size):
+        kept = composite.reaches_tile(coeffs, tile_size)
+        dropped.append(int((~kept).sum()))
+        return kept
+
+    with torch.no_grad():
+        monkeypatch.setattr(torch_backend, "reaches_tile", counted)
+        culled = render(gaussians, cameras, extras=gaussians.features, labels=labels)
+        monkeypatch.setattr(torch_backend, "reaches_tile", lambda coeffs, tile_size: torch.ones(len(coeffs), dtype=torch.bool))
+        full = render(gaussians, cameras, extras=gaussians.features, labels=labels)
+    assert dropped[0] > 0.05 * culled.info["isect_ids"].numel()  # the meta keeps gsplat's intersections
+    torch.testing.assert_close(culled.colors, full.colors, atol=1e-5, rtol=0)
+    torch.testing.assert_close(culled.extras, full.extras, atol=1e-5, rtol=0)
+    torch.testing.assert_close(culled.alphas, full.alphas, atol=1e-5, rtol=0)
+    assert torch.equal(culled.labels.ids, full.labels.ids)
+    torch.testing.assert_close(culled.labels.best, full.labels.best, atol=1e-5, rtol=0)

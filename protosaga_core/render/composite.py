@@ -37,6 +37,41 @@ def pixel_basis(tile_size: int, dtype: torch.dtype, device: torch.device) -> Ten
     return torch.stack([torch.ones_like(x), x, y, x * x, y * y, x * y], dim=-1)
 
 
+def reaches_tile(coeffs: Tensor, tile_size: int) -> Tensor:
+    """Whether each intersection's alpha exp(-coeffs . basis) can reach ALPHA_THRESHOLD at some pixel
+    centre of its tile: a superset of those compositing does not skip everywhere, so that dropping the
+    rest changes no pixel. [I, 6] -> [I] bool
+
+    The exponent is a convex quadratic in tile-local coordinates: its minimum over the square of pixel
+    centres is at the Gaussian's centre when that lies inside, else on one of the square's edges, where
+    it is a parabola. Written in place into three buffers: each fresh [I] temporary costs page faults.
+    """
+    half = tile_size / 2 - 0.5
+    q0, q1, q2, q3, q4, q5 = coeffs.T
+    lowest, value, vertex = (torch.full_like(q0, math.inf) for _ in range(3))
+    for side in (-half, half):
+        # On the edge x = side, q0 + q1 x + q3 x² + y (q2 + q5 x + q4 y), lowest at y = -(q2 + q5 x) / (2 q4);
+        # on y = side the same with the roles of x and y (q1, q3 and q2, q4) swapped.
+        for linear, square, other_linear, other_square in ((q2, q4, q1, q3), (q1, q3, q2, q4)):
+            torch.mul(q5, side, out=vertex).add_(linear).div_(square).mul_(-0.5).clamp_(-half, half)
+            torch.mul(square, vertex, out=value).add_(linear).add_(q5, alpha=side).mul_(vertex)
+            value.add_(q0).add_(other_linear, alpha=side).add_(other_square, alpha=side * side)
+            torch.minimum(lowest, value, out=lowest)
+    # Compositing evaluates the same polynomial another way: float32 rounding, relative to the size of
+    # its terms, may put its value below this one.
+    torch.abs(q1, out=value).add_(q2.abs()).mul_(half).add_(q0.abs()).add_(q5.abs(), alpha=half * half)
+    value.add_(q3, alpha=half * half).add_(q4, alpha=half * half)
+    reaches = lowest.sub_(value, alpha=1e-5) <= -math.log(ALPHA_THRESHOLD) + 1e-3
+    # The Gaussian's centre, where the gradient (q1 + 2 q3 x + q5 y, q2 + q5 x + 2 q4 y) vanishes: there its
+    # alpha is its opacity, at least the threshold for every Gaussian that was binned.
+    det = torch.mul(q3, q4, out=lowest).mul_(4.0).sub_(q5 * q5)
+    inside = torch.ones_like(reaches)
+    for linear, other_linear, other_square in ((q1, q2, q4), (q2, q1, q3)):
+        torch.mul(other_square, linear, out=vertex).mul_(-2.0).addcmul_(q5, other_linear)
+        inside &= vertex.div_(det).abs_() <= half
+    return reaches.logical_or_(inside)
+
+
 EXPONENT_FLOOR = math.log(ALPHA_THRESHOLD) - 10.0
 """Exponents are clamped to this before exp: any alpha below ALPHA_THRESHOLD is dropped anyway, and
 exp of very negative exponents gives denormals, which CPUs compute ~10x slower."""

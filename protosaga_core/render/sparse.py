@@ -38,7 +38,7 @@ from .composite import BLOCK_ELEMENTS, blend_weights, pixel_basis, tile_blocks
 from .projection import project
 from .settings import RasterSettings
 from .tiles import TileBins, bin_gaussians
-from .torch_backend import exponent_coefficients, slot_isects, with_padding
+from .torch_backend import reaching_intersections, slot_isects
 
 TRANSPOSE_ENTRIES = 1 << 22
 """Weights `ViewWeights.transpose_labels` keys at once."""
@@ -170,7 +170,7 @@ def compute_view_weights(
     )  # fmt: skip
     tile_size = settings.tile_size_for("torch", gradients=False)
     bins = bin_gaussians(proj.means2d, proj.radii, proj.depths, width, height, tile_size, settings.chunk_size)
-    coeffs = with_padding(exponent_coefficients(proj.means2d, proj.conics, proj.opacities, bins))
+    bins, coeffs = reaching_intersections(proj, bins)
     slots = slot_isects(bins)  # [M, B]
     basis = pixel_basis(tile_size, coeffs.dtype, coeffs.device)
     tile_rows = _tile_pixel_rows(bins, width, height)  # [T, P]

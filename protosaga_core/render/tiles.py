@@ -10,7 +10,7 @@ tensor operations whose size grows with the number of intersections, never with 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -57,6 +57,23 @@ class TileBins:
     def num_tiles(self) -> int:
         """Tiles over all cameras."""
         return self.num_cameras * self.tiles_x * self.tiles_y
+
+    def select(self, kept: Tensor) -> TileBins:
+        """The bins of the intersections `kept` (ascending indices), laid out in chunks anew. [I'] int64"""
+        isect_tiles, flatten_ids = self.isect_tiles.index_select(0, kept), self.flatten_ids.index_select(0, kept)
+        tile_first, isect_slots, chunk_tiles, chunk_first = chunk_layout(isect_tiles, self.num_tiles, self.chunk_size)
+        tiles_per_gauss = torch.bincount(flatten_ids, minlength=self.tiles_per_gauss.numel())
+        return replace(
+            self,
+            tiles_per_gauss=tiles_per_gauss.view_as(self.tiles_per_gauss),
+            isect_ids=self.isect_ids.index_select(0, kept),
+            flatten_ids=flatten_ids,
+            isect_tiles=isect_tiles,
+            isect_offsets=tile_first.view_as(self.isect_offsets).int(),
+            isect_slots=isect_slots,
+            chunk_tiles=chunk_tiles,
+            chunk_first=chunk_first,
+        )
 
 
 def tile_rectangles(means2d: Tensor, radii: Tensor, tile_size: int) -> tuple[Tensor, Tensor]:
@@ -125,15 +142,7 @@ def bin_gaussians(
     isect_tiles = (tile >> tile_bits).mul_(tiles_per_image).add_(tile.bitwise_and_((1 << tile_bits) - 1))
 
     num_tiles = num_cameras * tiles_per_image
-    tile_counts = torch.bincount(isect_tiles, minlength=num_tiles)
-    tile_first = torch.cumsum(tile_counts, 0) - tile_counts
-    chunks_per_tile = (tile_counts + chunk_size - 1) // chunk_size
-    chunk_offset = torch.cumsum(chunks_per_tile, 0) - chunks_per_tile
-    # A tile's intersections fill its chunks in order: slot = first slot of the tile + rank in the tile.
-    slot_shift = chunk_offset * chunk_size - tile_first
-    isect_slots = torch.arange(num_isects, device=device).add_(slot_shift.index_select(0, isect_tiles))
-    chunk_tiles = torch.repeat_interleave(torch.arange(num_tiles, device=device), chunks_per_tile)
-
+    tile_first, isect_slots, chunk_tiles, chunk_first = chunk_layout(isect_tiles, num_tiles, chunk_size)
     return TileBins(
         tile_size=tile_size,
         tiles_x=tiles_x,
@@ -147,5 +156,27 @@ def bin_gaussians(
         chunk_size=chunk_size,
         isect_slots=isect_slots,
         chunk_tiles=chunk_tiles,
-        chunk_first=chunk_offset.index_select(0, chunk_tiles),
+        chunk_first=chunk_first,
     )
+
+
+def chunk_layout(isect_tiles: Tensor, num_tiles: int, chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Cut each tile's list of intersections into chunks of `chunk_size` slots.
+
+    Args:
+        isect_tiles: global tile of each intersection, grouped by tile (sorted). [I] int64
+
+    Returns:
+        first intersection of each tile [T], slot of each intersection [I], tile of each chunk [M] and
+        first chunk of each chunk's tile [M] (`TileBins`' `isect_offsets`, `isect_slots`,
+        `chunk_tiles`, `chunk_first`).
+    """
+    tile_counts = torch.bincount(isect_tiles, minlength=num_tiles)
+    tile_first = torch.cumsum(tile_counts, 0) - tile_counts
+    chunks_per_tile = (tile_counts + chunk_size - 1) // chunk_size
+    chunk_offset = torch.cumsum(chunks_per_tile, 0) - chunks_per_tile
+    # A tile's intersections fill its chunks in order: slot = first slot of the tile + rank in the tile.
+    slot_shift = chunk_offset * chunk_size - tile_first
+    isect_slots = torch.arange(isect_tiles.numel(), device=isect_tiles.device).add_(slot_shift.index_select(0, isect_tiles))
+    chunk_tiles = torch.repeat_interleave(torch.arange(num_tiles, device=isect_tiles.device), chunks_per_tile)
+    return tile_first, isect_slots, chunk_tiles, chunk_offset.index_select(0, chunk_tiles)

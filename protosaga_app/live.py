@@ -36,9 +36,14 @@ from .browser_camera import BrowserPose, camera_from_pose
 from .document import SceneDocument
 from .splats import DIMMED, HIGHLIGHT_MIX, HIGHLIGHT_RGB
 
-RenderMode = Literal["rgb", "instances", "segmentation", "pca"]
-SERVER_MODES: tuple[RenderMode, ...] = ("segmentation", "pca")
+RenderMode = Literal["rgb", "instances", "segmentation", "prototypes", "pca"]
+SERVER_MODES: tuple[RenderMode, ...] = ("segmentation", "prototypes", "pca")
 """Modes drawn by the server as the background image; the others are the browser's own splats."""
+OVERLAID_MODES: tuple[RenderMode, ...] = ("segmentation", "prototypes")
+"""Server modes that colour the rendered image by the label map: the lifted labels where the scene has
+them (else Eq. 19), and Eq. 19 on the rendered features, the paper's inference."""
+FEATURE_MODES: tuple[RenderMode, ...] = ("prototypes", "pca")
+"""Modes that read per-Gaussian features: not for an imported scene without them."""
 COVERED_ALPHA = 0.5
 """A pixel shows a Gaussian (and gets a label) where the accumulated opacity exceeds this."""
 OVERLAY_MIX = 0.55
@@ -161,11 +166,11 @@ def render_frame(
     Args:
         gaussians: on the device to render on.
         camera: exactly one camera.
-        mode: "segmentation" or "pca".
+        mode: "segmentation", "prototypes" or "pca".
         prototypes: the classifier of Eq. 19 (after any merges).
         selected: instances to highlight in the segmentation.
         labels: per-Gaussian ids of `gaussians` [M] int64; when given, the frame's label map renders them
-            instead of classifying rendered features by Eq. 19 (in both modes).
+            instead of classifying rendered features by Eq. 19, except in the "prototypes" mode.
     """
     if mode not in SERVER_MODES:
         raise ValueError(f"the server renders {SERVER_MODES}, not {mode!r}")
@@ -182,20 +187,21 @@ def render_frame(
             mode,
             np.zeros((height, width, 3), np.float32),
         )
-    lifted = labels is not None
+    lifted = labels is not None and mode != "prototypes"
     with torch.no_grad():
         # Lifted labels need no features (the renderer returns each pixel's best label itself), and the
         # PCA colours' label map (what clicks there read) is the same one, so clicks never reach a hidden
         # instance through a prototype.
-        reaching = frame_subset(gaussians, camera, with_features=mode == "pca" or not lifted)
-        extras = reaching.gaussians.features if mode == "pca" or not lifted else None
+        with_features = mode == "pca" or not lifted
+        reaching = frame_subset(gaussians, camera, with_features)
+        extras = reaching.gaussians.features if with_features else None
         labels = labels.to(gaussians.device)[reaching.index] if lifted else None
         out = render(reaching.gaussians, camera, sh_degree=0, extras=extras, depth="ED", labels=labels)
         rgb = out.colors[0].clamp(0.0, 1.0)
         covered = out.alphas[0, ..., 0] > COVERED_ALPHA
         predicted = covered_labels(out.labels)[0] if lifted else classify(out.extras[0], prototypes)
         label_map = torch.where(covered, predicted, torch.zeros((), dtype=torch.int64))
-        if mode == "segmentation":
+        if mode in OVERLAID_MODES:
             image = _overlay(rgb, label_map, selected)
         else:
             image = torch.where(covered[..., None], pca.colors(out.extras[0]), rgb)
@@ -206,10 +212,10 @@ def render_frame(
 def render_view(document: SceneDocument, pca: FeaturePca, pose: BrowserPose, mode: RenderMode, width: int, height: int) -> Frame:
     """The frame a tab sees from `pose` at `width` x `height`: the document's visible Gaussians at its
     current edit state, its selection highlighted, and in the segmentation mode its per-Gaussian labels
-    rendered when they were lifted (`SceneDocument.lifted`), else Eq. 19 per pixel. Every tab's
-    `LiveView` and bench/viewer.py render through it.
+    rendered when they were lifted (`SceneDocument.lifted`), else Eq. 19 per pixel; in the "prototypes"
+    mode Eq. 19 per pixel. Every tab's `LiveView` and bench/viewer.py render through it.
 
-    mode: "segmentation" or "pca".
+    mode: "segmentation", "prototypes" or "pca".
     """
     state = document.model.state
     visible = document.visible(state)
@@ -227,8 +233,8 @@ def render_view(document: SceneDocument, pca: FeaturePca, pose: BrowserPose, mod
 
 def reselect_frame(frame: Frame, selected: frozenset[int]) -> Frame:
     """A segmentation frame with another selection highlighted, from its kept colours and labels: the
-    click feedback of the segmentation mode, without rendering again. Other modes are returned as they are."""
-    if frame.mode != "segmentation":
+    click feedback of the segmentation modes, without rendering again. Other modes are returned as they are."""
+    if frame.mode not in OVERLAID_MODES:
         return frame
     image = _overlay(torch.from_numpy(frame.rgb), torch.from_numpy(frame.labels), selected)
     return replace(frame, image=_to_uint8(image))

@@ -20,13 +20,14 @@ from protosaga_core.palette import instance_color
 from .document import SceneDocument
 from .edit_log import EditLog, describe
 from .inspector_panel import InspectorPanel
-from .live import RenderMode
+from .live import FEATURE_MODES, RenderMode
 from .selection import Action, EditState, apply_action, button_label
 
 MODES: dict[str, RenderMode] = {
     "RGB splats": "rgb",
     "Instance colours": "instances",
     "Segmentation (per pixel)": "segmentation",
+    "Prototypes (Eq. 19 per pixel)": "prototypes",
     "Feature PCA": "pca",
 }
 EDIT_BUTTONS: tuple[tuple[str, Action], ...] = (
@@ -115,10 +116,10 @@ def build(gui: viser.GuiApi, document: SceneDocument, controls: ViewerControls, 
     with tabs.add_tab("Edit"):
         # An imported scene has no features until they are learnt on it: no PCA of them to show.
         featureless = document.scene.gaussians.feature_dim == 0
-        modes = tuple(label for label, value in MODES.items() if not (featureless and value == "pca"))
+        modes = tuple(label for label, value in MODES.items() if not (featureless and value in FEATURE_MODES))
         mode_choice = gui.add_dropdown("Render mode", modes, initial_value=_mode_label(mode))
         if featureless:
-            gui.add_markdown(f"*Feature PCA: this imported scene has no per-Gaussian features yet; {FEATURES_HINT}.*")
+            gui.add_markdown(f"*Prototypes and feature PCA: this imported scene has no per-Gaussian features yet; {FEATURES_HINT}.*")
         mode_choice.on_update(lambda _: controls.set_mode(MODES[mode_choice.value]))
         selection = gui.add_markdown("")
         buttons = {}

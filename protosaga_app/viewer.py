@@ -24,7 +24,7 @@ from protosaga_core.io.scene_dir import FEATURES_HINT, SceneDirError
 from protosaga_core.threads import configure as configure_threads
 
 from .document import SceneDocument
-from .live import RenderMode
+from .live import FEATURE_MODES, RenderMode
 from .live_view import LiveSettings
 from .origins import AllowedOrigin, check_listen_address, network_warning, parse_allowed_origin, start_viser_server
 from .scene import ViewerScene
@@ -44,7 +44,8 @@ class ViewerConfig:
     allow_origin: Annotated[tuple[str, ...], tyro.conf.UseAppendAction, tyro.conf.arg(metavar="HOST[:PORT]")] = ()
     """also accept browser pages from this host (any port unless given), e.g. an SSH tunnel; other sites are refused"""
     mode: RenderMode = "rgb"
-    """render mode at start: rgb, instances, segmentation (per pixel, on the server) or pca"""
+    """render mode at start: rgb, instances, segmentation (per pixel, on the server: the lifted labels), prototypes
+    (Eq. 19 per pixel, on the server) or pca"""
     max_splats: int | None = 1_000_000
     """Gaussians sent to the browser (the most opaque ones; the server keeps all); None: every one"""
     moving_size: int | None = None
@@ -97,8 +98,8 @@ def serve(config: ViewerConfig) -> ViewerApp:
     config.check()
     allowed = config.allowed_origins()
     scene = ViewerScene.load(config.scene)
-    if config.mode == "pca" and scene.gaussians.feature_dim == 0:
-        raise ValueError(f"--mode pca: {config.scene} is an imported scene with no per-Gaussian features yet; {FEATURES_HINT}")
+    if config.mode in FEATURE_MODES and scene.gaussians.feature_dim == 0:
+        raise ValueError(f"--mode {config.mode}: {config.scene} is an imported scene with no per-Gaussian features yet; {FEATURES_HINT}")
     device = resolve_device(config.device)
     document = SceneDocument(scene, device)
     options = ViewerOptions(config.max_splats, config.live_settings(device), config.mode)

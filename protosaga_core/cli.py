@@ -30,6 +30,7 @@ import tyro  # noqa: E402
 from .datasets import DatasetConfig, DatasetFormat, SplitRule
 from .device import BACKENDS, Backend, prefer_backend
 from .evaluate import EvalConfig, evaluate
+from .imports.importer import ImportConfig, import_scene
 from .io.cache import check_cache_dir
 from .io.exports import EDITS_FILE, EXPORTS_DIR, LEFT_OUT, ExportFormat, export_scene, record_path
 from .io.outputs import check_output_dir, check_output_file
@@ -38,11 +39,11 @@ from .masks import MasksConfig, generate_masks
 from .method.association import AssociateConfig, associate
 from .method.frozen_features import FeatureConfig, train_features
 from .method.prototypes import PrototypesConfig, compute_prototypes
+from .method.refine import RefineConfig, refine_features, refine_plan
 from .method.segment import SegmentConfig, segment
 from .method.train import PRESETS as TRAIN_PRESETS
 from .method.train import Preset, TrainConfig, train
 from .metrics.instances import evaluate_folders
-from .imports.importer import ImportConfig, import_scene
 from .pipeline import RunConfig, dataset_of_scene, run, run_demo
 from .threads import check_threads
 from .threads import configure as configure_threads
@@ -239,6 +240,24 @@ class Associate:
     def run(self) -> None:
         result = associate(SceneDir(self.scene), self.config)
         print(f"{result.num_instances} instances across the training views in {SceneDir(self.scene).association_dir}")
+
+
+@dataclass
+class Refine:
+    """Refine the features against the associated masks, with one prototype classifier shared by every view, so
+    that prototype inference (Eq. 17-19) reads the objects; the geometry stays as it is."""
+
+    scene: SceneArg
+    config: tyro.conf.OmitArgPrefixes[RefineConfig]
+
+    def run(self) -> None:
+        scene_dir = SceneDir(self.scene)
+        print(f"[protosaga] refine: {refine_plan(scene_dir, self.config)}", flush=True)
+        result = refine_features(scene_dir, self.config)
+        if result.losses:
+            loss = f"loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}"
+            print(f"features refined on {result.instances} instances in {scene_dir.refined_features_path} ({loss})")
+        print(f"next: protosaga prototypes {self.scene}")
 
 
 @dataclass
@@ -503,6 +522,7 @@ def command_type(preset: Preset):
         Annotated[Import, tyro.conf.subcommand("import")],
         Annotated[Features, tyro.conf.subcommand("features")],
         Annotated[Associate, tyro.conf.subcommand("associate")],
+        Annotated[Refine, tyro.conf.subcommand("refine")],
         Annotated[Prototypes, tyro.conf.subcommand("prototypes")],
         Annotated[Segment, tyro.conf.subcommand("segment")],
         Annotated[Eval, tyro.conf.subcommand("eval")],

@@ -20,6 +20,7 @@ from .masks.generate import sweep_mask_temporaries
 from .method.association import AssociateConfig, associate
 from .method.frozen_features import FeatureConfig, train_features
 from .method.prototypes import PrototypesConfig, compute_prototypes
+from .method.refine import RefineConfig, refine_features, refine_plan
 from .method.train import PRESETS, TrainConfig, train
 from .render.sparse import WeightsCache
 
@@ -34,6 +35,7 @@ class RunConfig:
     """used only for training views that have no mask yet"""
     train: tyro.conf.OmitArgPrefixes[TrainConfig] = field(default_factory=lambda: PRESETS["cpu"])
     associate: AssociateConfig = field(default_factory=AssociateConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     prototypes: PrototypesConfig = field(default_factory=PrototypesConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     force: bool = False
@@ -41,7 +43,8 @@ class RunConfig:
     paper: bool = False
     """the paper's method as Gaga's code runs it: memory-bank association (Eq. 9-16, ranking the Gaussians
     within each cell of a 32x32 grid; --associate.num-patches 1 ranks them per mask, as Eq. 10 reads),
-    per-Gaussian labels by Eq. 19 on each f_i, segmentation by Eq. 19; overrides the three settings it names"""
+    per-Gaussian labels by Eq. 19 on each f_i, segmentation by Eq. 19, features as trained (no refine stage);
+    overrides the four settings it names"""
 
     def resolved(self) -> "RunConfig":
         """The configs the stages run with: `paper` applied."""
@@ -50,6 +53,7 @@ class RunConfig:
         return replace(
             self,
             associate=replace(self.associate, grouping="bank"),
+            refine=replace(self.refine, passes=0),
             prototypes=replace(self.prototypes, gaussian_labels="features"),
             eval=replace(self.eval, methods=("proto",)),
         )
@@ -57,7 +61,7 @@ class RunConfig:
 
 @writes_scene("run", scene="output", create=True)
 def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool = True) -> EvalReport:
-    """masks (if missing) -> train -> associate -> prototypes -> eval, into the scene directory `output`.
+    """masks (if missing) -> train -> associate -> refine -> prototypes -> eval, into the scene directory `output`.
 
     A stage finished earlier is reused only when scene.json records the same flags for it (and the scene
     was made from this dataset); otherwise it runs again, and so does every later stage. Each decision is
@@ -98,10 +102,10 @@ def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool 
 
 
 def associate_and_prototypes(scene_dir: SceneDir, config: RunConfig, progress: bool) -> WeightsCache:
-    """The associate and prototypes stages of `run`, each unless done earlier with these flags, sharing one
-    cache of blending weights: both render the training views of the same frozen geometry, so association
-    computes their weights and the prototypes stage reuses them (DESIGN §3). Returns the cache: `run`
-    drops it, freeing the weights before evaluation, which renders other views."""
+    """The associate, refine and prototypes stages of `run`, each unless done earlier with these flags,
+    sharing one cache of blending weights: all render the training views of the same frozen geometry, so
+    association computes their weights and the later stages reuse them (DESIGN §3). Returns the cache:
+    `run` drops it, freeing the weights before evaluation, which renders other views."""
     weights = WeightsCache()
     rerun = stage_decision(scene_dir, "associate", config.associate, config.force)
     if rerun is None:
@@ -110,6 +114,12 @@ def associate_and_prototypes(scene_dir: SceneDir, config: RunConfig, progress: b
         how = "view consensus" if config.associate.grouping == "consensus" else f"memory bank, criterion {config.associate.criterion}"
         _stage("associate", f"{rerun}: {how}")
         associate(scene_dir, config.associate, progress=progress, weights=weights)
+    rerun = stage_decision(scene_dir, "refine", config.refine, config.force)
+    if rerun is None:
+        _stage("refine", "done earlier with these flags; reused")
+    else:
+        _stage("refine", f"{rerun}: {refine_plan(scene_dir, config.refine)}")
+        refine_features(scene_dir, config.refine, progress=progress, weights=weights)
     rerun = stage_decision(scene_dir, "prototypes", config.prototypes, config.force)
     if rerun is None:
         _stage("prototypes", "done earlier with these flags; reused")

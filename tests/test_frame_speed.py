@@ -16,13 +16,12 @@ from protosaga_app.live_view import encode_depth, send_background
 from protosaga_core.cameras import Cameras, intrinsics, look_at
 from protosaga_core.gaussians import Gaussians
 from protosaga_core.method.lifting import covered_labels, labels_from_weights, render_label_maps
-from protosaga_core.render import api, composite, render
 from protosaga_core.method.prototypes import Prototypes, classify
+from protosaga_core.render import api, composite, render, torch_backend
 from protosaga_core.render.composite import tile_blocks
 from protosaga_core.render.labels import LabelWeights, tile_label_weights, tile_local_labels
 from protosaga_core.render.projection import may_reach_image, project
 from protosaga_core.render.settings import RasterSettings
-from protosaga_core.render import torch_backend
 from protosaga_core.render.torch_backend import rasterize_torch
 
 NUM_LABELS = 12

@@ -166,7 +166,7 @@ def test_an_inria_folder_imports_and_segments_exactly_as_the_original(original, 
 
     # masks -> associate -> prototypes -> eval, without training
     assert "train: none: an imported scene" in run_out and "proto skipped" in run_out and "protosaga features" in run_out
-    assert meta.stages == ["import", "associate", "prototypes", "eval"]
+    assert meta.stages == ["import", "associate", "refine", "prototypes", "eval"]
     np.testing.assert_array_equal(imported.read_labels(), original.read_labels())
     for png in sorted(original.association_dir.glob("*.png")):
         assert (imported.association_dir / png.name).read_bytes() == png.read_bytes(), png.name
@@ -220,7 +220,8 @@ def test_a_similarity_round_trip_segments_as_the_original(original, tmp_path, ca
     imported = SceneDir(scene)
     torch.testing.assert_close(torch.tensor(imported.read_meta().world_transform, dtype=torch.float64), sim.matrix)
 
-    run_ok(["run", str(scene)], capsys)
+    out = run_ok(["run", str(scene)], capsys)
+    assert "refine: not done yet: none: the imported scene has no features yet" in out  # lifted labels need none
     same = float((imported.read_labels() == original.read_labels()).mean())
     assert same > 0.995, f"{same:.4f} of the labels agree"  # measured: all (float32 rounding could flip a rare tie)
     ours = json.loads((imported.eval_dir / "metrics.json").read_text())["objects_3d"]  # GT depths scaled by s
@@ -263,6 +264,7 @@ def test_run_paper_on_an_imported_scene_learns_the_features_first(segmented_impo
     scene = Path(shutil.copytree(segmented_import[0], tmp_path / "scene"))
     out = run_ok(["run", str(scene), "--paper"], capsys)
     assert "features: not done yet" in out and "memory bank" in out
+    assert "refine: not done yet: none (--refine.passes 0)" in out and not SceneDir(scene).refined_features_path.exists()
     imported = SceneDir(scene)
     meta = imported.read_meta()
     assert "features" in meta.stages and meta.configs["prototypes"]["gaussian_labels"] == "features"
@@ -274,7 +276,7 @@ def test_run_paper_on_an_imported_scene_learns_the_features_first(segmented_impo
     assert whole.read_bytes() == (inria_folder / "point_cloud" / "iteration_300" / "point_cloud.ply").read_bytes()
 
 
-def test_the_viewer_opens_an_imported_scene_without_its_pca_mode(segmented_import, tmp_path):
+def test_the_viewer_opens_an_imported_scene_without_its_feature_modes(segmented_import, tmp_path):
     scene_root = Path(shutil.copytree(segmented_import[0], tmp_path / "scene"))  # the viewer saves its edits
     from viser_client import free_port
 
@@ -290,8 +292,9 @@ def test_the_viewer_opens_an_imported_scene_without_its_pca_mode(segmented_impor
     keep, absorb = sorted(scene.instances, key=lambda row: -row.num_gaussians)[0].id, scene.instances[-1].id
     document.merge(keep, absorb)  # prototypes of empty features follow the merge
     assert absorb not in set(document.labels().tolist())
-    with pytest.raises(ValueError, match="protosaga features"):
-        serve(ViewerConfig(scene_root, port=free_port(), open_browser=False, mode="pca"))
+    for mode in ("pca", "prototypes"):
+        with pytest.raises(ValueError, match=f"--mode {mode}: .*protosaga features"):
+            serve(ViewerConfig(scene_root, port=free_port(), open_browser=False, mode=mode))
     app = serve(ViewerConfig(scene_root, port=free_port(), open_browser=False))
     try:
         assert app.document.scene.scene_dir.root == scene_root
@@ -520,7 +523,8 @@ def test_a_nerfstudio_run_imports_in_its_dataparser_frame_and_segments_as_the_or
     assert imported.read_meta().configs["import"]["kind"] == "nerfstudio"
     assert imported.gaussians_path.read_bytes() == (run / "splat.ply").read_bytes()
 
-    run_ok(["run", str(scene)], capsys)
+    out = run_ok(["run", str(scene)], capsys)
+    assert "refine: not done yet: none: the imported scene has no features yet" in out  # lifted labels need none
     same = float((imported.read_labels() == original.read_labels()).mean())
     assert same > 0.995, f"{same:.4f} of the labels agree"
 

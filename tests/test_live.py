@@ -148,6 +148,17 @@ def test_lifted_labels_are_drawn_instead_of_eq_19():
     np.testing.assert_array_equal(pca_frame.labels, frame.labels)
 
 
+def test_the_prototypes_mode_draws_eq_19_even_where_labels_were_lifted():
+    """The paper's inference live: with lifted labels given, the "prototypes" frame still classifies the
+    rendered features by Eq. 19, overlaid as the segmentation is, and a selection recolours it the same way."""
+    relabel = {LEFT: 11, RIGHT: RIGHT, BEHIND: BEHIND}
+    frame = frame_of(mode="prototypes", lifted=relabel)
+    np.testing.assert_array_equal(frame.labels, frame_of().labels)
+    np.testing.assert_allclose(frame.image[CORE[LEFT]], overlay(LEFT), atol=1.5)
+    chosen = frame_of(mode="prototypes", selected={LEFT}, lifted=relabel)
+    np.testing.assert_array_equal(reselect_frame(frame, frozenset({LEFT})).image, chosen.image)
+
+
 def test_the_pca_frame_colours_covered_pixels_by_their_feature():
     """Covered pixels show the PCA colour of the one feature that covers them; LEFT and RIGHT, of
     different features, differ; empty pixels stay black; the label map is the segmentation's."""

@@ -16,6 +16,7 @@ from conftest import QUICK_TRAINING
 
 import protosaga_core.method.association as association_module
 import protosaga_core.method.prototypes as prototypes_module
+import protosaga_core.method.refine as refine_module
 from protosaga_core.cli import main
 from protosaga_core.io.scene_dir import SceneDir
 
@@ -96,7 +97,7 @@ def test_train_refuses_an_existing_scene_without_resume_or_overwrite(dataset, tr
 
 
 def test_train_overwrite_starts_again_and_resets_the_later_stages(dataset, trained_scene, capsys):
-    assert SceneDir(trained_scene).read_meta().stages[:3] == ["train", "associate", "prototypes"]
+    assert SceneDir(trained_scene).read_meta().stages[:4] == ["train", "associate", "refine", "prototypes"]
     assert main(["train", str(dataset), "-o", str(trained_scene), *TINY_TRAINING, "--overwrite"]) == 0
     meta = SceneDir(trained_scene).read_meta()
     assert meta.stages == ["train"] and meta.configs["train"]["iterations"] == 2
@@ -115,7 +116,7 @@ def test_run_reuses_a_stage_only_with_the_same_dataset_and_flags(dataset, traine
     # Same dataset and flags: every stage reused, and said so.
     assert main(["run", str(dataset), "-o", str(trained_scene), *QUICK_TRAINING]) == 0
     out = capsys.readouterr().out
-    for stage in ("train", "associate", "prototypes"):
+    for stage in ("train", "associate", "refine", "prototypes"):
         assert f"[protosaga] {stage}: done earlier with these flags; reused" in out
 
     # A changed association flag reruns association and what follows it, not training.
@@ -123,14 +124,14 @@ def test_run_reuses_a_stage_only_with_the_same_dataset_and_flags(dataset, traine
     out = capsys.readouterr().out
     assert "[protosaga] train: done earlier with these flags; reused" in out
     assert "[protosaga] associate: flags changed since it ran (grouping consensus -> bank)" in out
-    assert "[protosaga] prototypes: not done yet" in out
+    assert "[protosaga] refine: not done yet" in out and "[protosaga] prototypes: not done yet" in out
     assert SceneDir(trained_scene).read_meta().configs["associate"]["grouping"] == "bank"
 
 
 # -------------------------------------------------------- 4. an interrupted stage keeps the scene's state
 
 
-@pytest.mark.parametrize("stage", ["associate", "prototypes"])
+@pytest.mark.parametrize("stage", ["associate", "refine", "prototypes"])
 def test_an_interrupted_stage_leaves_the_scene_as_it_was(trained_scene, monkeypatch, capsys, stage):
     before = snapshot(trained_scene)
 
@@ -148,6 +149,8 @@ def test_an_interrupted_stage_leaves_the_scene_as_it_was(trained_scene, monkeypa
             return original(*args, **kwargs)
 
         monkeypatch.setattr(association_module, "save_label_map", save_then_interrupt)
+    elif stage == "refine":  # while the features learn
+        monkeypatch.setattr(refine_module, "fit_features", interrupt)
     else:  # after the prototypes were computed, while labelling the Gaussians
         monkeypatch.setattr(prototypes_module, "lifted_gaussian_labels", interrupt)
     assert main([stage, str(trained_scene)]) == 130

@@ -47,7 +47,8 @@ def test_run_chains_every_stage_and_reuses_finished_ones(dataset, tmp_path, monk
     argv = ["run", str(dataset), "-o", str(scene), "--preset", "cpu", *TINY, "--masks.method", "simulated"]
     assert main(argv) == 0
     scene_dir = SceneDir(scene)
-    assert scene_dir.read_meta().stages == ["train", "associate", "prototypes", "eval"]
+    assert scene_dir.read_meta().stages == ["train", "associate", "refine", "prototypes", "eval"]
+    assert scene_dir.refined_features_path.exists()
     assert len(list((dataset / "masks").glob("*.png"))) == 36
     assert len(list(scene_dir.association_dir.glob("*.png"))) == 36
     assert_tiny_training_worked(json.loads((scene_dir.eval_dir / "metrics.json").read_text()))
@@ -59,6 +60,7 @@ def test_run_chains_every_stage_and_reuses_finished_ones(dataset, tmp_path, monk
 
     monkeypatch.setattr(pipeline, "train", refuse)
     monkeypatch.setattr(pipeline, "associate", refuse)
+    monkeypatch.setattr(pipeline, "refine_features", refuse)
     monkeypatch.setattr(pipeline, "compute_prototypes", refuse)
     assert main(argv) == 0
 

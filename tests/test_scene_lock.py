@@ -268,7 +268,7 @@ def test_two_processes_on_one_scene_the_second_is_refused_and_changes_nothing(tm
     # the scene is the first run's, all of it
     scene_dir = SceneDir(scene)
     meta = scene_dir.read_meta()
-    assert meta.stages == ["train", "associate", "prototypes", "eval"]
+    assert meta.stages == ["train", "associate", "refine", "prototypes", "eval"]
     assert (meta.configs["train"]["seed"], meta.configs["train"]["iterations"]) == (1, 100)
     assert meta.configs["associate"]["grouping"] == "consensus"
     assert json.loads(scene_dir.association_json.read_text())["parameters"]["grouping"] == "consensus"

@@ -156,14 +156,16 @@ def test_a_cache_hashes_each_gaussians_once_and_refuses_another_geometry(monkeyp
 
 
 def test_protosaga_run_computes_each_training_views_weights_once(trained_scene):
-    """Association computes the training views' weights; the prototypes stage renders its features and
-    lifts its labels from them."""
+    """Association computes the training views' weights; the refine stage renders its prototypes and each
+    iteration's features from them, the prototypes stage its features and lifted labels."""
     scene_dir = SceneDir(trained_scene)
     scene_dir.forget_from("associate")
     views = scene_dir.load_dataset().split("train")
-    cache = associate_and_prototypes(scene_dir, RunConfig(), progress=False)
-    assert scene_dir.read_meta().stages[-2:] == ["associate", "prototypes"]
-    assert (cache.misses, len(cache), cache.hits) == (len(views), len(views), 2 * len(views))
+    config = RunConfig()
+    cache = associate_and_prototypes(scene_dir, config, progress=False)
+    assert scene_dir.read_meta().stages[-3:] == ["associate", "refine", "prototypes"]
+    refine_hits = (1 + config.refine.passes) * len(views)
+    assert (cache.misses, len(cache), cache.hits) == (len(views), len(views), 2 * len(views) + refine_hits)
 
 
 def test_stages_on_the_trained_scene_give_the_rasterizers_results(trained_scene_readonly):

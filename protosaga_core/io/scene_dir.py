@@ -37,9 +37,10 @@ from .ply import read_ply, write_features, write_ply
 
 SCENE_FORMAT = "protosaga-scene"
 SCENE_VERSION = 1
-STAGES = ("import", "train", "features", "associate", "prototypes", "eval")
+STAGES = ("import", "train", "features", "associate", "refine", "prototypes", "eval")
 """In order; a stage's outputs are made from the earlier ones' ("features": `protosaga features`, optional;
-"import": `protosaga import`, Gaussians trained elsewhere and no features yet, stands in for "train")."""
+"import": `protosaga import`, Gaussians trained elsewhere and no features yet, stands in for "train";
+"refine": `protosaga refine`, the features refined against the associated masks)."""
 FEATURES_HINT = "run protosaga features SCENE to learn them on its Gaussians, which stay as they are"
 """What adds features to an imported scene, named by every message about a stage that needs them."""
 
@@ -145,6 +146,10 @@ class SceneDir:
         return self.root / "labels.npy"
 
     @property
+    def refined_features_path(self) -> Path:
+        return self.root / "refined_features.npy"
+
+    @property
     def eval_dir(self) -> Path:
         return self.root / "eval"
 
@@ -241,9 +246,14 @@ class SceneDir:
         return list(names) if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
 
     # --- Gaussians -----------------------------------------------------------------------------------
-    def read_gaussians(self) -> Gaussians:
+    def read_gaussians(self, refined: bool = True) -> Gaussians:
         """The scene's Gaussians. An imported scene's have no features (features [N, 0]) until features are
-        learnt on it: feat_* columns of the source PLY were not made with this scene's classifiers."""
+        learnt on it: feat_* columns of the source PLY were not made with this scene's classifiers.
+
+        Args:
+            refined: once the refine stage is done, its features (refined_features.npy) instead of
+                gaussians.ply's, which keep training's (what the stages before it read: False).
+        """
         if not self.gaussians_path.exists():
             raise SceneDirError(f"{self.gaussians_path}: missing; run protosaga train (or protosaga import) first")
         gaussians = read_ply(self.gaussians_path).gaussians
@@ -255,7 +265,35 @@ class SceneDir:
             return Gaussians(**{**gaussians.tensors(), "features": gaussians.features[:, :0]})
         if gaussians.feature_dim == 0:
             raise SceneDirError(f"{self.gaussians_path}: has no feat_* columns; it was not trained by protosaga")
+        if refined and "refine" in stages and self.refined_features_path.exists():
+            return Gaussians(**{**gaussians.tensors(), "features": self.read_refined_features(gaussians.features.shape)})
         return gaussians
+
+    def read_refined_features(self, shape: torch.Size) -> Tensor:
+        """refined_features.npy, checked to have gaussians.ply's feature shape. [N, D] float32"""
+        path, hint = self.refined_features_path, "run protosaga refine again"
+        try:
+            features = load_npy(path)
+        except BoundedReadError as error:
+            raise SceneDirError(f"{error}; {hint}") from error
+        except (ValueError, OSError, EOFError) as error:
+            raise SceneDirError(f"{path}: not a NumPy array file ({error}); {hint}") from error
+        if not isinstance(features, np.ndarray) or features.dtype != np.float32 or features.shape != tuple(shape):
+            raise SceneDirError(
+                f"{path}: expected float32 features of shape {list(shape)} (those of {self.gaussians_path.name}), got "
+                f"{getattr(features, 'dtype', type(features).__name__)} {list(getattr(features, 'shape', []))}; {hint}"
+            )
+        if not np.isfinite(features).all():
+            raise SceneDirError(f"{path}: holds non-finite values; {hint}")
+        return torch.from_numpy(features)
+
+    def write_refined_features(self, features: Tensor | None) -> None:
+        """Write refined_features.npy atomically, or remove it (None). [N, D]"""
+        if features is None:
+            self.refined_features_path.unlink(missing_ok=True)
+            return
+        with atomic_open(self.refined_features_path) as handle:
+            np.save(handle, features.detach().cpu().numpy().astype(np.float32))
 
     def require_features(self, gaussians: Gaussians, what: str) -> None:
         """Refuse `what` (an option that needs per-Gaussian features) on a scene that has none yet."""

@@ -572,7 +572,7 @@ def associate(scene_dir: SceneDir, config: AssociateConfig, progress: bool = Tru
     """
     scene_dir.sweep()
     staging = staging_dir(scene_dir.association_dir)
-    gaussians = scene_dir.read_gaussians().to(default_device())
+    gaussians = scene_dir.read_gaussians(refined=False).to(default_device())
     if config.grouping == "bank":  # Eq. 14-15 rank by the classifiers' probabilities of the features
         scene_dir.require_features(gaussians, "--grouping bank (the paper's memory bank and its per-view classifiers)")
     # View consensus reads the geometry only: an imported scene has no classifiers to check the views against.

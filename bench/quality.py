@@ -1,7 +1,7 @@
 """Segmentation quality in 2D and 3D, the paper's method against each option: `python bench/quality.py`.
 
 For each `protosaga synth --preset bench` scene (seeds 0, 1, 2 by default; GT instance and depth maps),
-with `--masks simulated` SAM-like masks at the `--noise` level, or with `--masks sam` MobileSAM's automatic
+with `--masks simulated` SAM-like masks at the `--noise` level, and/or with `--masks sam` MobileSAM's automatic
 masks of the rendered training views (the CPU defaults of `protosaga masks`; cached under
 ~/.cache/protosaga/bench/, keyed by the images' hash, so a rerun skips them), scores the raw masks
 against GT (no association: the floor; and frame by frame: the ceiling), trains once with the cpu preset,
@@ -275,8 +275,9 @@ def print_tables(results: list[SceneResult], variants: list[str]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="synthetic scenes (none: --seeds alone)")
-    parser.add_argument("--masks", default="simulated", choices=("simulated", "sam"),
-                        help="simulated SAM-like masks (--noise) or MobileSAM's (protosaga weights mobile_sam)")
+    parser.add_argument("--masks", nargs="+", default=["simulated"], choices=("simulated", "sam"),
+                        help="simulated SAM-like masks (--noise) and/or MobileSAM's (protosaga weights mobile_sam): "
+                        "the seeds are run with each")
     parser.add_argument("--noise", default="default", choices=("low", "default", "high"))
     parser.add_argument("--iterations", type=int, help="override the cpu preset's training iterations")
     parser.add_argument("--json", type=Path)
@@ -288,21 +289,27 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     refine = RefineConfig(passes=args.refine_passes)
-    results, statue = [], None
+    results: dict[str, list[SceneResult]] = {masks: [] for masks in args.masks}
+    statue = None
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            results.append(
-                run_scene(Path(tmp) / f"seed{seed}", seed, args.masks, args.noise, args.iterations, args.associations, refine)
-            )
-            print(f"seed {seed} done in {results[-1].minutes['total']:.1f} min", file=sys.stderr, flush=True)
-        if args.statue:
+        if args.statue:  # first: the slowest to fail (MobileSAM, real photos)
             statue = run_statue(Path(tmp) / "statue", args.iterations, refine)
-    if results:
-        print_tables(results, args.associations)
+            print(f"statue done in {statue.minutes['total']:.1f} min", file=sys.stderr, flush=True)
+        for masks, done in results.items():
+            for seed in args.seeds:
+                done.append(
+                    run_scene(Path(tmp) / f"{masks}{seed}", seed, masks, args.noise, args.iterations, args.associations, refine)
+                )
+                print(f"{masks} masks, seed {seed} done in {done[-1].minutes['total']:.1f} min", file=sys.stderr, flush=True)
+    for masks, done in results.items():
+        if done:
+            print(f"\n=== {masks} masks ===")
+            print_tables(done, args.associations)
     if statue is not None:
         print_statue(statue)
     if args.json:
-        record = {"scenes": [asdict(r) for r in results], "statue": None if statue is None else asdict(statue)}
+        record = {"scenes": {masks: [asdict(r) for r in done] for masks, done in results.items()},
+                  "statue": None if statue is None else asdict(statue)}
         args.json.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0

@@ -293,3 +293,32 @@ def test_highlight_split_merge_jump_and_reopen_in_a_real_browser(scene, page):
         np.testing.assert_array_equal(np.flatnonzero(app.document.labels() == split.id), split.index)
     finally:
         app.stop()
+
+
+SERVER_FRAME_MATCH = 0.08
+"""Mean absolute difference (0..1) allowed between the canvas and the server's frame: the browser shows it
+as a JPEG, scaled to the canvas, behind the training cameras' frustums."""
+
+
+@pytest.mark.parametrize("label, mode", [("Prototypes (Eq. 19 per pixel)", "prototypes"), ("Segmentation (per pixel)", "segmentation")])
+def test_the_segmentation_modes_show_the_servers_frame_in_a_real_browser(scene, page, label, mode):
+    """Choosing a server mode in the panel: the browser shows that mode's frame (Eq. 19 on the rendered
+    features, or the lifted labels), rendered on the server for the tab's own camera."""
+    app = serve(ViewerConfig(scene, port=free_port(), open_browser=False, max_splats=MAX_BROWSER_SPLATS))
+    try:
+        client = open_viewer(page, app)
+        page.locator('input[aria-haspopup="listbox"]').first.click()  # the first dropdown: the render mode
+        page.get_by_role("option", name=label).click()
+        until(timeout=60.0, condition=lambda: app.mode == mode)
+        view = app._views[client.client_id]
+        until(timeout=120.0, condition=lambda: (frame := view.current_frame()) is not None and frame.mode == mode)
+        page.wait_for_timeout(2000)  # the JPEG arrives and draws
+        frame = view.current_frame()
+        keep_screenshot(page, f"{mode}.png")
+        shown = canvas_image(page, client)
+        expected = np.asarray(Image.fromarray(frame.image).resize(shown.shape[1::-1], Image.BILINEAR), np.float32) / 255.0
+        region = free_region(*shown.shape[:2]).numpy()
+        assert float(np.abs(shown - expected)[region].mean()) < SERVER_FRAME_MATCH
+        assert len(np.unique(frame.labels)) > 2  # several objects on screen, coloured by the mode's labels
+    finally:
+        app.stop()

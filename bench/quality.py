@@ -210,22 +210,22 @@ def run_statue(root: Path, iterations: int | None, refine: RefineConfig) -> Stat
         refine_features(scene_dir, replace(refine, passes=passes), progress=False)
         compute_prototypes(scene_dir, PrototypesConfig(), progress=False)
         folder = segment(scene_dir, SegmentConfig(split="test", method=method.split("+")[0]), progress=False)
-        maps[method] = torch.stack([load_label_map(p) for p in sorted(folder.glob("*.png"))])
+        maps[method] = [load_label_map(p) for p in sorted(folder.glob("*.png"))]  # heights differ by a row
         if passes:
             minutes_refine = (time.perf_counter() - began) / 60
     lifted = maps["lifted"]
-    height, width = lifted.shape[1:]
-    centre = lifted[:, height // 3 : 2 * height // 3, width // 3 : 2 * width // 3]
-    statue_id = int(torch.mode(centre[centre > 0]).values)
-    statue = lifted == statue_id
+    centres = torch.cat([m[m.shape[0] // 3 : 2 * m.shape[0] // 3, m.shape[1] // 3 : 2 * m.shape[1] // 3].flatten() for m in lifted])
+    statue_id = int(torch.mode(centres[centres > 0]).values)
     result = StatueResult(psnr, statue_id, minutes={"masks": (masked - start) / 60, "train": (trained - masked) / 60,
                                                     "refine": minutes_refine})
     for method, labels in maps.items():
-        ids, counts = torch.unique(labels[statue], return_counts=True)
-        result.statue_share[method] = float((labels[statue] == statue_id).float().mean())
-        result.statue_fragments[method] = int((counts >= 0.02 * statue.sum()).sum())
-        labelled = (labels > 0) | (lifted > 0)
-        result.agreement[method] = float((labels[labelled] == lifted[labelled]).float().mean())
+        on_statue = torch.cat([m[truth == statue_id] for m, truth in zip(labels, lifted)])
+        ids, counts = torch.unique(on_statue, return_counts=True)
+        result.statue_share[method] = float((on_statue == statue_id).float().mean())
+        result.statue_fragments[method] = int((counts >= 0.02 * len(on_statue)).sum())
+        labelled = [(m > 0) | (truth > 0) for m, truth in zip(labels, lifted)]
+        agree = sum(int((m[keep] == truth[keep]).sum()) for m, truth, keep in zip(labels, lifted, labelled))
+        result.agreement[method] = agree / sum(int(keep.sum()) for keep in labelled)
     result.minutes["total"] = (time.perf_counter() - start) / 60
     return result
 

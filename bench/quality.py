@@ -191,9 +191,9 @@ class StatueResult:
     minutes: dict[str, float] = field(default_factory=dict)
 
 
-def run_statue(root: Path, iterations: int | None, refine: RefineConfig) -> StatueResult:
+def run_statue(source: Path, root: Path, iterations: int | None, refine: RefineConfig) -> StatueResult:
     start = time.perf_counter()
-    shutil.copytree(STATUE, root / "data")
+    shutil.copytree(source, root / "data")
     use_sam_masks(root / "data", STATUE_DOWNSCALE, STATUE_POINTS)
     dataset = DatasetConfig(root / "data", downscale=STATUE_DOWNSCALE)
     config = PRESETS["cpu"] if iterations is None else replace(PRESETS["cpu"], iterations=iterations)
@@ -285,7 +285,7 @@ def main() -> int:
     parser.add_argument("--associations", nargs="+", choices=list(ASSOCIATIONS), default=list(ASSOCIATIONS),
                         help="association variants to measure (default: all)")
     parser.add_argument("--refine-passes", type=int, default=RefineConfig.passes, help="the refine stage's iterations per view")
-    parser.add_argument("--statue", action="store_true", help=f"also the real statue capture ({STATUE})")
+    parser.add_argument("--statue", type=Path, nargs="?", const=STATUE, help=f"also the real statue capture (default {STATUE})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     refine = RefineConfig(passes=args.refine_passes)
@@ -293,7 +293,7 @@ def main() -> int:
     statue = None
     with tempfile.TemporaryDirectory() as tmp:
         if args.statue:  # first: the slowest to fail (MobileSAM, real photos)
-            statue = run_statue(Path(tmp) / "statue", args.iterations, refine)
+            statue = run_statue(args.statue, Path(tmp) / "statue", args.iterations, refine)
             print(f"statue done in {statue.minutes['total']:.1f} min", file=sys.stderr, flush=True)
         for masks, done in results.items():
             for seed in args.seeds:

@@ -136,6 +136,7 @@ def fit_features(
     checkpoint_every: int = 0,
     progress: bool = True,
     weights: WeightsCache | None = None,
+    desc: str = "features",
 ) -> list[float]:
     """Run iterations `state.iteration .. iterations` of L_CE on the frozen `geometry`: each draws a view,
     renders `state.features` with it and steps both optimizers.
@@ -147,6 +148,7 @@ def fit_features(
         weights: every view is rendered many times with the same geometry: on the CPU its blending
             weights are computed into this cache on first use and each later render is a sparse product
             (`stages.frozen_feature_map`). None: every iteration rasterizes.
+        desc: the progress bar's name.
 
     Returns:
         each iteration's loss.
@@ -156,7 +158,7 @@ def fit_features(
     """
     geometry = geometry.detach()
     losses: list[float] = []
-    bar = tqdm(total=iterations, initial=state.iteration, desc="features", unit="it", dynamic_ncols=True, disable=not progress)
+    bar = tqdm(total=iterations, initial=state.iteration, desc=desc, unit="it", dynamic_ncols=True, disable=not progress)
     with DeferredInterrupt() as interrupt:
         while state.iteration < iterations:
             index = draw_view(state.generator, len(views))

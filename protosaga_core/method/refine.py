@@ -121,8 +121,9 @@ def refine_features(
         )
         samples = [_sample(view, masks[i], prototypes, gaussians.device) for i, view in enumerate(views)]
         masks.clear()  # the targets replace them
+        iterations = config.passes * len(views)
         losses = fit_features(
-            gaussians.detach(), samples, state, config.passes * len(views), config.temperature, progress=progress, weights=weights
+            gaussians.detach(), samples, state, iterations, config.temperature, progress=progress, weights=weights, desc=STAGE
         )
         refined = state.features.detach()
     with DeferredInterrupt():  # the file and scene.json change together

@@ -30,6 +30,11 @@ NEAR_MARGIN = 1.05
 """The browser's near plane is this much beyond the image plane of a frustum seen from BEHIND_FRUSTUM:
 the tab that jumped clips the frustum it stands behind (whose photo would otherwise cover the middle of
 its view) and sees the scene."""
+VISER_BACKGROUND_DISTANCE = 1.0
+"""viser draws the server's frames (segmentation, prototypes, PCA) on a plane this far in front of the
+browser's camera whatever the scene's units (App.tsx, the background mesh): a near plane beyond it clips
+them away, as it did in the SfM units of real captures. Frustums are kept small enough that the near plane
+stays closer."""
 OPAQUE = 0.5
 """Gaussians at least this opaque are what the start view frames (faint floaters are not objects)."""
 COVISIBLE = 0.5
@@ -68,8 +73,8 @@ def scene_extent(centers: np.ndarray) -> float:
 def frustum_depth_for(centers: np.ndarray, extent: float) -> float:
     """Frustum depth for training cameras at `centers` [C, 3] in a scene of size `extent`: FRUSTUM_DEPTH of
     it, or half the median spacing of neighbouring cameras if less (cameras at one spot do not count, so
-    the depth stays positive)."""
-    depth = FRUSTUM_DEPTH * extent
+    the depth stays positive), and at most what keeps `near_plane` closer than viser's background plane."""
+    depth = min(FRUSTUM_DEPTH * extent, 0.9 * VISER_BACKGROUND_DISTANCE / (NEAR_MARGIN * (1.0 + BEHIND_FRUSTUM)))
     if len(centers) > 1:
         distances = np.linalg.norm(centers[:, None] - centers[None], axis=-1)
         np.fill_diagonal(distances, np.inf)
@@ -82,8 +87,9 @@ def frustum_depth_for(centers: np.ndarray, extent: float) -> float:
 
 def near_plane(frustum_depth: float, extent: float) -> float:
     """The browser's near plane: beyond the image plane of a frustum seen from BEHIND_FRUSTUM depths
-    behind its apex (see `go_to_view`); a small share of the scene without frustums."""
-    return max(NEAR_MARGIN * (1.0 + BEHIND_FRUSTUM) * frustum_depth, 1e-3 * extent)
+    behind its apex (see `go_to_view`); a small share of the scene without frustums; always closer than
+    viser's background plane."""
+    return min(max(NEAR_MARGIN * (1.0 + BEHIND_FRUSTUM) * frustum_depth, 1e-3 * extent), 0.9 * VISER_BACKGROUND_DISTANCE)
 
 
 def training_poses(views: list[View]) -> dict[str, BrowserPose]:

@@ -307,7 +307,7 @@ def test_the_segmentation_modes_show_the_servers_frame_in_a_real_browser(scene, 
     app = serve(ViewerConfig(scene, port=free_port(), open_browser=False, max_splats=MAX_BROWSER_SPLATS))
     try:
         client = open_viewer(page, app)
-        page.locator('input[aria-haspopup="listbox"]').first.click()  # the first dropdown: the render mode
+        page.locator('input[role="combobox"][value="RGB splats"]').click()  # the render mode, as the viewer starts
         page.get_by_role("option", name=label).click()
         until(timeout=60.0, condition=lambda: app.mode == mode)
         view = app._views[client.client_id]

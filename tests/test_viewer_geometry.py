@@ -26,7 +26,16 @@ from protosaga_app.browser_camera import frustum_depth, frustum_scale, is_drawab
 from protosaga_app.document import SceneDocument
 from protosaga_app.origins import start_viser_server
 from protosaga_app.scene import ViewerScene
-from protosaga_app.framing import CONTROL_PANEL_PX, camera_counts, object_bounds, overview_pose
+from protosaga_app.framing import (
+    BEHIND_FRUSTUM,
+    CONTROL_PANEL_PX,
+    VISER_BACKGROUND_DISTANCE,
+    camera_counts,
+    frustum_depth_for,
+    near_plane,
+    object_bounds,
+    overview_pose,
+)
 from protosaga_app.server import HOTKEY_HINT, ViewerApp, ViewerOptions
 from protosaga_app.splats import browser_subset, drawable, splat_arrays
 from protosaga_app.viewer import ViewerConfig, serve
@@ -415,3 +424,15 @@ def test_over_the_splat_budget_the_browser_gets_what_is_visible(trained_scene):
             app.stop()
         else:
             server.stop()
+
+
+@pytest.mark.parametrize("extent, spacing", [(0.5, 0.05), (5.0, 0.4), (150.0, 3.0), (5000.0, 400.0)])
+def test_the_near_plane_stays_in_front_of_visers_background_plane(extent, spacing):
+    """viser draws server frames on a plane VISER_BACKGROUND_DISTANCE in front of the camera: a near plane
+    beyond it hid the segmentation of real captures in SfM units (a statue at 6 units, near plane 1.2). In any
+    units the near plane stays closer, and still beyond the photo of a frustum the camera jumped behind."""
+    centers = np.stack([np.arange(20) * spacing, np.zeros(20), np.zeros(20)], axis=1)
+    depth = frustum_depth_for(centers, extent)
+    near = near_plane(depth, extent)
+    assert 0.0 < near < VISER_BACKGROUND_DISTANCE
+    assert near > (1.0 + BEHIND_FRUSTUM) * depth  # the jumped-behind frustum's image plane is clipped

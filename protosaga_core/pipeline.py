@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -107,29 +108,30 @@ def associate_and_prototypes(scene_dir: SceneDir, config: RunConfig, progress: b
     association computes their weights and the later stages reuse them (DESIGN §3). Returns the cache:
     `run` drops it, freeing the weights before evaluation, which renders other views."""
     weights = WeightsCache()
-    rerun = stage_decision(scene_dir, "associate", config.associate, config.force)
-    if rerun is None:
-        _stage("associate", "done earlier with these flags; reused")
-    else:
-        how = "view consensus" if config.associate.grouping == "consensus" else f"memory bank, criterion {config.associate.criterion}"
-        _stage("associate", f"{rerun}: {how}")
-        associate(scene_dir, config.associate, progress=progress, weights=weights)
-    rerun = stage_decision(scene_dir, "refine", config.refine, config.force)
-    if rerun is None:
-        _stage("refine", "done earlier with these flags; reused")
-    else:
-        _stage("refine", f"{rerun}: {refine_plan(scene_dir, config.refine)}")
-        refine_features(scene_dir, config.refine, progress=progress, weights=weights)
-    rerun = stage_decision(scene_dir, "prototypes", config.prototypes, config.force)
-    if rerun is None:
-        _stage("prototypes", "done earlier with these flags; reused")
-    else:
-        _stage("prototypes", f"{rerun}: per-view prototypes, their ensemble and {config.prototypes.gaussian_labels} per-Gaussian labels")
-        compute_prototypes(scene_dir, config.prototypes, progress=progress, weights=weights)
+    grouping = config.associate.grouping
+    how = "view consensus" if grouping == "consensus" else f"memory bank, criterion {config.associate.criterion}"
+    run_stage(scene_dir, "associate", config.associate, config.force, how,
+              lambda: associate(scene_dir, config.associate, progress=progress, weights=weights))
+    run_stage(scene_dir, "refine", config.refine, config.force, refine_plan(scene_dir, config.refine),
+              lambda: refine_features(scene_dir, config.refine, progress=progress, weights=weights))
+    labels = config.prototypes.gaussian_labels
+    run_stage(scene_dir, "prototypes", config.prototypes, config.force,
+              f"per-view prototypes, their ensemble and {labels} per-Gaussian labels",
+              lambda: compute_prototypes(scene_dir, config.prototypes, progress=progress, weights=weights))
     return weights
 
 
 NOT_DONE = "not done yet"
+
+
+def run_stage(scene_dir: SceneDir, stage: str, config: Any, force: bool, plan: str, work: Callable[[], Any]) -> None:
+    """`work` (the stage), unless it was done earlier with this config; either way, says so and why."""
+    rerun = stage_decision(scene_dir, stage, config, force)
+    if rerun is None:
+        _stage(stage, "done earlier with these flags; reused")
+    else:
+        _stage(stage, f"{rerun}: {plan}")
+        work()
 
 
 def needs_features(config: RunConfig) -> bool:

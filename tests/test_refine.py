@@ -45,7 +45,8 @@ def test_refined_features_carry_the_consistent_masks_and_are_kept_beside_trainin
 
     result = refine_features(scene_dir, RefineConfig(), progress=False)
 
-    assert result.instances > 1 and len(result.losses) == RefineConfig.passes * len(scene_dir.load_dataset().split("train"))
+    views = len(scene_dir.load_dataset().split("train"))
+    assert result.instances > 1 and len(result.losses) == min(RefineConfig.passes * views, RefineConfig.max_iterations)
     assert np.mean(result.losses[-10:]) < np.mean(result.losses[:10])
     assert scene_dir.gaussians_path.read_bytes() == ply_bytes  # training's features stay in gaussians.ply
     assert torch.equal(scene_dir.read_gaussians(refined=False).features, trained)
@@ -92,6 +93,12 @@ def test_a_malformed_refined_features_file_is_named(trained_scene, array, messag
 def test_the_command_refines_and_names_the_next_step(trained_scene, capsys):
     assert main(["refine", str(trained_scene), "--passes", "2"]) == 0
     out = capsys.readouterr().out
-    assert "refine: features against the consistent masks, 2 iterations per training view" in out
+    assert "refine: features against the consistent masks, 2 iterations per training view (at most 600)" in out
     assert "refined_features.npy" in out and f"next: protosaga prototypes {trained_scene}" in out
     assert main(["refine", str(trained_scene), "--passes", "-1"]) != 0
+    assert main(["refine", str(trained_scene), "--max-iterations", "0"]) != 0
+
+
+def test_iterations_stop_at_the_cap(trained_scene):
+    result = refine_features(SceneDir(trained_scene), RefineConfig(passes=10, max_iterations=7), progress=False)
+    assert len(result.losses) == 7

@@ -164,7 +164,7 @@ def test_protosaga_run_computes_each_training_views_weights_once(trained_scene):
     config = RunConfig()
     cache = associate_and_prototypes(scene_dir, config, progress=False)
     assert scene_dir.read_meta().stages[-3:] == ["associate", "refine", "prototypes"]
-    refine_hits = (1 + config.refine.passes) * len(views)
+    refine_hits = len(views) + min(config.refine.passes * len(views), config.refine.max_iterations)
     assert (cache.misses, len(cache), cache.hits) == (len(views), len(views), 2 * len(views) + refine_hits)
 
 

@@ -41,6 +41,10 @@ class RefineConfig:
 
     passes: int = 10
     """iterations per training view, one random view each (0: no refinement, the paper's features)"""
+    max_iterations: int = 600
+    """at most this many iterations in all: 10 passes over 60 views; a 200-view capture gets 3 passes, which
+    give most of the gain on bench/quality.py's scenes, where at 1M Gaussians an iteration takes ~1.3 s on
+    2 cores (bench/RESULTS.md)"""
     temperature: float = TrainConfig.temperature
     """τ of the shared τ·cos classifier (Eq. 6's)"""
     lr_features: float = TrainConfig.lr_features
@@ -72,6 +76,7 @@ def instance_targets(consistent_mask: Tensor, ids: Tensor) -> Tensor:
 def check_config(config: RefineConfig) -> None:
     problems = [
         f"--passes must be 0 (no refinement) or positive, got {config.passes}" if config.passes < 0 else "",
+        f"--max-iterations must be positive, got {config.max_iterations}" if config.max_iterations < 1 else "",
         f"--temperature must be positive, got {config.temperature}" if config.temperature <= 0 else "",
     ]
     problems = [p for p in problems if p]
@@ -85,7 +90,7 @@ def refine_plan(scene_dir: SceneDir, config: RefineConfig) -> str:
         return "none (--refine.passes 0): the prototypes read the features as trained"
     if scene_dir.is_imported() and not scene_dir.is_done("features"):
         return f"none: the imported scene has no features yet ({FEATURES_HINT})"
-    return f"features against the consistent masks, {config.passes} iterations per training view"
+    return f"features against the consistent masks, {config.passes} iterations per training view (at most {config.max_iterations})"
 
 
 @writes_scene(STAGE)
@@ -121,7 +126,7 @@ def refine_features(
         )
         samples = [_sample(view, masks[i], prototypes, gaussians.device) for i, view in enumerate(views)]
         masks.clear()  # the targets replace them
-        iterations = config.passes * len(views)
+        iterations = min(config.passes * len(views), config.max_iterations)
         losses = fit_features(
             gaussians.detach(), samples, state, iterations, config.temperature, progress=progress, weights=weights, desc=STAGE
         )

@@ -33,8 +33,9 @@ its view) and sees the scene."""
 VISER_BACKGROUND_DISTANCE = 1.0
 """viser draws the server's frames (segmentation, prototypes, PCA) on a plane this far in front of the
 browser's camera whatever the scene's units (App.tsx, the background mesh): a near plane beyond it clips
-them away, as it did in the SfM units of real captures. Frustums are kept small enough that the near plane
-stays closer."""
+them away, as it did in the SfM units of real captures."""
+FARTHEST_NEAR = 0.9 * VISER_BACKGROUND_DISTANCE
+"""The browser's near plane stays at most this far; frustums are kept small enough for that."""
 OPAQUE = 0.5
 """Gaussians at least this opaque are what the start view frames (faint floaters are not objects)."""
 COVISIBLE = 0.5
@@ -74,7 +75,7 @@ def frustum_depth_for(centers: np.ndarray, extent: float) -> float:
     """Frustum depth for training cameras at `centers` [C, 3] in a scene of size `extent`: FRUSTUM_DEPTH of
     it, or half the median spacing of neighbouring cameras if less (cameras at one spot do not count, so
     the depth stays positive), and at most what keeps `near_plane` closer than viser's background plane."""
-    depth = min(FRUSTUM_DEPTH * extent, 0.9 * VISER_BACKGROUND_DISTANCE / (NEAR_MARGIN * (1.0 + BEHIND_FRUSTUM)))
+    depth = min(FRUSTUM_DEPTH * extent, FARTHEST_NEAR / (NEAR_MARGIN * (1.0 + BEHIND_FRUSTUM)))
     if len(centers) > 1:
         distances = np.linalg.norm(centers[:, None] - centers[None], axis=-1)
         np.fill_diagonal(distances, np.inf)
@@ -89,7 +90,7 @@ def near_plane(frustum_depth: float, extent: float) -> float:
     """The browser's near plane: beyond the image plane of a frustum seen from BEHIND_FRUSTUM depths
     behind its apex (see `go_to_view`); a small share of the scene without frustums; always closer than
     viser's background plane."""
-    return min(max(NEAR_MARGIN * (1.0 + BEHIND_FRUSTUM) * frustum_depth, 1e-3 * extent), 0.9 * VISER_BACKGROUND_DISTANCE)
+    return min(max(NEAR_MARGIN * (1.0 + BEHIND_FRUSTUM) * frustum_depth, 1e-3 * extent), FARTHEST_NEAR)
 
 
 def training_poses(views: list[View]) -> dict[str, BrowserPose]:

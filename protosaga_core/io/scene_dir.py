@@ -272,12 +272,7 @@ class SceneDir:
     def read_refined_features(self, shape: torch.Size) -> Tensor:
         """refined_features.npy, checked to have gaussians.ply's feature shape. [N, D] float32"""
         path, hint = self.refined_features_path, "run protosaga refine again"
-        try:
-            features = load_npy(path)
-        except BoundedReadError as error:
-            raise SceneDirError(f"{error}; {hint}") from error
-        except (ValueError, OSError, EOFError) as error:
-            raise SceneDirError(f"{path}: not a NumPy array file ({error}); {hint}") from error
+        features = _read_npy(path, hint)
         if not isinstance(features, np.ndarray) or features.dtype != np.float32 or features.shape != tuple(shape):
             raise SceneDirError(
                 f"{path}: expected float32 features of shape {list(shape)} (those of {self.gaussians_path.name}), got "
@@ -345,12 +340,7 @@ class SceneDir:
         is given. [N] int64"""
         if not self.labels_path.exists():
             raise SceneDirError(f"{self.labels_path}: missing; run protosaga prototypes first")
-        try:
-            labels = load_npy(self.labels_path)
-        except BoundedReadError as error:  # a header announcing more than the file holds, before allocating it
-            raise SceneDirError(f"{error}; run protosaga prototypes again") from error
-        except (ValueError, OSError, EOFError) as error:
-            raise SceneDirError(f"{self.labels_path}: not a NumPy array file ({error}); run protosaga prototypes again") from error
+        labels = _read_npy(self.labels_path, "run protosaga prototypes again")
         if not isinstance(labels, np.ndarray) or not np.issubdtype(labels.dtype, np.integer):
             raise SceneDirError(
                 f"{self.labels_path}: expected integer instance ids, got {getattr(labels, 'dtype', type(labels).__name__)}; "
@@ -367,6 +357,16 @@ class SceneDir:
     def write_labels(self, labels: np.ndarray) -> None:
         with atomic_open(self.labels_path) as handle:
             np.save(handle, np.asarray(labels, dtype=np.int64))
+
+
+def _read_npy(path: Path, hint: str) -> Any:
+    """A scene's `.npy` file, every failure a SceneDirError naming it and ending with `hint`."""
+    try:
+        return load_npy(path)
+    except BoundedReadError as error:  # a header announcing more than the file holds, before allocating it
+        raise SceneDirError(f"{error}; {hint}") from error
+    except (ValueError, OSError, EOFError) as error:
+        raise SceneDirError(f"{path}: not a NumPy array file ({error}); {hint}") from error
 
 
 def mistyped_fields(meta: SceneMeta) -> list[str]:

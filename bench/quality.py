@@ -204,15 +204,19 @@ def run_statue(source: Path, root: Path, iterations: int | None, refine: RefineC
     with contextlib.redirect_stdout(io.StringIO()):
         psnr = evaluate(scene_dir, EvalConfig(methods=()), progress=False).psnr
     associate(scene_dir, AssociateConfig(), progress=False)
-    maps = {}
-    for method, passes in (("lifted", 0), ("proto", 0), ("proto+refine", refine.passes)):
-        began = time.perf_counter()
-        refine_features(scene_dir, replace(refine, passes=passes), progress=False)
-        compute_prototypes(scene_dir, PrototypesConfig(), progress=False)
-        folder = segment(scene_dir, SegmentConfig(split="test", method=method.split("+")[0]), progress=False)
-        maps[method] = [load_label_map(p) for p in sorted(folder.glob("*.png"))]  # heights differ by a row
-        if passes:
-            minutes_refine = (time.perf_counter() - began) / 60
+
+    def test_maps(method: str) -> list[torch.Tensor]:
+        folder = segment(scene_dir, SegmentConfig(split="test", method=method), progress=False)
+        return [load_label_map(p) for p in sorted(folder.glob("*.png"))]  # heights differ by a row
+
+    refine_features(scene_dir, replace(refine, passes=0), progress=False)  # the features as trained
+    compute_prototypes(scene_dir, PrototypesConfig(), progress=False)
+    maps = {method: test_maps(method) for method in ("lifted", "proto")}
+    began = time.perf_counter()
+    refine_features(scene_dir, refine, progress=False)
+    minutes_refine = (time.perf_counter() - began) / 60
+    compute_prototypes(scene_dir, PrototypesConfig(), progress=False)
+    maps["proto+refine"] = test_maps("proto")
     lifted = maps["lifted"]
     centres = torch.cat([m[m.shape[0] // 3 : 2 * m.shape[0] // 3, m.shape[1] // 3 : 2 * m.shape[1] // 3].flatten() for m in lifted])
     statue_id = int(torch.mode(centres[centres > 0]).values)

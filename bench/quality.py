@@ -48,6 +48,7 @@ from protosaga_core.datasets import DatasetConfig, load_scene
 from protosaga_core.evaluate import EvalConfig, evaluate, gaussian_object_score
 from protosaga_core.io.cache import cache_dir
 from protosaga_core.io.labelmaps import load_label_map
+from protosaga_core.io.scene_dir import SceneDir, config_record
 from protosaga_core.masks import MasksConfig, generate_masks
 from protosaga_core.method.association import AssociateConfig, associate
 from protosaga_core.method.prototypes import PrototypesConfig, compute_prototypes
@@ -122,17 +123,21 @@ def run_scene(
     root: Path, seed: int, masks: str, noise: str, iterations: int | None, variants: list[str], refine: RefineConfig
 ) -> SceneResult:
     start = time.perf_counter()
-    dataset = DatasetConfig(synthesize(root / "data", "bench", seed, noise=noise, progress=False))
-    if masks == "sam":
-        use_sam_masks(dataset.root)
-        print(f"  seed {seed}: MobileSAM masks in {(time.perf_counter() - start) / 60:.1f} min", file=sys.stderr, flush=True)
     config = PRESETS["cpu"] if iterations is None else replace(PRESETS["cpu"], iterations=iterations)
-    with contextlib.redirect_stderr(io.StringIO()):  # the training progress bar
-        scene_dir = train(dataset, root / "scene", config)
+    scene_dir = SceneDir(root / "scene")
+    reused = trained_with(scene_dir, config)
+    if not reused:
+        shutil.rmtree(root, ignore_errors=True)
+        dataset = DatasetConfig(synthesize(root / "data", "bench", seed, noise=noise, progress=False))
+        if masks == "sam":
+            use_sam_masks(dataset.root)
+            print(f"  seed {seed}: MobileSAM masks in {(time.perf_counter() - start) / 60:.1f} min", file=sys.stderr, flush=True)
+        with contextlib.redirect_stderr(io.StringIO()):  # the training progress bar
+            scene_dir = train(dataset, root / "scene", config)
     trained = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         psnr = evaluate(scene_dir, EvalConfig(methods=()), progress=False).psnr
-    result = SceneResult(seed, psnr, minutes={"train": (trained - start) / 60})
+    result = SceneResult(seed, psnr, minutes={} if reused else {"train": (trained - start) / 60})
 
     scene = scene_dir.load_dataset()
     train_views, test_views = scene.split("train"), scene.split("test")
@@ -168,6 +173,11 @@ def run_scene(
     return result
 
 
+def trained_with(scene_dir: SceneDir, config) -> bool:
+    """Whether --workdir holds this scene trained with `config` (then training and its masks are reused)."""
+    return scene_dir.is_done("train") and scene_dir.read_meta().configs.get("train") == config_record(config)
+
+
 STATUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "statue_colmap"
 STATUE_DOWNSCALE, STATUE_POINTS = 4, 16
 """The statue at 250 px wide with MobileSAM's CPU default of 16 points per side, as issue 10 ran it."""
@@ -193,6 +203,7 @@ class StatueResult:
 
 def run_statue(source: Path, root: Path, iterations: int | None, refine: RefineConfig) -> StatueResult:
     start = time.perf_counter()
+    shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(source, root / "data")
     use_sam_masks(root / "data", STATUE_DOWNSCALE, STATUE_POINTS)
     dataset = DatasetConfig(root / "data", downscale=STATUE_DOWNSCALE)
@@ -290,12 +301,15 @@ def main() -> int:
                         help="association variants to measure (default: all)")
     parser.add_argument("--refine-passes", type=int, default=RefineConfig.passes, help="the refine stage's iterations per view")
     parser.add_argument("--statue", type=Path, nargs="?", const=STATUE, help=f"also the real statue capture (default {STATUE})")
+    parser.add_argument("--workdir", type=Path, help="keep the scenes here, and reuse those trained here with the same "
+                        "settings (their training minutes are then not reported)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     refine = RefineConfig(passes=args.refine_passes)
     results: dict[str, list[SceneResult]] = {masks: [] for masks in args.masks}
     statue = None
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = args.workdir or stack.enter_context(tempfile.TemporaryDirectory())
         if args.statue:  # first: the slowest to fail (MobileSAM, real photos)
             statue = run_statue(args.statue, Path(tmp) / "statue", args.iterations, refine)
             print(f"statue done in {statue.minutes['total']:.1f} min", file=sys.stderr, flush=True)

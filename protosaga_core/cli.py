@@ -1,8 +1,8 @@
 """Segment 3D Gaussian Splatting scenes into objects (Proto-SaGa).
 
 Start with `protosaga demo` (the whole method on a bundled scene, then the viewer), or `protosaga run
-DATASET -o SCENE` on your own posed images; the stages after it run one step at a time, and the tools
-at the end inspect, render, score and export. `protosaga doctor` says what this machine offers.
+DATASET -o SCENE` on your own posed images, photos or video (posed first by `protosaga colmap`); the stages
+after it run one step at a time, and the tools at the end inspect, render, score and export. `protosaga doctor` says what this machine offers.
 """
 
 # One subcommand per stage, each a thin shell over a library function. The installed `protosaga` command is
@@ -27,6 +27,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 import torch  # noqa: E402
 import tyro  # noqa: E402
 
+from .capture import ColmapConfig, pose_capture
 from .datasets import DatasetConfig, DatasetFormat, SplitRule
 from .device import BACKENDS, Backend, prefer_backend
 from .evaluate import EvalConfig, evaluate
@@ -145,6 +146,26 @@ class Render:
 
 
 @dataclass
+class Colmap:
+    """Pose a folder of photos or a video into a COLMAP dataset that `protosaga run` reads: pycolmap's SIFT
+    features, matching and incremental mapping on the CPU, undistorted to PINHOLE, with images_2/4/8.
+    A killed run continues where it stopped when given the same command."""
+
+    input: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="INPUT")]
+    """a folder of photos (or a folder whose images/ holds them), or a video file"""
+    output: Annotated[Path, tyro.conf.arg(aliases=("-o",))]
+    """the dataset folder to make"""
+    config: tyro.conf.OmitArgPrefixes[ColmapConfig] = field(default_factory=ColmapConfig)
+    overwrite: bool = False
+    """start again in an output folder made from other photos or settings"""
+
+    def run(self) -> None:
+        report = pose_capture(self.input, self.output, self.config, self.overwrite)
+        print(report.summary())
+        print(f"segment it with: protosaga run {self.output} -o SCENE")
+
+
+@dataclass
 class Masks:
     """Write one SAM-style label map per training view to DATASET/masks/<stem>.png (resumable)."""
 
@@ -152,7 +173,7 @@ class Masks:
     masks: tyro.conf.OmitArgPrefixes[MasksConfig]
 
     def run(self) -> None:
-        scene = self.dataset.load()
+        scene, _ = self.dataset.load_at_most(self.masks.max_width)
         paths = generate_masks(scene, self.masks)
         print(f"{len(paths)} training-view masks in {scene.root / 'masks'} ({self.masks.method})")
 
@@ -517,6 +538,7 @@ def command_type(preset: Preset):
         Annotated[Demo, tyro.conf.subcommand("demo", default=demo_default)],
         Annotated[Run, tyro.conf.subcommand("run", default=run_default)],
         Annotated[Weights, tyro.conf.subcommand("weights")],
+        Annotated[Colmap, tyro.conf.subcommand("colmap")],
         Annotated[Masks, tyro.conf.subcommand("masks")],
         Annotated[Train, tyro.conf.subcommand("train", default=train_default)],
         Annotated[Import, tyro.conf.subcommand("import")],
@@ -541,6 +563,7 @@ RESUME_HINTS = {
     "run": "run the same command again: finished stages and the training checkpoint are reused",
     "demo": "run the same command again: finished stages and the training checkpoint are reused",
     "masks": "run the same command again: the views already done are kept",
+    "colmap": "run the same command again: the finished steps, the photos' features and the matched pairs are kept",
     "weights": "nothing was stored (the partial download is removed): run the same command again",
 }
 """What to do after Ctrl-C, per command; the others change nothing until their outputs are complete."""

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import tyro
 
-from .datasets import DatasetConfig
+from .capture import ColmapConfig, is_capture, pose_capture
+from .datasets import DatasetConfig, Scene
 from .evaluate import EvalConfig, EvalReport, evaluate
 from .io.cache import cache_dir
 from .io.outputs import check_scene_output, is_trained_scene, real_path
@@ -32,6 +35,10 @@ DEMO_DATASET = Path(__file__).resolve().parents[1] / "assets" / "demo"
 class RunConfig:
     """Configs of every stage `protosaga run` chains."""
 
+    colmap: ColmapConfig = field(default_factory=ColmapConfig)
+    """used only when the dataset is a folder of photos or a video (posed first, as `protosaga colmap` does)"""
+    posed_dataset: Path | None = None
+    """where photos or a video are posed into; default: SCENE_dataset beside the scene folder"""
     masks: MasksConfig = field(default_factory=MasksConfig)
     """used only for training views that have no mask yet"""
     train: tyro.conf.OmitArgPrefixes[TrainConfig] = field(default_factory=lambda: PRESETS["cpu"])
@@ -62,14 +69,29 @@ class RunConfig:
 
 @writes_scene("run", scene="output", create=True)
 def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool = True) -> EvalReport:
-    """masks (if missing) -> train -> associate -> refine -> prototypes -> eval, into the scene directory `output`.
+    """[colmap for photos or a video] -> masks (if missing) -> train -> associate -> refine -> prototypes ->
+    eval, into the scene directory `output`.
 
     A stage finished earlier is reused only when scene.json records the same flags for it (and the scene
     was made from this dataset); otherwise it runs again, and so does every later stage. Each decision is
-    printed.
+    printed, and at the end the time each stage took.
     """
     check_scene_output(output)  # before any work: never a scene inside another scene's folders
+    timer = StageTimer()
+    try:
+        return run_stages(dataset, output, config, progress, timer)
+    finally:
+        _stage("times", timer.summary())
+
+
+def run_stages(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool, timer: StageTimer) -> EvalReport:
     config = config.resolved()
+    if is_capture(dataset.root):
+        target = config.posed_dataset or output.with_name(f"{output.name}_dataset")
+        _stage("colmap", f"{dataset.root} holds photos without poses: posing them into {target} (protosaga colmap)")
+        with timer("colmap"):
+            print(pose_capture(dataset.root, target, config.colmap, progress=progress).summary())
+        dataset = replace(dataset, root=target, format="colmap")
     scene_dir = SceneDir(output)
     scene = dataset.load()
     if scene_dir.meta_path.exists():
@@ -79,8 +101,11 @@ def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool 
     if any(view.mask_path is None for view in scene.split("train")):
         masks = resolve_masks(config.masks)  # `auto` decided here, so the line says what runs
         detail = f"sam ({masks.model})" if masks.method == "sam" else masks.method
-        _stage("masks", f"{detail} masks for the training views")
-        generate_masks(scene, masks, progress=progress)
+        mask_scene = masking_scene(dataset, config, scene_dir if imported else None)
+        size = f"{mask_scene.views[0].width}x{mask_scene.views[0].height}"
+        _stage("masks", f"{detail} masks for the training views, at {size} like training (--masks.max-width)")
+        with timer("masks"):
+            generate_masks(mask_scene, masks, progress=progress)
     else:
         sweep_mask_temporaries(scene.root)
         _stage("masks", f"every training view has a mask in {scene.root / 'masks'}; reused (delete them to make new ones)")
@@ -89,20 +114,49 @@ def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool 
         _stage("train", "none: an imported scene keeps its Gaussians as imported")
         if needs_features(config) and not scene_dir.is_done("features"):
             _stage("features", "not done yet: the settings read features; learnt on the frozen Gaussians (protosaga features)")
-            train_features(scene_dir, FeatureConfig(), progress=progress)
+            with timer("features"):
+                train_features(scene_dir, FeatureConfig(), progress=progress)
     elif rerun is None:
         _stage("train", "done earlier with these flags; reused")
     else:
         checkpoint = scene_dir.checkpoints_dir / "last.pt"
         resume = rerun == NOT_DONE and checkpoint.exists()
         _stage("train", "resuming from the last checkpoint" if resume else f"{rerun}: {config.train.iterations} iterations")
-        train(dataset, output, config.train, resume=resume, overwrite=rerun != NOT_DONE)
-    associate_and_prototypes(scene_dir, config, progress)
+        with timer("train"):
+            train(dataset, output, config.train, resume=resume, overwrite=rerun != NOT_DONE)
+    associate_and_prototypes(scene_dir, config, progress, timer)
     _stage("eval", "test-view rendering and segmentation")
-    return evaluate(scene_dir, config.eval, progress=progress)
+    with timer("eval"):
+        return evaluate(scene_dir, config.eval, progress=progress)
 
 
-def associate_and_prototypes(scene_dir: SceneDir, config: RunConfig, progress: bool) -> WeightsCache:
+class StageTimer:
+    """The wall-clock seconds of each stage that ran, in order, for the summary at the end of `run`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = time.perf_counter() - start
+
+    def summary(self) -> str:
+        if not self.seconds:
+            return "no stage ran (all reused)"
+        parts = [f"{stage} {format_seconds(seconds)}" for stage, seconds in self.seconds.items()]
+        return ", ".join(parts) + f"; {format_seconds(sum(self.seconds.values()))} in all"
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+
+
+def associate_and_prototypes(scene_dir: SceneDir, config: RunConfig, progress: bool,
+                             timer: StageTimer | None = None) -> WeightsCache:
     """The associate, refine and prototypes stages of `run`, each unless done earlier with these flags,
     sharing one cache of blending weights: all render the training views of the same frozen geometry, so
     association computes their weights and the later stages reuse them (DESIGN §3). Returns the cache:
@@ -110,13 +164,14 @@ def associate_and_prototypes(scene_dir: SceneDir, config: RunConfig, progress: b
     weights = WeightsCache()
     grouping = config.associate.grouping
     how = "view consensus" if grouping == "consensus" else f"memory bank, criterion {config.associate.criterion}"
-    run_stage(scene_dir, "associate", config.associate, config.force, how,
+    timer = timer or StageTimer()
+    run_stage(scene_dir, "associate", config.associate, config.force, how, timer,
               lambda: associate(scene_dir, config.associate, progress=progress, weights=weights))
-    run_stage(scene_dir, "refine", config.refine, config.force, refine_plan(scene_dir, config.refine),
+    run_stage(scene_dir, "refine", config.refine, config.force, refine_plan(scene_dir, config.refine), timer,
               lambda: refine_features(scene_dir, config.refine, progress=progress, weights=weights))
     labels = config.prototypes.gaussian_labels
     run_stage(scene_dir, "prototypes", config.prototypes, config.force,
-              f"per-view prototypes, their ensemble and {labels} per-Gaussian labels",
+              f"per-view prototypes, their ensemble and {labels} per-Gaussian labels", timer,
               lambda: compute_prototypes(scene_dir, config.prototypes, progress=progress, weights=weights))
     return weights
 
@@ -124,14 +179,25 @@ def associate_and_prototypes(scene_dir: SceneDir, config: RunConfig, progress: b
 NOT_DONE = "not done yet"
 
 
-def run_stage(scene_dir: SceneDir, stage: str, config: Any, force: bool, plan: str, work: Callable[[], Any]) -> None:
-    """`work` (the stage), unless it was done earlier with this config; either way, says so and why."""
+def run_stage(scene_dir: SceneDir, stage: str, config: Any, force: bool, plan: str, timer: StageTimer,
+              work: Callable[[], Any]) -> None:
+    """`work` (the stage), timed, unless it was done earlier with this config; either way, says so and why."""
     rerun = stage_decision(scene_dir, stage, config, force)
     if rerun is None:
         _stage(stage, "done earlier with these flags; reused")
     else:
         _stage(stage, f"{rerun}: {plan}")
-        work()
+        with timer(stage):
+            work()
+
+
+def masking_scene(dataset: DatasetConfig, config: RunConfig, imported: SceneDir | None) -> Scene:
+    """The dataset at the size its views are masked: --masks.max-width, else the size training (or the
+    import) reads them at: SAM on full-size photos costs several times more, and training would shrink
+    its masks anyway."""
+    if config.masks.max_width is None and imported is not None:
+        return replace(dataset, downscale=imported.read_meta().downscale).load()
+    return dataset.load_at_most(config.masks.max_width or config.train.max_width)[0]
 
 
 def needs_features(config: RunConfig) -> bool:

@@ -40,7 +40,7 @@ def test_help_speaks_to_users_and_lists_commands_in_workflow_order(capsys):
     assert "--backend" in out and "--threads" in out
     listed = out[out.index("{") + 1 : out.index("}")].split(",")
     assert listed[:2] == ["demo", "run"]
-    stages = ["weights", "masks", "train", "import", "features", "associate", "refine", "prototypes", "segment", "eval"]
+    stages = ["weights", "colmap", "masks", "train", "import", "features", "associate", "refine", "prototypes", "segment", "eval"]
     assert listed[2 : 2 + len(stages)] == stages
     assert set(listed[2 + len(stages) :]) == {"export", "info", "render", "metrics", "synth", "doctor"}
 

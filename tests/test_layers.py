@@ -15,7 +15,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                          "protosaga_core.gaussians",
                          "protosaga_core.cameras", "protosaga_core.palette", "protosaga_core.device", "protosaga_core.memory")),
     ("data and rendering", ("protosaga_core.datasets", "protosaga_core.render", "protosaga_core.orbit")),
-    ("inputs", ("protosaga_core.masks", "protosaga_core.io.scene_dir", "protosaga_core.synthetic")),
+    ("inputs", ("protosaga_core.masks", "protosaga_core.capture", "protosaga_core.io.scene_dir", "protosaga_core.synthetic")),
     ("stage utilities", ("protosaga_core.stages", "protosaga_core.threads", "protosaga_core.metrics",
                          "protosaga_core.io.exports", "protosaga_core.imports")),
     ("the method", ("protosaga_core.method",)),

@@ -9,8 +9,10 @@ import pytest
 
 from protosaga_app import command, viewer
 from protosaga_core import pipeline
+from protosaga_core.capture import posing
 from protosaga_core.cli import main
 from protosaga_core.datasets import DatasetConfig
+from protosaga_core.io.labelmaps import image_size
 from protosaga_core.io.scene_dir import SceneDir
 from protosaga_core.method.train import PRESETS, DensifyConfig
 
@@ -116,3 +118,35 @@ def test_demo_runs_on_the_bundled_scene_and_opens_the_viewer(tmp_path, monkeypat
     assert_tiny_training_worked(json.loads((SceneDir(scene).eval_dir / "metrics.json").read_text()))
     [(config, instances)] = opened
     assert config.scene == scene and config.port == 8765 and config.host == "127.0.0.1" and instances > 0
+
+
+STATUE_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "statue_colmap" / "images"
+
+
+def test_run_on_plain_photos_poses_them_first_and_masks_at_the_training_size(tmp_path, monkeypatch, capsys):
+    if not STATUE_PHOTOS.is_dir():
+        pytest.skip(f"{STATUE_PHOTOS} not present")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted(STATUE_PHOTOS.iterdir())[:8]:
+        shutil.copy(path, photos / path.name)
+    scene = tmp_path / "statue"
+    argv = ["run", str(photos), "-o", str(scene), "--preset", "cpu", *TINY, "--masks.method", "fallback",
+            "--colmap.max-image-size", "500", "--colmap.downscales", "2", "4"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "colmap: " in out and "photos posed" in out and "times: colmap" in out and "train " in out
+    posed = tmp_path / "statue_dataset"
+    meta = SceneDir(scene).read_meta()
+    assert Path(meta.dataset) == posed.resolve() and meta.dataset_format == "colmap"
+    # 1000-px photos, --max-width 320: training reads images_4 (250 px), and the masks were made at that size.
+    mask = next((posed / "masks").glob("*.png"))
+    assert image_size(mask) == image_size(posed / "images_4" / f"{mask.stem}.jpg")
+    assert meta.downscale == 4
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished step ran again")
+
+    for step in ("extract_features", "match_pairs", "map_photos", "undistort", "write_downscaled"):
+        monkeypatch.setattr(posing, step, refuse)
+    assert main(argv) == 0  # the same command continues: poses and every stage reused

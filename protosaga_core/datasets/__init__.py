@@ -7,8 +7,9 @@ and depth maps must have its size or its original image's (they are never stretc
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal, get_args
 
@@ -60,6 +61,16 @@ class DatasetConfig:
 
     def load(self) -> Scene:
         return load_scene(self.root, self.format, self.downscale, self.split)
+
+    def load_at_most(self, max_width: int | None) -> tuple[Scene, int]:
+        """The dataset shrunk by the smallest integer factor, never below `downscale`, that makes its widest
+        view at most `max_width` pixels wide (None: `downscale` itself), and that factor."""
+        probe = self.load()
+        if max_width is None:
+            return probe, self.downscale
+        widest = max(view.width * view.downscale for view in probe.views)
+        downscale = max(self.downscale, math.ceil(widest / max_width))
+        return (probe if downscale == self.downscale else replace(self, downscale=downscale).load()), downscale
 
 
 def detect_format(root: Path) -> str:

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE")
 UNDISTORT_HINT = (
     "undistort the images first: colmap image_undistorter --image_path images --input_path sparse/0 "
-    "--output_path undistorted --output_type COLMAP, then load the undistorted/ folder"
+    "--output_path undistorted --output_type COLMAP, then load the undistorted/ folder; or pose the photos "
+    "again with protosaga colmap images -o DATASET, which undistorts them"
 )
 
 

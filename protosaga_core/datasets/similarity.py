@@ -84,6 +84,23 @@ class Similarity:
             )
         return cls(matrix)
 
+    @classmethod
+    def fit(cls, source: Tensor, target: Tensor) -> Similarity:
+        """The similarity that best maps the points `source` onto `target` in least squares (Umeyama 1991).
+        source, target: [P, 3], P >= 3 not on one line."""
+        source, target = source.double(), target.double()
+        source_mean, target_mean = source.mean(0), target.mean(0)
+        centred_source, centred_target = source - source_mean, target - target_mean
+        u, singular, vt = torch.linalg.svd(centred_target.T @ centred_source / len(source))
+        sign = torch.ones(3, dtype=torch.float64)
+        sign[2] = torch.sign(torch.linalg.det(u @ vt))  # a rotation, never a reflection
+        rotation = u @ torch.diag(sign) @ vt
+        scale = float((singular * sign).sum() / centred_source.pow(2).sum(1).mean())
+        matrix = torch.eye(4, dtype=torch.float64)
+        matrix[:3, :3] = scale * rotation
+        matrix[:3, 3] = target_mean - scale * rotation @ source_mean
+        return cls(matrix)
+
     @property
     def scale(self) -> float:
         """s."""

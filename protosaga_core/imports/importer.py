@@ -16,12 +16,11 @@ where the dataset's cameras look would have every mask lifted onto the wrong Gau
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -324,13 +323,7 @@ def read_transform(path: Path) -> Similarity:
 
 def _load(dataset: DatasetConfig, max_width: int | None) -> tuple[Scene, int]:
     """The dataset at the downscale the later stages will use (as `train` picks it), in its own frame."""
-    probe = dataset.load()
-    downscale = dataset.downscale
-    if max_width is not None:
-        widest = max(view.width * view.downscale for view in probe.views)
-        downscale = max(dataset.downscale, math.ceil(widest / max_width))
-    scene = probe if downscale == dataset.downscale else replace(dataset, downscale=downscale).load()
-    return scene, downscale
+    return dataset.load_at_most(max_width)
 
 
 def compare_cameras(cameras: list[InriaCamera], views: list[View], similarity: Similarity, source: Path) -> tuple[float | None, str | None]:

@@ -62,6 +62,9 @@ class MasksConfig:
     """SAM prompt grid resolution; default 64 for vit_h/l/b (Gaga), for vit_t 32 on a GPU and 16 on a CPU."""
     pred_iou_thresh: float = 0.7
     """SAM keeps masks whose predicted IoU exceeds this (Gaga: 0.7)."""
+    max_width: int | None = None
+    """make the masks on the views shrunk (by an integer factor) to at most this wide; `protosaga run` takes
+    training's --max-width when this is not given (training reads masks as wide as its views or wider)"""
 
 
 def generate_masks(scene: Scene, config: MasksConfig | None = None, progress: bool = True) -> list[Path]:

@@ -512,11 +512,8 @@ def train(
     check_config(config)
     scene_dir = SceneDir(output)
     check_output(scene_dir, resume, overwrite)
-    probe = dataset.load()
-    widest = max(v.width * v.downscale for v in probe.views)
-    downscale = max(dataset.downscale, math.ceil(widest / config.max_width)) if config.max_width else dataset.downscale
+    scene, downscale = dataset.load_at_most(config.max_width)
     dataset = replace(dataset, downscale=downscale)
-    scene = dataset.load() if downscale != probe.views[0].downscale else probe
     views = prepare_views(scene, config.unlabeled_as_class)
     fingerprint = scene_fingerprint(views, config.feature_dim)
     views = [view.to(device) for view in views]

@@ -142,6 +142,10 @@ def test_killed_run_continues_without_redoing_finished_steps(statue_photos, tmp_
     state = json.loads((tmp_path / "posed" / "colmap" / "state.json").read_text())
     assert state["done"] == ["frames", "features", "matches"]
     monkeypatch.undo()
+    shutil.copy(statue_photos / "DSC_5300.jpg", photos / "DSC_5300.jpg")
+    with pytest.raises(CaptureError, match="its photos changed since posing began; add --overwrite"):
+        pose_capture(photos, tmp_path / "posed", config, progress=False)
+    (photos / "DSC_5300.jpg").unlink()
     extracted = []
     monkeypatch.setattr(posing, "extract_features", lambda *args, **kwargs: extracted.append(args))
     report = pose_capture(photos, tmp_path / "posed", config, progress=False)
@@ -158,6 +162,10 @@ def test_refusals_name_the_input_and_what_to_do(statue_photos, tmp_path):
         shutil.copy(statue_photos / name, two / name)
     with pytest.raises(CaptureError, match="holds 2 photo.*at least 3"):
         pose_capture(two, tmp_path / "b", FAST)
+    shutil.copy(statue_photos / "DSC_5285.jpg", two / "my photo.jpg")
+    with pytest.raises(CaptureError, match="my photo.jpg: photo names with spaces"):
+        pose_capture(two, tmp_path / "b", FAST)
+    (two / "my photo.jpg").unlink()
     (two / "DSC_5285.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(CaptureError, match="DSC_5285.jpg"):
         pose_capture(two, tmp_path / "c", FAST)

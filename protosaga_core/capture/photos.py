@@ -42,13 +42,18 @@ def is_capture(path: Path) -> bool:
 
 
 def check_photos(folder: Path, names: list[str]) -> None:
-    """Enough readable photos to map.
+    """Enough readable photos to map, with names COLMAP can list.
 
     Raises:
-        CaptureError: fewer than MIN_PHOTOS, or a file whose header cannot be read (naming it).
+        CaptureError: fewer than MIN_PHOTOS, a name with a space, or a file whose header cannot be read
+            (naming it).
     """
     if len(names) < MIN_PHOTOS:
         raise CaptureError(f"{folder}: holds {len(names)} photo(s); posing needs at least {MIN_PHOTOS} that overlap")
+    spaced = [name for name in names if any(character.isspace() for character in name)]
+    if spaced:  # COLMAP's list of pairs to match separates the two names by a space
+        raise CaptureError(f"{folder / spaced[0]}: photo names with spaces cannot be matched by COLMAP; rename "
+                           f"the {len(spaced)} such photo(s) (e.g. spaces to underscores)")
     for name in names:
         try:
             image_size(folder / name)

@@ -133,10 +133,15 @@ def pose_capture(source: Path, output: Path, config: ColmapConfig, overwrite: bo
         state.done.append(name)
         save_state(work, state)
 
-    image_dir = output / "frames" if is_video(source) else photo_folder(source)
-    step("frames", lambda: state.photos.extend(
-        extract_frames(source, image_dir, config.frames, progress) if is_video(source) else photo_names(image_dir)))
-    check_photos(image_dir, state.photos)
+    if is_video(source):
+        image_dir = output / "frames"
+        step("frames", lambda: state.photos.extend(extract_frames(source, image_dir, config.frames, progress)))
+        check_photos(image_dir, state.photos)
+    else:  # checked before the state records them: fixing the folder and running again must work
+        image_dir = photo_folder(source)
+        state.photos = same_photos(image_dir, state)
+        check_photos(image_dir, state.photos)
+        step("frames", lambda: None)
     single = config.single_camera == "yes" or (config.single_camera == "auto" and (is_video(source) or one_size(image_dir, state.photos)))
     database = work / "database.db"
     step("features", lambda: extract_features(database, image_dir, state.photos, config, single, progress))
@@ -151,6 +156,14 @@ def pose_capture(source: Path, output: Path, config: ColmapConfig, overwrite: bo
     step("undistort", lambda: undistort(work / "sparse" / state.model, image_dir, output))
     step("downscale", lambda: write_downscaled(output / "images", tuple(config.downscales), progress))
     return report(output, state, seconds)
+
+
+def same_photos(folder: Path, state: State) -> list[str]:
+    """The photos in `folder`, which must be those a continued run started from."""
+    names = photo_names(folder)
+    if state.photos and names != state.photos:
+        raise CaptureError(f"{folder}: its photos changed since posing began; add --overwrite to pose them again from the start")
+    return names
 
 
 def check_config(config: ColmapConfig) -> None:

@@ -8,6 +8,7 @@ from protosaga_core.gaussians import Gaussians
 from protosaga_core.method.lifting import (
     LabelVotes,
     compact_labels,
+    drop_fragments,
     fill_from_neighbours,
     labels_from_votes,
     lift_votes,
@@ -62,9 +63,34 @@ def test_labels_from_votes_ignores_unmasked_pixels_and_thresholds_evidence():
                 [0.0, 0.5, 0.5],  # tie: the first (smaller) id
             ]
         ),
+        torch.tensor([4, 4]),
     )
     assert labels_from_votes(votes, min_evidence=0.05).tolist() == [3, 8, 0, 3]
     assert votes.evidence.tolist() == torch.tensor([0.3, 1.0, 0.03, 1.0]).tolist()
+
+
+def test_drop_fragments_hands_the_gaussians_of_weak_instances_to_their_next_instance():
+    votes = LabelVotes(
+        torch.tensor([3, 5, 8]),
+        torch.tensor(
+            [
+                [0.0, 2.0, 0.0, 0.0],  # 3: a real object
+                [0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.4, 0.9, 0.0],  # 5, seen in 2 views only: goes to its next instance, 3
+                [0.0, 0.0, 0.0, 3.0],  # 8: enough views, but nearly transparent Gaussians
+                [0.0, 0.0, 0.1, 0.0],  # only 5: nothing left, unassigned
+            ]
+        ),
+        torch.tensor([9, 2, 6]),
+    )
+    labels = labels_from_votes(votes, min_evidence=0.05)
+    opacities = torch.tensor([0.9, 0.8, 0.7, 0.001, 0.5])
+    assert drop_fragments(votes, labels, opacities, min_views=3, min_opacity_share=0.01).tolist() == [False, True, True]
+    assert labels_from_votes(votes, min_evidence=0.05).tolist() == [3, 3, 3, 0, 0]
+    unchanged = LabelVotes(votes.ids, torch.rand(5, 4), votes.views)
+    before = unchanged.weights.clone()
+    assert not drop_fragments(unchanged, labels_from_votes(unchanged, 0.05), opacities, min_views=0, min_opacity_share=0.0).any()
+    assert torch.equal(unchanged.weights, before)
 
 
 def test_fill_from_neighbours_takes_the_majority_of_assigned_neighbours():
@@ -87,6 +113,7 @@ def test_lifting_ground_truth_maps_recovers_the_objects_and_renders_them_back():
     ids = torch.arange(1, int(truth.max()) + 1)
     gt_maps = render_label_maps(gaussians, views, truth, ids)
     votes = lift_votes(gaussians, [(views, gt_maps)], ids)
+    assert votes.views.tolist() == [int((gt_maps == i).flatten(1).any(1).sum()) for i in ids.tolist()]
     labels = labels_from_votes(votes, min_evidence=0.05)
     seen = labels > 0
     assert seen.float().mean() > 0.3

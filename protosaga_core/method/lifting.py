@@ -52,10 +52,12 @@ class LabelVotes:
     Attributes:
         ids: the instance id of each instance column. [T] int64, sorted, > 0
         weights: column 0 collects pixels no mask covers, column t + 1 instance ids[t]. [N, T + 1]
+        views: the training views whose masks hold each instance. [T] int64
     """
 
     ids: Tensor
     weights: Tensor
+    views: Tensor
 
     @property
     def evidence(self) -> Tensor:
@@ -150,11 +152,37 @@ def lift_votes(
     """
     ids = ids.to(torch.int64).cpu()
     votes = torch.zeros(len(gaussians), len(ids) + 1, device=gaussians.device)
+    views = torch.zeros(len(ids) + 1, dtype=torch.int64)
     for cameras, masks in batches:
         columns = compact_labels(masks.to(gaussians.device), ids.to(gaussians.device))
         transpose_labels(gaussians, cameras.to(gaussians.device), columns, len(ids) + 1, weights, out=votes)
+        for view_columns in columns.cpu():
+            views[torch.unique(view_columns)] += 1
         release_freed_memory()  # the batch's temporaries (weights computed for it alone, the rasterizer's)
-    return LabelVotes(ids, votes.cpu())
+    return LabelVotes(ids, votes.cpu(), views[1:])
+
+
+def drop_fragments(votes: LabelVotes, labels: Tensor, opacities: Tensor, min_views: int, min_opacity_share: float) -> Tensor:
+    """The instances too weakly supported to be objects, with their votes removed in place (their Gaussians
+    then vote for their next instance, or are left to their neighbours by `fill_from_neighbours`).
+
+    A fragment is what few training views hold (fewer than `min_views`: a SAM piece that association
+    found again in one or two views, a reflection), or what the Gaussians carrying it make almost nothing
+    of (their opacities sum to less than `min_opacity_share` of the scene's: floaters, specks). Users see
+    such ids as extra objects; in test views they are the predictions that match nothing.
+
+    Args:
+        labels: the labels taken from the votes before (`labels_from_votes`). [N] int64
+        opacities: the Gaussians' opacities in 0..1. [N]
+
+    Returns:
+        Whether each instance was dropped. [T] bool
+    """
+    columns = compact_labels(labels, votes.ids)
+    mass = torch.zeros(len(votes.ids) + 1, dtype=torch.float64).index_add_(0, columns, opacities.detach().double().cpu())[1:]
+    weak = (votes.views < min_views) | (mass < min_opacity_share * float(opacities.double().sum()))
+    votes.weights[:, 1:][:, weak] = 0.0
+    return weak
 
 
 def labels_from_votes(votes: LabelVotes, min_evidence: float) -> Tensor:

@@ -34,7 +34,7 @@ from ..render.sparse import WeightsCache
 from ..stages import DEFAULT_CHUNK_VIEWS, read_consistent_mask, render_features, view_batches
 from .classifier import cosine_logits
 from .label_edits import ViewSums
-from .lifting import fill_from_neighbours, labels_from_votes, lift_votes
+from .lifting import drop_fragments, fill_from_neighbours, labels_from_votes, lift_votes
 
 DEFAULT_TEMPERATURE = 10.0
 CLASSIFY_CHUNK = 1 << 16
@@ -62,6 +62,12 @@ class PrototypesConfig:
     over the training views) is unassigned"""
     fill_neighbours: int = 8
     """lifted: unassigned Gaussians take the majority label of this many nearest assigned ones (0: stay unassigned)"""
+    min_views: int = 5
+    """lifted: an instance that the masks of fewer training views hold is a fragment: its Gaussians go to
+    their next instance or their neighbours', and it leaves the instance table and Eq. 19 (0: keep all)"""
+    min_opacity_share: float = 1e-3
+    """lifted: so is an instance whose Gaussians' opacities sum to less than this share of the scene's (0: keep
+    all). Both set on bench/quality.py's 3 seeds with simulated and MobileSAM masks (bench/RESULTS.md)"""
 
 
 @dataclass(frozen=True)
@@ -267,6 +273,8 @@ def lifted_gaussian_labels(
     )
     votes = lift_votes(gaussians, batches, ids, weights)
     labels = labels_from_votes(votes, config.min_evidence)
+    if drop_fragments(votes, labels, gaussians.activated_opacities.detach(), config.min_views, config.min_opacity_share).any():
+        labels = labels_from_votes(votes, config.min_evidence)
     return fill_from_neighbours(gaussians.means.detach().cpu(), labels, config.fill_neighbours)
 
 
@@ -294,6 +302,7 @@ def compute_prototypes(
     prototypes = ensemble_prototypes([p[0] for p in per_view], [p[1] for p in per_view])
     if config.gaussian_labels == "lifted":
         labels = lifted_gaussian_labels(scene_dir, gaussians, scene, prototypes.ids, config, progress, weights)
+        prototypes = prototypes.only(torch.unique(labels[labels > 0]).tolist())  # fragments carry no Gaussian
     else:
         labels = gaussian_labels(gaussians.features.detach(), prototypes, config.temperature).cpu()
     # everything computed before the first write: an interrupt leaves the old outputs and state

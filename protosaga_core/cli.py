@@ -34,7 +34,7 @@ from .evaluate import EvalConfig, evaluate
 from .imports.importer import ImportConfig, import_scene
 from .io.cache import check_cache_dir
 from .io.exports import EDITS_FILE, EXPORTS_DIR, LEFT_OUT, ExportFormat, export_scene, record_path
-from .io.outputs import check_output_dir, check_output_file
+from .io.outputs import check_output_dir, check_output_file, check_outside_scenes
 from .io.scene_dir import SceneDir
 from .masks import MasksConfig, generate_masks
 from .method.association import AssociateConfig, associate
@@ -329,6 +329,8 @@ class Run:
 
     def run(self) -> None:
         dataset, output = self.dataset, self.output
+        if self.config.posed_dataset is not None:  # an output: refused before anything is read
+            check_outside_scenes(self.config.posed_dataset)
         if output is None:  # `protosaga run SCENE`
             dataset, output = dataset_of_scene(self.dataset.root), self.dataset.root
         run(dataset, output, self.config)

@@ -15,7 +15,7 @@ from .capture import ColmapConfig, is_capture, pose_capture
 from .datasets import DatasetConfig, Scene
 from .evaluate import EvalConfig, EvalReport, evaluate
 from .io.cache import cache_dir
-from .io.outputs import check_scene_output, is_trained_scene, real_path
+from .io.outputs import check_outside_scenes, check_scene_output, is_trained_scene, real_path
 from .io.scene_dir import SceneDir, config_record
 from .io.scene_lock import scene_lock, writes_scene
 from .masks import MasksConfig, generate_masks
@@ -77,6 +77,8 @@ def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool 
     printed, and at the end the time each stage took.
     """
     check_scene_output(output)  # before any work: never a scene inside another scene's folders
+    if config.posed_dataset is not None:
+        check_outside_scenes(config.posed_dataset)
     timer = StageTimer()
     try:
         return run_stages(dataset, output, config, progress, timer)

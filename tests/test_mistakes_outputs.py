@@ -20,7 +20,8 @@ from protosaga_core.cli import command_type, main
 from protosaga_core.io.cache import cache_dir
 from protosaga_core.io.scene_dir import SCENE_FORMAT
 
-INPUTS = {"path", "scene", "gt", "pred", "dataset.root", "masks.checkpoint", "config.masks.checkpoint", "source", "dataset", "config.transform"}
+INPUTS = {"path", "scene", "gt", "pred", "dataset.root", "masks.checkpoint", "config.masks.checkpoint", "source", "dataset", "config.transform",
+          "input"}
 """Path options that name what a command reads. Every other Path option of every command is an output,
 and `test_no_output_option_of_any_command_replaces_a_scenes_files` checks it."""
 MAKES_A_SCENE = {"train", "run", "demo", "import"}
@@ -42,6 +43,7 @@ def base_argv(command: str, scene: Path, dataset: Path) -> list[str]:
         "run": ["run", str(dataset), *TINY_TRAINING, "--force", "--masks.method", "simulated"],
         "demo": ["demo", "--no-view", *TINY_TRAINING, "--force", "--masks.method", "simulated"],
         "import": ["import", str(scene / "gaussians.ply"), "--dataset", str(dataset), "--skip-alignment-check"],
+        "colmap": ["colmap", str(dataset / "images"), "--overwrite"],
     }
     assert command in rows, f"protosaga {command} has an output option: add a command line for it to base_argv"
     return rows[command]
@@ -78,7 +80,7 @@ def _spellings() -> dict[tuple[str, str], list[str]]:
     for action in parser._actions:
         for command, sub in (action.choices or {}).items() if isinstance(action.choices, dict) else ():
             for option in sub._actions:
-                found[(command, option.dest.split(".", 1)[-1])] = list(option.option_strings)
+                found[(command, option.dest.split(".", 1)[-1].replace("-", "_"))] = list(option.option_strings)
     return found
 
 

@@ -176,12 +176,12 @@ def check_config(config: ColmapConfig) -> None:
 
 def open_state(source: Path, output: Path, config: ColmapConfig, overwrite: bool) -> State:
     """The state of `output`: continued when it was made from `source` with `config`, new otherwise."""
+    check_outside_scenes(output)
     if not (is_video(source) or photo_folder(source)):
         raise CaptureError(
             f"{source}: is neither a video ({', '.join(('.mp4', '.mov', '...'))}) nor a folder of photos without poses; "
             "a folder that is already a posed dataset (COLMAP, transforms.json, LLFF) needs no posing"
         )
-    check_outside_scenes(output)
     photos = real_path(source if is_video(source) else photo_folder(source))
     if any(real_path(output / entry) in (photos, *photos.parents) for entry in OWN_ENTRIES):
         raise CaptureError(f"{output}: would write over the photos in {source}; give the dataset another folder")

@@ -2,7 +2,8 @@
 
 Start with `protosaga demo` (the whole method on a bundled scene, then the viewer), or `protosaga run
 DATASET -o SCENE` on your own posed images, photos or video (posed first by `protosaga colmap`); the stages
-after it run one step at a time, and the tools at the end inspect, render, score and export. `protosaga doctor` says what this machine offers.
+after it run one step at a time, and the tools at the end inspect, render, score and export. `protosaga
+doctor` says what this machine offers.
 """
 
 # One subcommand per stage, each a thin shell over a library function. The installed `protosaga` command is

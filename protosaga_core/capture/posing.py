@@ -17,10 +17,11 @@ The dataset folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -349,16 +350,14 @@ def posed_names(reconstruction) -> set[str]:
     return {image.name for image in reconstruction.images.values() if image.has_pose}
 
 
-class quiet_colmap:
+@contextlib.contextmanager
+def quiet_colmap() -> Iterator[None]:
     """COLMAP's log at warnings and above only while a step runs (its INFO lines would bury the progress bars)."""
+    import pycolmap
 
-    def __enter__(self) -> None:
-        import pycolmap
-
-        self.level = pycolmap.logging.minloglevel
-        pycolmap.logging.minloglevel = 1
-
-    def __exit__(self, *exc: object) -> None:
-        import pycolmap
-
-        pycolmap.logging.minloglevel = self.level
+    level = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = 1
+    try:
+        yield
+    finally:
+        pycolmap.logging.minloglevel = level

@@ -140,7 +140,7 @@ def import_scene(source: Path, dataset: DatasetConfig | None, output: Path, conf
         print(f"[protosaga] import: {found.described}{where}: {len(gaussians):,} Gaussians, SH degree {gaussians.sh_degree}", flush=True)
         _note_source_path(found, dataset)
 
-        scene, downscale = _load(dataset, config.max_width)
+        scene, downscale = dataset.load_at_most(config.max_width)  # as `train` picks it, in its own frame
         if not scene.split("train"):
             raise ValueError(f"{scene.root}: the dataset has no training views")
         frames = candidate_frames(found, config.transform, scene)
@@ -319,11 +319,6 @@ def read_transform(path: Path) -> Similarity:
     except BoundedReadError as error:
         raise ValueError(str(error)) from None
     return similarity_from_json(raw, str(path))
-
-
-def _load(dataset: DatasetConfig, max_width: int | None) -> tuple[Scene, int]:
-    """The dataset at the downscale the later stages will use (as `train` picks it), in its own frame."""
-    return dataset.load_at_most(max_width)
 
 
 def compare_cameras(cameras: list[InriaCamera], views: list[View], similarity: Similarity, source: Path) -> tuple[float | None, str | None]:

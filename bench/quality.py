@@ -21,9 +21,10 @@ measures, with Gaga's protocol (id 0 not counted):
 `--workdir DIR` keeps the scenes and reuses those trained with the same settings.
 The paper's method is the row `bank-both` with `proto` in 2D and `features` in 3D.
 
-`--statue` adds the real capture in ../shared/data/statue_colmap (MobileSAM masks at 250 px, cached like
-the scenes'; no GT): how Eq. 19's test-view maps show the statue, with and without the refine stage,
-measured against the lifted labels (`StatueResult`).
+`--statue` adds the real capture in ../shared/data/statue_colmap/images, from its photos alone as a new user
+runs it (`protosaga run photos/`: posing, MobileSAM masks at training's size, every stage; no GT): PSNR,
+minutes per stage, how the test views show the statue, and the share of their labelled pixels that no
+training view supports (`StatueResult`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ from protosaga_core.method.refine import RefineConfig, refine_features
 from protosaga_core.method.segment import SegmentConfig, segment
 from protosaga_core.method.train import PRESETS, train
 from protosaga_core.metrics.instances import instance_metrics
+from protosaga_core.metrics.support import LabelledView, SupportCounts, support_counts
+from protosaga_core.pipeline import RunConfig, StageTimer, run
+from protosaga_core.render import render
 from protosaga_core.stages import read_consistent_mask
 from protosaga_core.synthetic import synthesize
 
@@ -180,79 +184,87 @@ def trained_with(scene_dir: SceneDir, config) -> bool:
     return scene_dir.is_done("train") and scene_dir.read_meta().configs.get("train") == config_record(config)
 
 
-STATUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "statue_colmap"
-STATUE_DOWNSCALE, STATUE_POINTS = 4, 16
-"""The statue at 250 px wide with MobileSAM's CPU default of 16 points per side, as issue 10 ran it."""
+STATUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "statue_colmap" / "images"
+STATUE_POINTS = 16
+"""The statue's 23 photos, posed by `protosaga colmap` (its shipped model unused), with MobileSAM's CPU default
+of 16 points per side."""
+STATUE_METHODS = {"lifted": "lifted", "proto+refine": "proto"}
+"""The test-view maps measured: the default (lifted labels) and Eq. 19 on the refined features."""
 
 
 @dataclass
 class StatueResult:
-    """The real capture, without GT: how Eq. 19's test-view maps show the statue, measured against the lifted
-    labels' (which show it whole, bench/RESULTS.md). The statue is the lifted instance that covers most of the
-    test views' central ninths.
+    """The real capture from its photos alone, as `protosaga run photos/` makes it (no GT).
 
-    statue_share: per method, the share of the statue's pixels (in the lifted maps) that the method gives the
-    statue's id; statue_fragments: the ids that take at least 2 % of them; agreement: the share of test pixels
-    labelled by either map where the method's label equals the lifted one."""
+    psnr: on the held-out photos; minutes: each stage of the run; the statue is the lifted instance that
+    covers most of the test views' central ninths. Per method: statue_share, the share of the statue's
+    pixels (in the lifted maps) that the method gives the statue's id; statue_fragments, the ids that take
+    at least 2 % of them; unsupported / unseen: the shares of the test views' labelled pixels that a training
+    view sees with another instance only / that no training view sees (metrics/support.py)."""
 
     psnr: float
     statue_id: int
+    gaussians: int
+    instances: int
     statue_share: dict[str, float] = field(default_factory=dict)
     statue_fragments: dict[str, int] = field(default_factory=dict)
-    agreement: dict[str, float] = field(default_factory=dict)
+    unsupported: dict[str, float] = field(default_factory=dict)
+    unseen: dict[str, float] = field(default_factory=dict)
     minutes: dict[str, float] = field(default_factory=dict)
 
 
-def run_statue(source: Path, root: Path, iterations: int | None, refine: RefineConfig) -> StatueResult:
-    start = time.perf_counter()
+def labelled_views(scene_dir: SceneDir, views, label_maps) -> list[LabelledView]:
+    """The views' label maps beside the depth the scene renders there (0 where it is mostly transparent)."""
+    gaussians = scene_dir.read_gaussians()
+    result = []
+    for view, labels in zip(views, label_maps):
+        with torch.no_grad():
+            out = render(gaussians, view.cameras, rgb=False, depth="ED")
+        depth = torch.where(out.alphas[0, ..., 0] > 0.5, out.depths[0, ..., 0], 0.0)
+        result.append(LabelledView(labels, depth, view.cameras.viewmats[0], view.cameras.Ks[0]))
+    return result
+
+
+def run_statue(photos: Path, root: Path, iterations: int | None) -> StatueResult:
     shutil.rmtree(root, ignore_errors=True)
-    shutil.copytree(source, root / "data")
-    use_sam_masks(root / "data", STATUE_DOWNSCALE, STATUE_POINTS)
-    dataset = DatasetConfig(root / "data", downscale=STATUE_DOWNSCALE)
-    config = PRESETS["cpu"] if iterations is None else replace(PRESETS["cpu"], iterations=iterations)
-    masked = time.perf_counter()
-    with contextlib.redirect_stderr(io.StringIO()):
-        scene_dir = train(dataset, root / "scene", config)
-    trained = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        psnr = evaluate(scene_dir, EvalConfig(methods=()), progress=False).psnr
-    associate(scene_dir, AssociateConfig(), progress=False)
-
-    def test_maps(method: str) -> list[torch.Tensor]:
+    shutil.copytree(photos, root / "photos")
+    train_config = PRESETS["cpu"] if iterations is None else replace(PRESETS["cpu"], iterations=iterations)
+    config = RunConfig(masks=MasksConfig(method="sam", model="vit_t", points_per_side=STATUE_POINTS), train=train_config)
+    timer = StageTimer()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        report = run(DatasetConfig(root / "photos"), root / "scene", config, progress=False, timer=timer)
+    scene_dir = SceneDir(root / "scene")
+    scene = scene_dir.load_dataset()
+    test_views, train_views = scene.split("test"), scene.split("train")
+    maps = {}
+    for name, method in STATUE_METHODS.items():
         folder = segment(scene_dir, SegmentConfig(split="test", method=method), progress=False)
-        return [load_label_map(p) for p in sorted(folder.glob("*.png"))]  # heights differ by a row
-
-    refine_features(scene_dir, replace(refine, passes=0), progress=False)  # the features as trained
-    compute_prototypes(scene_dir, PrototypesConfig(), progress=False)
-    maps = {method: test_maps(method) for method in ("lifted", "proto")}
-    began = time.perf_counter()
-    refine_features(scene_dir, refine, progress=False)
-    minutes_refine = (time.perf_counter() - began) / 60
-    compute_prototypes(scene_dir, PrototypesConfig(), progress=False)
-    maps["proto+refine"] = test_maps("proto")
+        maps[name] = [load_label_map(folder / f"{v.name}.png", v.width, v.height) for v in test_views]
     lifted = maps["lifted"]
     centres = torch.cat([m[m.shape[0] // 3 : 2 * m.shape[0] // 3, m.shape[1] // 3 : 2 * m.shape[1] // 3].flatten() for m in lifted])
-    statue_id = int(torch.mode(centres[centres > 0]).values)
-    result = StatueResult(psnr, statue_id, minutes={"masks": (masked - start) / 60, "train": (trained - masked) / 60,
-                                                    "refine": minutes_refine})
+    result = StatueResult(
+        report.psnr, int(torch.mode(centres[centres > 0]).values), len(scene_dir.read_gaussians().means),
+        len(set(scene_dir.read_labels().tolist()) - {0}), minutes={stage: seconds / 60 for stage, seconds in timer.seconds.items()},
+    )
+    train_labelled = labelled_views(scene_dir, train_views, [read_consistent_mask(scene_dir, v) for v in train_views])
     for method, labels in maps.items():
-        on_statue = torch.cat([m[truth == statue_id] for m, truth in zip(labels, lifted)])
+        on_statue = torch.cat([m[truth == result.statue_id] for m, truth in zip(labels, lifted)])
         ids, counts = torch.unique(on_statue, return_counts=True)
-        result.statue_share[method] = float((on_statue == statue_id).float().mean())
+        result.statue_share[method] = float((on_statue == result.statue_id).float().mean())
         result.statue_fragments[method] = int((counts >= 0.02 * len(on_statue)).sum())
-        labelled = [(m > 0) | (truth > 0) for m, truth in zip(labels, lifted)]
-        agree = sum(int((m[keep] == truth[keep]).sum()) for m, truth, keep in zip(labels, lifted, labelled))
-        result.agreement[method] = agree / sum(int(keep.sum()) for keep in labelled)
-    result.minutes["total"] = (time.perf_counter() - start) / 60
+        support = sum((support_counts(v, train_labelled) for v in labelled_views(scene_dir, test_views, labels)), SupportCounts())
+        result.unsupported[method], result.unseen[method] = support.unsupported_share, support.unseen_share
+    result.minutes["total"] = sum(result.minutes.values())
     return result
 
 
 def print_statue(result: StatueResult) -> None:
-    print(f"\nThe statue (real photos, MobileSAM masks; no GT): instance {result.statue_id}, test PSNR {result.psnr:.2f} dB")
-    print(f"{'':>14} | statue share | fragments >= 2 % | agreement with lifted")
+    print(f"\nThe statue from its 23 photos (protosaga run photos/; MobileSAM masks; no GT): test PSNR {result.psnr:.2f} dB, "
+          f"{result.gaussians} Gaussians, {result.instances} instances; the statue is instance {result.statue_id}")
+    print(f"{'':>14} | statue share | fragments >= 2 % | unsupported | unseen")
     for method in result.statue_share:
         print(f"{method:>14} | {result.statue_share[method]:12.3f} | {result.statue_fragments[method]:16d} | "
-              f"{result.agreement[method]:.3f}")
+              f"{result.unsupported[method]:11.3f} | {result.unseen[method]:.3f}")
     print("  minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in result.minutes.items()))
 
 
@@ -310,7 +322,7 @@ def main() -> int:
     parser.add_argument("--associations", nargs="+", choices=list(ASSOCIATIONS), default=list(ASSOCIATIONS),
                         help="association variants to measure (default: all)")
     parser.add_argument("--refine-passes", type=int, default=RefineConfig.passes, help="the refine stage's iterations per view")
-    parser.add_argument("--statue", type=Path, nargs="?", const=STATUE, help=f"also the real statue capture (default {STATUE})")
+    parser.add_argument("--statue", type=Path, nargs="?", const=STATUE, help=f"also the real statue capture from its photos (default {STATUE})")
     parser.add_argument("--workdir", type=Path, help="keep the scenes here, and reuse those trained here with the same "
                         "settings (their training minutes are then not reported)")
     args = parser.parse_args()
@@ -321,7 +333,7 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         tmp = args.workdir or stack.enter_context(tempfile.TemporaryDirectory())
         if args.statue:  # first: the slowest to fail (MobileSAM, real photos)
-            statue = run_statue(args.statue, Path(tmp) / "statue", args.iterations, refine)
+            statue = run_statue(args.statue, Path(tmp) / "statue", args.iterations)
             print(f"statue done in {statue.minutes['total']:.1f} min", file=sys.stderr, flush=True)
         for masks, done in results.items():
             for seed in args.seeds:

@@ -68,18 +68,20 @@ class RunConfig:
 
 
 @writes_scene("run", scene="output", create=True)
-def run(dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool = True) -> EvalReport:
+def run(
+    dataset: DatasetConfig, output: Path, config: RunConfig, progress: bool = True, timer: StageTimer | None = None
+) -> EvalReport:
     """[colmap for photos or a video] -> masks (if missing) -> train -> associate -> refine -> prototypes ->
     eval, into the scene directory `output`.
 
     A stage finished earlier is reused only when scene.json records the same flags for it (and the scene
     was made from this dataset); otherwise it runs again, and so does every later stage. Each decision is
-    printed, and at the end the time each stage took.
+    printed, and at the end the time each stage took (also kept in `timer`, when given).
     """
     check_scene_output(output)  # before any work: never a scene inside another scene's folders
     if config.posed_dataset is not None:
         check_outside_scenes(config.posed_dataset)
-    timer = StageTimer()
+    timer = timer or StageTimer()
     try:
         return run_stages(dataset, output, config, progress, timer)
     finally:

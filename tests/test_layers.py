@@ -105,7 +105,7 @@ def test_the_layer_check_sees_an_upward_import(tmp_path):
     assert layer_of("protosaga_core.method.prototypes") > layer_of("protosaga_core.stages")
 
 
-METHOD_ORDER = ("classifier", "lifting", "label_edits", "train", "frozen_features", "consensus", "association", "prototypes", "refine", "baselines", "segment")
+METHOD_ORDER = ("classifier", "lifting", "label_edits", "schedule", "train", "frozen_features", "consensus", "association", "prototypes", "refine", "baselines", "segment")
 """The method's modules, shared rules first, then the stages in the order a scene goes through them."""
 
 

@@ -195,3 +195,22 @@ def test_training_on_cuda_resumes_and_writes_a_cpu_readable_scene(dataset, tmp_p
     scene_dir = train(dataset, scene, tiny_config(20), resume=True, device=torch.device("cuda"))
     assert scene_dir.read_gaussians().means.device.type == "cpu"
     assert all(w.device.type == "cpu" for w in scene_dir.read_classifiers().weights)
+
+
+def test_the_warmup_trains_shrunk_views_first_and_the_budget_bounds_the_count(dataset, tmp_path, monkeypatch):
+    seen = []  # (view width, Gaussians) of every iteration
+    original = train_module.training_loss
+
+    def recording(params, classifier, sample, sh_degree, config):
+        seen.append((sample.cameras.width, len(params["means"])))
+        assert sample.target.shape == (sample.cameras.height, sample.cameras.width) == sample.image.shape[:2]
+        return original(params, classifier, sample, sh_degree, config)
+
+    monkeypatch.setattr(train_module, "training_loss", recording)
+    base = tiny_config(24)
+    config = replace(base, warmup_downscales=1, warmup_every=10, densify=replace(base.densify, grow_grad2d=1e-5, max_gaussians=3_000))
+    scene_dir = train(dataset, tmp_path / "scene", config)
+    full = dataset.load_at_most(config.max_width)[0].views[0].width
+    assert [width for width, _ in seen] == [full // 2] * 10 + [full] * 14
+    assert seen[0][1] == 3_000 < 4_000  # a random subset of the 4,000 points; growth then stays within the budget
+    assert max(count for _, count in seen) <= 3_000 and len(scene_dir.read_gaussians()) <= 3_000

@@ -41,6 +41,7 @@ from ..metrics.image import ssim_loss
 from ..render import render
 from ..threads import rebalance as rebalance_threads
 from .classifier import cosine_logits
+from .schedule import cap_gaussians, shrink, warmup_factor
 
 IGNORE = -100
 """Cross-entropy target of pixels without a mask."""
@@ -56,6 +57,8 @@ class DensifyConfig:
     reset_every: int = 3_000
     grow_grad2d: float = 2e-4
     prune_opa: float = 0.005
+    max_gaussians: int | None = None
+    """keep at most this many Gaussians, pruning the least opaque beyond it (None: no budget, as in 3DGS)"""
 
 
 @dataclass
@@ -66,6 +69,10 @@ class TrainConfig:
     """training iterations, one random training view each"""
     max_width: int | None = None
     """downscale images (by an integer factor) until they are at most this wide; None keeps full size"""
+    warmup_downscales: int = 0
+    """start training at 1/2^k of the resolution, doubling it every --warmup-every iterations (0: full from the start)"""
+    warmup_every: int = 3_000
+    """iterations between two doublings of the warm-up's resolution"""
     sh_degree: int = 3
     """final spherical-harmonics degree"""
     sh_degree_interval: int = 1_000
@@ -104,11 +111,21 @@ PRESETS: dict[str, TrainConfig] = {
     "cpu": TrainConfig(
         iterations=1_500,
         max_width=320,
+        # A quarter, then half the resolution for the first 500 iterations (schedule.py): the SfM start is
+        # coarse then anyway, and those iterations cost a fraction.
+        warmup_downscales=2,
+        warmup_every=250,
         sh_degree_interval=300,
         # Small images give large screen-space gradients: a higher growth threshold keeps the model
-        # near 20k Gaussians instead of 100k, and no opacity reset fits such a short schedule.
+        # near 20k Gaussians instead of 100k, and no opacity reset fits such a short schedule. The budget
+        # bounds an iteration's cost where a dense SfM start or a detailed capture would grow past it.
         densify=DensifyConfig(
-            refine_start_iter=150, refine_stop_iter=900, refine_every=50, reset_every=100_000, grow_grad2d=8e-4
+            refine_start_iter=150,
+            refine_stop_iter=900,
+            refine_every=50,
+            reset_every=100_000,
+            grow_grad2d=8e-4,
+            max_gaussians=25_000,
         ),
         checkpoint_every=500,
     ),
@@ -136,6 +153,13 @@ class TrainingView:
 
     def to(self, device: torch.device) -> "TrainingView":
         return TrainingView(self.view, self.image.to(device), self.target.to(device), self.labels, self.cameras.to(device))
+
+    def shrunk(self, factor: int) -> "TrainingView":
+        """This view `factor` times smaller (see `schedule.shrink`); itself at 1."""
+        if factor == 1:
+            return self
+        image, target, cameras = shrink(self.image, self.target, self.cameras, factor)
+        return TrainingView(self.view, image, target, self.labels, cameras)
 
 
 def prepare_views(scene: Scene, unlabeled_as_class: bool) -> list[TrainingView]:
@@ -170,18 +194,22 @@ def scene_extent(scene: Scene) -> float:
 
 
 def initial_gaussians(scene: Scene, config: TrainConfig, generator: torch.Generator) -> Gaussians:
-    """From the SfM points when there are any, else random points around the cameras."""
+    """From the SfM points when there are any (a random subset of --max-gaussians of them when there
+    are more: the budget would otherwise drop those that happen to sort first), else random points around
+    the cameras."""
+    budget = config.densify.max_gaussians
     if scene.points is not None and len(scene.points) >= 4:
-        return Gaussians.from_points(
-            scene.points.float(), scene.point_colors.float(), config.sh_degree, config.feature_dim, generator=generator
-        )
+        points, colors = scene.points.float(), scene.point_colors.float()
+        if budget is not None and len(points) > budget:
+            keep = torch.randperm(len(points), generator=generator)[:budget]
+            points, colors = points[keep], colors[keep]
+        return Gaussians.from_points(points, colors, config.sh_degree, config.feature_dim, generator=generator)
     centres = camera_centres(scene.split("train"))
     extent = scene_extent(scene)
     lower = (centres.min(0).values - extent).tolist()
     upper = (centres.max(0).values + extent).tolist()
-    return Gaussians.random_box(
-        config.random_init_points, lower, upper, config.sh_degree, config.feature_dim, generator=generator
-    )
+    count = config.random_init_points if budget is None else min(config.random_init_points, budget)
+    return Gaussians.random_box(count, lower, upper, config.sh_degree, config.feature_dim, generator=generator)
 
 
 # --- the training state ----------------------------------------------------------------------------
@@ -418,25 +446,35 @@ def train_loop(
     """
     strategy = _strategy(config)
     means_decay = (config.lr_means_final / config.lr_means) ** (1 / max(config.iterations, 1))
+    shrunk: dict[tuple[int, int], TrainingView] = {}  # the warm-up's views, made once each
     bar = tqdm(total=config.iterations, initial=state.iteration, desc="train", unit="it", dynamic_ncols=True)
     with DeferredInterrupt() as interrupt:
         while state.iteration < config.iterations:
             step = state.iteration
             index = draw_view(state.view_generator, len(views))
+            sample = views[index]
+            factor = warmup_factor(step, config.warmup_downscales, config.warmup_every, sample.view.width, sample.view.height)
+            if factor > 1:
+                if (index, factor) not in shrunk:
+                    shrunk[index, factor] = sample.shrunk(factor)
+                sample = shrunk[index, factor]
+            else:
+                shrunk.clear()
             sh_degree = min(step // config.sh_degree_interval, config.sh_degree)
             state.optimizers["means"].param_groups[0]["lr"] = config.lr_means * extent * means_decay**step
-            loss, rgb, info = training_loss(state.params, state.classifiers[index], views[index], sh_degree, config)
+            loss, rgb, info = training_loss(state.params, state.classifiers[index], sample, sh_degree, config)
             strategy.step_pre_backward(state.params, state.optimizers, state.strategy_state, step, info)
             loss.backward()
             for optimizer in (*state.optimizers.values(), state.classifier_optimizer):
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             strategy.step_post_backward(state.params, state.optimizers, state.strategy_state, step, info, packed=False)
+            cap_gaussians(state.params, state.optimizers, state.strategy_state, config.densify.max_gaussians)
             state.iteration += 1
             bar.update(1)
             rebalance_threads()  # a viewer opened or closed beside the training
             if step % 10 == 0:
-                mse = F.mse_loss(rgb.detach(), views[index].image).item()
+                mse = F.mse_loss(rgb.detach(), sample.image).item()
                 psnr = -10 * math.log10(max(mse, 1e-10))
                 bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.2f}", gaussians=len(state.params["means"]))
             end_of_iteration(
@@ -455,6 +493,11 @@ def check_config(config: TrainConfig) -> None:
         f"--sh-degree must be 0..3, got {config.sh_degree}" if not 0 <= config.sh_degree <= 3 else "",
         f"--max-width must be at least 16, got {config.max_width}" if config.max_width is not None and config.max_width < 16 else "",
         f"--checkpoint-every must be 0 (off) or positive, got {config.checkpoint_every}" if config.checkpoint_every < 0 else "",
+        f"--warmup-downscales must be 0 (off) or positive, got {config.warmup_downscales}" if config.warmup_downscales < 0 else "",
+        f"--warmup-every must be at least 1, got {config.warmup_every}" if config.warmup_every < 1 else "",
+        f"--max-gaussians must be at least 1, got {config.densify.max_gaussians}"
+        if config.densify.max_gaussians is not None and config.densify.max_gaussians < 1
+        else "",
     ]
     problems = [p for p in problems if p]
     if problems:

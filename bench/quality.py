@@ -57,7 +57,7 @@ from protosaga_core.method.association import AssociateConfig, associate
 from protosaga_core.method.prototypes import PrototypesConfig, compute_prototypes
 from protosaga_core.method.refine import RefineConfig, refine_features
 from protosaga_core.method.segment import SegmentConfig, segment
-from protosaga_core.method.train import PRESETS, train
+from protosaga_core.method.train import PRESETS, TrainConfig, train
 from protosaga_core.metrics.instances import instance_metrics
 from protosaga_core.metrics.support import LabelledView, SupportCounts, support_counts
 from protosaga_core.pipeline import RunConfig, StageTimer, run
@@ -126,10 +126,9 @@ def _raw_masks(result: SceneResult, train_views, train_gt) -> None:
 
 
 def run_scene(
-    root: Path, seed: int, masks: str, noise: str, iterations: int | None, variants: list[str], refine: RefineConfig
+    root: Path, seed: int, masks: str, noise: str, config: TrainConfig, variants: list[str], refine: RefineConfig
 ) -> SceneResult:
     start = time.perf_counter()
-    config = PRESETS["cpu"] if iterations is None else replace(PRESETS["cpu"], iterations=iterations)
     scene_dir = SceneDir(root / "scene")
     reused = trained_with(scene_dir, config)
     if not reused:
@@ -225,10 +224,9 @@ def labelled_views(scene_dir: SceneDir, views, label_maps) -> list[LabelledView]
     return result
 
 
-def run_statue(photos: Path, root: Path, iterations: int | None) -> StatueResult:
+def run_statue(photos: Path, root: Path, train_config: TrainConfig) -> StatueResult:
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(photos, root / "photos")
-    train_config = PRESETS["cpu"] if iterations is None else replace(PRESETS["cpu"], iterations=iterations)
     config = RunConfig(masks=MasksConfig(method="sam", model="vit_t", points_per_side=STATUE_POINTS), train=train_config)
     timer = StageTimer()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -317,6 +315,8 @@ def main() -> int:
                         "the seeds are run with each")
     parser.add_argument("--noise", default="default", choices=("low", "default", "high"))
     parser.add_argument("--iterations", type=int, help="override the cpu preset's training iterations")
+    parser.add_argument("--train-seed", type=int, help="override the cpu preset's training seed (other draws, same scenes)")
+    parser.add_argument("--warmup-downscales", type=int, help="override the cpu preset's resolution warm-up (0: none)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--associations", nargs="+", choices=list(ASSOCIATIONS), default=list(ASSOCIATIONS),
@@ -328,17 +328,19 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     refine = RefineConfig(passes=args.refine_passes)
+    overrides = {"iterations": args.iterations, "seed": args.train_seed, "warmup_downscales": args.warmup_downscales}
+    train_config = replace(PRESETS["cpu"], **{k: v for k, v in overrides.items() if v is not None})
     results: dict[str, list[SceneResult]] = {masks: [] for masks in args.masks}
     statue = None
     with contextlib.ExitStack() as stack:
         tmp = args.workdir or stack.enter_context(tempfile.TemporaryDirectory())
         if args.statue:  # first: the slowest to fail (MobileSAM, real photos)
-            statue = run_statue(args.statue, Path(tmp) / "statue", args.iterations)
+            statue = run_statue(args.statue, Path(tmp) / "statue", train_config)
             print(f"statue done in {statue.minutes['total']:.1f} min", file=sys.stderr, flush=True)
         for masks, done in results.items():
             for seed in args.seeds:
                 done.append(
-                    run_scene(Path(tmp) / f"{masks}{seed}", seed, masks, args.noise, args.iterations, args.associations, refine)
+                    run_scene(Path(tmp) / f"{masks}{seed}", seed, masks, args.noise, train_config, args.associations, refine)
                 )
                 print(f"{masks} masks, seed {seed} done in {done[-1].minutes['total']:.1f} min", file=sys.stderr, flush=True)
     for masks, done in results.items():

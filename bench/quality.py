@@ -49,6 +49,7 @@ import torch  # noqa: E402
 
 from protosaga_core.datasets import DatasetConfig, load_scene
 from protosaga_core.evaluate import EvalConfig, evaluate, gaussian_object_score
+from protosaga_core.gaussians import Gaussians
 from protosaga_core.io.cache import cache_dir
 from protosaga_core.io.labelmaps import load_label_map
 from protosaga_core.io.scene_dir import SceneDir, config_record
@@ -100,17 +101,15 @@ def _segment_metrics(scene_dir, method: str, test_views, test_gt) -> dict[str, f
     return _metrics(instance_metrics(test_gt, [load_label_map(folder / f"{v.name}.png") for v in test_views]))
 
 
-def use_sam_masks(data: Path, downscale: int = 1, points_per_side: int | None = None) -> None:
+def use_sam_masks(data: Path) -> None:
     """Replace the dataset's masks (if any) by MobileSAM's, from the cache where it has them."""
-    views = load_scene(data, downscale=downscale).split("train")
+    views = load_scene(data).split("train")
     digest = hashlib.sha256(b"".join(view.image_path.read_bytes() for view in views))
-    digest.update(f"{downscale} {points_per_side}".encode() if (downscale, points_per_side) != (1, None) else b"")
     cached = cache_dir() / "bench" / f"mobile_sam_{digest.hexdigest()[:16]}"
     shutil.rmtree(data / "masks", ignore_errors=True)
     if cached.is_dir():
         shutil.copytree(cached, data / "masks")
-    masks = MasksConfig(method="sam", model="vit_t", points_per_side=points_per_side)
-    generate_masks(load_scene(data, downscale=downscale), masks, progress=True)
+    generate_masks(load_scene(data), MasksConfig(method="sam", model="vit_t"), progress=True)
     partial = cached.with_name(cached.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(data / "masks", partial)
@@ -212,9 +211,8 @@ class StatueResult:
     minutes: dict[str, float] = field(default_factory=dict)
 
 
-def labelled_views(scene_dir: SceneDir, views, label_maps) -> list[LabelledView]:
+def labelled_views(gaussians: Gaussians, views, label_maps) -> list[LabelledView]:
     """The views' label maps beside the depth the scene renders there (0 where it is mostly transparent)."""
-    gaussians = scene_dir.read_gaussians()
     result = []
     for view, labels in zip(views, label_maps):
         with torch.no_grad():
@@ -224,15 +222,16 @@ def labelled_views(scene_dir: SceneDir, views, label_maps) -> list[LabelledView]
     return result
 
 
-def run_statue(photos: Path, root: Path, train_config: TrainConfig) -> StatueResult:
+def run_statue(photos: Path, root: Path, train_config: TrainConfig, refine: RefineConfig) -> StatueResult:
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(photos, root / "photos")
-    config = RunConfig(masks=MasksConfig(method="sam", model="vit_t", points_per_side=STATUE_POINTS), train=train_config)
+    masks = MasksConfig(method="sam", model="vit_t", points_per_side=STATUE_POINTS)
+    config = RunConfig(masks=masks, train=train_config, refine=refine)
     timer = StageTimer()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         report = run(DatasetConfig(root / "photos"), root / "scene", config, progress=False, timer=timer)
     scene_dir = SceneDir(root / "scene")
-    scene = scene_dir.load_dataset()
+    scene, gaussians = scene_dir.load_dataset(), scene_dir.read_gaussians()
     test_views, train_views = scene.split("test"), scene.split("train")
     maps = {}
     for name, method in STATUE_METHODS.items():
@@ -241,16 +240,18 @@ def run_statue(photos: Path, root: Path, train_config: TrainConfig) -> StatueRes
     lifted = maps["lifted"]
     centres = torch.cat([m[m.shape[0] // 3 : 2 * m.shape[0] // 3, m.shape[1] // 3 : 2 * m.shape[1] // 3].flatten() for m in lifted])
     result = StatueResult(
-        report.psnr, int(torch.mode(centres[centres > 0]).values), len(scene_dir.read_gaussians().means),
+        report.psnr, int(torch.mode(centres[centres > 0]).values), len(gaussians.means),
         len(set(scene_dir.read_labels().tolist()) - {0}), minutes={stage: seconds / 60 for stage, seconds in timer.seconds.items()},
     )
-    train_labelled = labelled_views(scene_dir, train_views, [read_consistent_mask(scene_dir, v) for v in train_views])
+    train_labelled = labelled_views(gaussians, train_views, [read_consistent_mask(scene_dir, v) for v in train_views])
+    test_depths = labelled_views(gaussians, test_views, lifted)  # the methods' maps differ, their depths do not
     for method, labels in maps.items():
         on_statue = torch.cat([m[truth == result.statue_id] for m, truth in zip(labels, lifted)])
         ids, counts = torch.unique(on_statue, return_counts=True)
         result.statue_share[method] = float((on_statue == result.statue_id).float().mean())
         result.statue_fragments[method] = int((counts >= 0.02 * len(on_statue)).sum())
-        support = sum((support_counts(v, train_labelled) for v in labelled_views(scene_dir, test_views, labels)), SupportCounts())
+        tests = [replace(view, labels=view_labels) for view, view_labels in zip(test_depths, labels)]
+        support = sum((support_counts(view, train_labelled) for view in tests), SupportCounts())
         result.unsupported[method], result.unseen[method] = support.unsupported_share, support.unseen_share
     result.minutes["total"] = sum(result.minutes.values())
     return result
@@ -335,7 +336,7 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         tmp = args.workdir or stack.enter_context(tempfile.TemporaryDirectory())
         if args.statue:  # first: the slowest to fail (MobileSAM, real photos)
-            statue = run_statue(args.statue, Path(tmp) / "statue", train_config)
+            statue = run_statue(args.statue, Path(tmp) / "statue", train_config, refine)
             print(f"statue done in {statue.minutes['total']:.1f} min", file=sys.stderr, flush=True)
         for masks, done in results.items():
             for seed in args.seeds:
